@@ -1,0 +1,469 @@
+"""The audit: does this adapter really hold its corpus?
+
+Every target token of every record is scored under teacher forcing (:func:`memlaw.scoring.score`),
+once; from that single pass come the per-record verdicts DESIGN.md defines (exact, locked, anchor,
+failing spans, the stubborn tokens below p = 0.5) and the summary (records, target tokens,
+coverage, exact and locked records, mean loss). A :class:`Gate` turns the summary into pass/fail.
+
+Two entry points, scikit-learn style:
+
+* :func:`audit` — a model you already hold (a PeftModel, or any causal LM), its tokenizer's
+  :class:`~memlaw.models.Base`, and encoded records;
+* :func:`audit_adapter` — an adapter folder written by any PEFT-based trainer: the base model comes
+  from ``adapter_config.json`` (``base_model_name_or_path``) or ``base_model``, the corpus from
+  ``corpus`` or from the memlaw sidecar (``memlaw.json`` → ``corpus``).
+
+A wrong base model is a clear :class:`UserError`: tensor shapes are checked before PEFT loads the
+adapter (:func:`memlaw.models.attach_adapter`); when the sidecar records the base model's identity
+(a hash of its weights, or of its config), a base model with another identity is refused unless
+``force_base``; a tokenizer saved next to the adapter must have the base tokenizer's vocabulary;
+and no token id may fall outside the model's vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from memlaw.errors import UserError
+
+SCHEMA = "memlaw.audit/1"
+SIDECAR = "memlaw.json"
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class RecordAudit:
+    """One record's verdict and its per-token detail.
+
+    ``tokens``: one dict per target token, in order: ``id``, ``text``, ``p``, ``argmax`` (the
+    greedy choice), ``argmax_text``, ``margin`` (log p(target) − max log p(other); > 0 exactly
+    when the token is greedy-correct). ``spans``: failing spans (maximal runs of non-locked
+    tokens), half-open ``[start, end)`` token positions with their ``text``. ``stubborn``: the
+    positions of every token with p ≤ 0.5 (what MemFT-OT trains on). ``anchor``: the first
+    non-greedy-correct position (where greedy decoding derails), or None when the record is exact.
+    """
+
+    index: int
+    where: str
+    key: str
+    target: str
+    exact: bool
+    locked: bool
+    log_likelihood: float
+    mean_loss: float
+    coverage: float
+    anchor: int | None
+    tokens: list[dict]
+    spans: list[dict]
+    stubborn: list[int]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _badness(r: RecordAudit):
+    """Sort key, worst first: not exact, then not locked, then lowest coverage, lowest likelihood."""
+    ll = r.log_likelihood if r.log_likelihood is not None else -math.inf
+    return (r.exact, r.locked, r.coverage, ll / max(1, r.n_tokens), r.index)
+
+
+@dataclass
+class AuditResult:
+    """What an audit found: the summary (see :func:`memlaw.scoring.summarize`, plus
+    ``locked_tokens``, ``exact_fraction`` and ``locked_fraction``), one :class:`RecordAudit` per
+    record in corpus order, and where it all came from."""
+
+    summary: dict
+    records: list[RecordAudit]
+    adapter: str | None = None
+    base_model: dict = field(default_factory=dict)
+    corpus: dict | None = None
+    conflicts: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    repair: dict | None = None  # set on the audit of a repaired adapter: where from, how, the before summary
+
+    def worst(self, n: int = 5, failing_only: bool = True) -> list[RecordAudit]:
+        """The ``n`` worst records (not exact first, then not locked, then lowest coverage); with
+        ``failing_only`` only records that are not locked."""
+        pool = [r for r in self.records if not r.locked] if failing_only else list(self.records)
+        return sorted(pool, key=_badness)[: max(0, n)]
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "adapter": self.adapter,
+            "base_model": self.base_model,
+            "corpus": self.corpus,
+            "summary": dict(self.summary),
+            "conflicts": list(self.conflicts),
+            "warnings": list(self.warnings),
+            "seconds": round(self.seconds, 3),
+            "repair": self.repair,
+            "records": [r.to_dict() for r in self.records],
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# the gate
+
+
+@dataclass
+class Gate:
+    """CI thresholds on an audit summary. ``None`` leaves a threshold out.
+
+    ``min_coverage``: locked target tokens / all target tokens; ``min_exact`` / ``min_locked``: the
+    fraction of exact / locked records; these three lie in [0, 1]. ``max_mean_loss``: mean target
+    token loss in nats, ≥ 0. A gate with no threshold always passes."""
+
+    min_coverage: float | None = None
+    min_exact: float | None = None
+    min_locked: float | None = None
+    max_mean_loss: float | None = None
+
+    _OPTIONS = {"min_coverage": "--min-coverage", "min_exact": "--min-exact", "min_locked": "--min-locked",
+                "max_mean_loss": "--max-mean-loss"}
+
+    def __post_init__(self):
+        for name in ("min_coverage", "min_exact", "min_locked"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1:
+                raise UserError(f"{self._OPTIONS[name]} must be a fraction in [0, 1], got {v}",
+                                fix="e.g. 0.99 for 99%")
+            setattr(self, name, float(v))
+        v = self.max_mean_loss
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise UserError(f"--max-mean-loss must be a loss in nats ≥ 0, got {v}",
+                                fix="e.g. 0.05; ln 2 ≈ 0.693 is the lock threshold of a single token")
+            self.max_mean_loss = float(v)
+
+    @property
+    def active(self) -> bool:
+        return any(getattr(self, k) is not None for k in self._OPTIONS)
+
+    def values(self, summary: dict) -> dict:
+        """The measured quantity each threshold applies to."""
+        n = summary.get("records") or 0
+        return {
+            "min_coverage": float(summary["coverage"]),
+            "min_exact": summary["exact_records"] / n if n else 0.0,
+            "min_locked": summary["locked_records"] / n if n else 0.0,
+            "max_mean_loss": float(summary["mean_loss"]),
+        }
+
+    def check(self, summary: dict) -> list[str]:
+        """One line per threshold that fails; empty when the gate passes."""
+        got = self.values(summary)
+        out = []
+        names = {"min_coverage": "coverage", "min_exact": "exact records", "min_locked": "locked records"}
+        for k, label in names.items():
+            want = getattr(self, k)
+            if want is not None and got[k] < want:
+                out.append(f"{label} {got[k]:.4f} < {want:g} ({self._OPTIONS[k]})")
+        if self.max_mean_loss is not None and got["max_mean_loss"] > self.max_mean_loss:
+            out.append(f"mean loss {got['max_mean_loss']:.4f} > {self.max_mean_loss:g} (--max-mean-loss)")
+        return out
+
+    def passed(self, summary: dict) -> bool:
+        return not self.check(summary)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self._OPTIONS}
+
+    def describe(self) -> str:
+        parts = [f"{self._OPTIONS[k]} {getattr(self, k):g}" for k in self._OPTIONS if getattr(self, k) is not None]
+        return ", ".join(parts) if parts else "no thresholds"
+
+
+# --------------------------------------------------------------------------------------------
+# auditing a model in hand
+
+
+def _finite(x: float, digits: int = 6):
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    return float(f"{x:.{digits}g}")
+
+
+def _display_key(record) -> str:
+    if getattr(record, "messages", None):
+        return record.messages[-1][1]
+    return record.key
+
+
+def audit(model, base, encoded: Sequence, records: Sequence, *, pad_id: int | None = None,
+          progress: bool = False, max_tokens: int = 8192) -> AuditResult:
+    """Score every target token of ``encoded`` (from :func:`memlaw.corpus.encode_records` over
+    ``records``) under ``model`` and build the per-record verdicts and the summary. ``base``
+    supplies the tokenizer (token texts) and the base model's name and identity."""
+    from memlaw.corpus import find_conflicts
+    from memlaw.scoring import score, summarize
+
+    if not encoded:
+        raise UserError("the corpus has no records to audit")
+    tok = base.tokenizer
+    if pad_id is None:
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    start = time.perf_counter()
+    scores = score(model, encoded, pad_id=pad_id, max_tokens=max_tokens, progress=progress,
+                   description="auditing")
+    seconds = time.perf_counter() - start
+
+    texts: dict[int, str] = {}
+
+    def text_of(ids) -> None:
+        new = sorted({int(i) for i in ids} - texts.keys())
+        if new:
+            texts.update(zip(new, tok.batch_decode([[i] for i in new])))
+
+    for s in scores:
+        text_of(s.target_ids)
+        text_of(s.argmax)
+
+    out: list[RecordAudit] = []
+    for s, e in zip(scores, encoded):
+        rec = records[e.index]
+        ids = [int(i) for i in s.target_ids]
+        p = s.p
+        locked = s.locked_mask
+        tokens = [{"id": ids[j], "text": texts[ids[j]], "p": _finite(p[j]), "argmax": int(s.argmax[j]),
+                   "argmax_text": texts[int(s.argmax[j])], "margin": _finite(s.margin[j])}
+                  for j in range(len(ids))]
+        spans = [{"start": a, "end": b, "text": tok.decode(ids[a:b])} for a, b in s.failing_spans]
+        ll = float(s.logprob.sum())
+        out.append(RecordAudit(
+            index=e.index, where=rec.where, key=_display_key(rec), target=rec.target,
+            exact=s.exact, locked=s.locked, log_likelihood=_finite(ll, 10),
+            mean_loss=_finite(-ll / len(ids)) if ids else 0.0,
+            coverage=float(locked.sum()) / len(ids) if ids else 1.0,
+            anchor=s.anchor, tokens=tokens, spans=spans,
+            stubborn=[int(j) for j in (~locked).nonzero()[0]],
+        ))
+    summary = summarize(scores)
+    summary["locked_tokens"] = sum(int(s.locked_mask.sum()) for s in scores)
+    n = summary["records"]
+    summary["exact_fraction"] = summary["exact_records"] / n if n else 0.0
+    summary["locked_fraction"] = summary["locked_records"] / n if n else 0.0
+    conflicts = [{"key": c.key, "wheres": c.wheres, "targets": c.targets}
+                 for c in find_conflicts([records[e.index] for e in encoded])]
+    warnings = []
+    if conflicts:
+        warnings.append(f"{len(conflicts)} key(s) have several different targets: no adapter can lock all "
+                        "of them (see 'conflicts')")
+    ident = dict(getattr(base, "identity", {}) or {})
+    ident.setdefault("name", getattr(base, "name", None))
+    return AuditResult(summary=summary, records=sorted(out, key=lambda r: r.index), base_model=ident,
+                       conflicts=conflicts, warnings=warnings, seconds=seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# auditing an adapter folder
+
+
+@dataclass
+class AdapterInputs:
+    """Everything :func:`audit_adapter` (and repair) loads: base model, adapter attached, corpus."""
+
+    adapter_dir: Path
+    adapter_config: dict
+    sidecar: dict | None
+    corpus: "object"  # memlaw.memft.CorpusSpec
+    base_name: str
+    base: "object"  # memlaw.models.Base
+    model: "object"  # peft.PeftModel
+    records: list
+    encoded: list
+    weights_file: Path
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def pad_id(self) -> int:
+        t = self.base.tokenizer
+        return t.pad_token_id if t.pad_token_id is not None else 0
+
+
+def read_sidecar(adapter_dir: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """The memlaw sidecar of an adapter folder, or (None, why) when absent or unreadable."""
+    p = Path(adapter_dir) / SIDECAR
+    if not p.is_file():
+        return None, None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{p} is unreadable ({type(e).__name__}), ignored"
+    if not isinstance(data, dict):
+        return None, f"{p} is not a JSON object, ignored"
+    return data, None
+
+
+def resolve_corpus(adapter_dir: Path, corpus, sidecar: dict | None, sidecar_problem: str | None):
+    """``corpus`` if given, else the corpus the sidecar records; a UserError when neither exists."""
+    from memlaw.memft import CorpusSpec
+
+    if corpus is not None:
+        return corpus if isinstance(corpus, CorpusSpec) else CorpusSpec(str(corpus)), []
+    info = (sidecar or {}).get("corpus")
+    if not isinstance(info, dict) or not info.get("path"):
+        why = sidecar_problem or (f"{adapter_dir / SIDECAR} records no corpus" if sidecar
+                                  else f"{adapter_dir} has no {SIDECAR} naming its corpus")
+        raise UserError(f"no corpus to audit against: {why}", fix="pass --corpus FILE.jsonl")
+    path = Path(info["path"])
+    if not path.is_file():
+        raise UserError(f"the corpus recorded in {adapter_dir / SIDECAR} ({path}) does not exist",
+                        fix="pass --corpus FILE.jsonl")
+    spec = CorpusSpec(str(path), fmt=info.get("fmt") or "auto", key_field=info.get("key_field"),
+                      target_field=info.get("target_field"))
+    warnings = []
+    if info.get("sha256"):
+        from memlaw.corpus import corpus_sha256
+
+        if corpus_sha256(path) != info["sha256"]:
+            warnings.append(f"the corpus {path} changed since the adapter was trained (sha256 differs); "
+                            "auditing against its current content")
+    return spec, warnings
+
+
+def _check_identity(base, sidecar: dict | None, adapter_dir: Path, force_base: bool) -> list[str]:
+    """Refuse a base model whose identity differs from the one the sidecar records. Weights hashes
+    are compared when both sides have one (the config hash depends on the transformers version),
+    else config hashes."""
+    rec = (sidecar or {}).get("base_model")
+    if not isinstance(rec, dict):
+        return []
+    have = getattr(base, "identity", {}) or {}
+    for key in ("weights_sha256", "config_sha256"):
+        a, b = rec.get(key), have.get(key)
+        if a and b:
+            if a == b:
+                return []
+            msg = (f"base model '{base.name}' is not the one {adapter_dir} was trained on: {SIDECAR} records "
+                   f"'{rec.get('name')}' with {key.replace('_sha256', '')} sha256 {str(a)[:12]}…, this one has "
+                   f"{str(b)[:12]}…")
+            if force_base:
+                return [msg + " (--force-base: auditing anyway)"]
+            raise UserError(msg, fix="pass the right --base-model, or --force-base to audit anyway")
+    return []
+
+
+def _check_tokenizer(base, adapter_dir: Path, trust_remote_code: bool, force_base: bool) -> list[str]:
+    """A tokenizer saved beside the adapter (many trainers save one) must match the base's vocabulary."""
+    if not any((adapter_dir / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
+                                                     "tokenizer.model")):
+        return []
+    try:
+        from transformers import AutoTokenizer
+
+        saved = AutoTokenizer.from_pretrained(str(adapter_dir), trust_remote_code=trust_remote_code)
+    except Exception as e:  # a broken or exotic tokenizer file: say so, compare nothing
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return [f"the tokenizer saved in {adapter_dir} could not be loaded ({first}); not compared"]
+    a, b = saved.get_vocab(), base.tokenizer.get_vocab()
+    if a == b:
+        return []
+    diff = len(set(a.items()) ^ set(b.items()))
+    msg = (f"the tokenizer saved in {adapter_dir} ({len(a)} tokens) differs from base model '{base.name}''s "
+           f"({len(b)} tokens; {diff} entries differ)")
+    if force_base:
+        return [msg + " (--force-base: auditing with the base model's tokenizer)"]
+    raise UserError(msg, fix="pass the base model the adapter was trained with (--base-model), "
+                             "or --force-base to audit anyway")
+
+
+def _check_vocab(model, encoded, base) -> None:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is None or not hasattr(emb, "weight"):
+        return
+    v = emb.weight.shape[0]
+    top = max(max(e.input_ids) for e in encoded)
+    if top >= v:
+        raise UserError(f"the tokenizer of '{base.name}' produces token id {top}, but the model's vocabulary "
+                        f"has {v} entries: tokenizer and model do not match",
+                        fix="pass a base model folder whose tokenizer belongs to it (--base-model)")
+
+
+def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
+                        allow_pickle: bool = False, trust_remote_code: bool = False,
+                        force_base: bool = False, trainable: bool = False, device: str = "cpu",
+                        base=None) -> AdapterInputs:
+    """Check and load everything an audit of ``adapter_dir`` needs, cheapest checks first (the
+    folder, its config, pickle refusal, the corpus) so bad input fails before a model loads."""
+    from memlaw.corpus import encode_records
+    from memlaw.models import attach_adapter, check_adapter_files, load_base, read_adapter_config
+
+    adapter_dir = Path(adapter_dir)
+    cfg = read_adapter_config(adapter_dir)
+    weights = check_adapter_files(adapter_dir, allow_pickle=allow_pickle)
+    sidecar, problem = read_sidecar(adapter_dir)
+    warnings = [problem] if problem else []
+    spec, w = resolve_corpus(adapter_dir, corpus, sidecar, problem)
+    warnings += w
+    records = spec.read()
+
+    if base is not None:
+        name = base.name
+    else:
+        name = base_model or cfg.get("base_model_name_or_path")
+        if not name or not isinstance(name, str):
+            raise UserError(f"{adapter_dir / 'adapter_config.json'} names no base model "
+                            "(base_model_name_or_path)", fix="pass --base-model")
+        try:
+            base = load_base(name, trust_remote_code=trust_remote_code, device=device)
+        except UserError as e:
+            if base_model:
+                raise
+            raise UserError(f"the base model named in {adapter_dir / 'adapter_config.json'} cannot be loaded: {e}",
+                            fix="pass --base-model") from None
+    warnings += _check_identity(base, sidecar, adapter_dir, force_base)
+    warnings += _check_tokenizer(base, adapter_dir, trust_remote_code, force_base)
+    encoded = encode_records(base.tokenizer, records)
+    _check_vocab(base.model, encoded, base)
+    model = attach_adapter(base, adapter_dir, allow_pickle=allow_pickle, trainable=trainable)
+    return AdapterInputs(adapter_dir=adapter_dir, adapter_config=cfg, sidecar=sidecar, corpus=spec,
+                         base_name=name, base=base, model=model, records=records, encoded=encoded,
+                         weights_file=weights, warnings=warnings)
+
+
+def audit_inputs(inputs: AdapterInputs, *, progress: bool = False) -> AuditResult:
+    """Audit what :func:`load_adapter_inputs` loaded."""
+    result = audit(inputs.model, inputs.base, inputs.encoded, inputs.records, pad_id=inputs.pad_id,
+                   progress=progress)
+    result.adapter = str(inputs.adapter_dir)
+    try:
+        result.corpus = inputs.corpus.to_dict()
+    except UserError:
+        result.corpus = {"path": str(inputs.corpus.path)}
+    result.base_model["requested"] = inputs.base_name
+    result.warnings = list(inputs.warnings) + result.warnings
+    return result
+
+
+def audit_adapter(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
+                  allow_pickle: bool = False, trust_remote_code: bool = False, force_base: bool = False,
+                  device: str = "cpu", progress: bool = False, base=None) -> AuditResult:
+    """Audit the PEFT LoRA adapter in ``adapter_dir``.
+
+    ``corpus``: a :class:`~memlaw.memft.CorpusSpec` (or a path); default: the corpus recorded in the
+    adapter's ``memlaw.json``. ``base_model``: default ``base_model_name_or_path`` from
+    ``adapter_config.json``. ``base``: an already loaded :class:`~memlaw.models.Base` to use instead
+    (its model gets the adapter injected). Raises :class:`UserError` on any bad input."""
+    inputs = load_adapter_inputs(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
+                                 trust_remote_code=trust_remote_code, force_base=force_base,
+                                 device=device, base=base)
+    return audit_inputs(inputs, progress=progress)

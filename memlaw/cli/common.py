@@ -1,0 +1,78 @@
+"""Shared CLI plumbing: a UserError ends in one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from memlaw.errors import UserError
+
+
+def fail(err: UserError | str) -> None:
+    """Print ``error: <message>`` on one line to stderr and exit with the UserError exit code (2)."""
+    click.echo(f"error: {err}".replace("\n", " "), err=True)
+    raise SystemExit(getattr(err, "exit_code", UserError.exit_code))
+
+
+def handle_errors(fn):
+    """Decorate a click command callback (innermost, right above ``def``) so a UserError becomes one
+    stderr line and exit 2. Click already turns usage errors into exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            fail(e)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------------------------
+# options shared by several commands
+
+
+def corpus_options(fn):
+    """--format / --key-field / --target-field: how to read a corpus file."""
+    fn = click.option("--target-field", default=None, help="JSON field holding the target")(fn)
+    fn = click.option("--key-field", default=None, help="JSON field holding the key (prompt)")(fn)
+    fn = click.option("--format", "fmt", default="auto", show_default=True,
+                      help="auto, prompt, query, messages or text")(fn)
+    return fn
+
+
+def corpus_spec(path, fmt="auto", key_field=None, target_field=None):
+    from memlaw.memft import CorpusSpec
+
+    return CorpusSpec(str(path), fmt=fmt, key_field=key_field, target_field=target_field)
+
+
+def template_options(fn):
+    """--target-modules / --layers / --alpha: the LoRA template."""
+    fn = click.option("--alpha", default="2*rank", show_default=True,
+                      help="LoRA alpha: a number, or k*rank")(fn)
+    fn = click.option("--layers", default=None, help="comma-separated layer indices (default: all)")(fn)
+    fn = click.option("--target-modules", default=None,
+                      help="comma-separated module names (default: all linear layers)")(fn)
+    return fn
+
+
+def template_from(target_modules: str | None, layers: str | None, alpha: str):
+    from memlaw.memft import ALL_LINEAR, LoraTemplate
+
+    mods = tuple(m.strip() for m in target_modules.split(",") if m.strip()) if target_modules else ALL_LINEAR
+    try:
+        lays = tuple(int(x) for x in layers.split(",") if x.strip()) if layers else None
+    except ValueError:
+        raise UserError(f"--layers must be comma-separated integers, got '{layers}'")
+    try:
+        alpha_val: str | float = float(alpha)
+    except ValueError:
+        alpha_val = alpha
+    template = LoraTemplate(target_modules=mods, layers=lays, alpha=alpha_val)
+    try:
+        template.alpha_for(1)
+    except ValueError:
+        raise UserError(f"--alpha must be a number or k*rank, got '{alpha}'")
+    return template

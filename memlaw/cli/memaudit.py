@@ -1,0 +1,155 @@
+"""`memaudit`: does this LoRA adapter really hold its corpus? Score it, report, gate CI, repair.
+
+    memaudit runs/pb-r8
+    memaudit path/to/adapter --corpus data.jsonl --base-model ORG/MODEL \\
+        --min-coverage 0.99 --min-exact 1.0 --json audit.json --markdown audit.md --html audit.html --junit audit.xml
+    memaudit runs/pb-r2 --repair-out runs/pb-r2-fixed --method ot
+
+Exit codes: 0 every given threshold holds, 1 a threshold fails, 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from memlaw import __version__
+from memlaw.cli.common import corpus_options, corpus_spec, handle_errors
+from memlaw.errors import UserError
+from memlaw.memft import METHODS, Recipe
+
+REPAIR_ONLY = ("method", "repair_steps", "lr", "batch_size")
+
+
+def _check_outputs(adapter_dir: Path, corpus: str | None, reports: dict) -> None:
+    """Report paths must differ from each other and from what the audit reads."""
+    seen: dict[Path, str] = {}
+    protected = {}
+    if adapter_dir.is_dir():
+        protected.update({p.resolve(): f"a file of the adapter {adapter_dir}" for p in adapter_dir.iterdir()})
+    if corpus:
+        protected[Path(corpus).resolve()] = "the corpus"
+    for opt, p in reports.items():
+        if p is None:
+            continue
+        rp = Path(p).resolve()
+        if rp in protected:
+            raise UserError(f"{opt} {p} is {protected[rp]}", fix="write the report somewhere else")
+        if rp in seen:
+            raise UserError(f"{opt} and {seen[rp]} both write {p}", fix="give each report its own file")
+        if rp.is_dir():
+            raise UserError(f"{opt} {p} is a directory", fix="pass a file path")
+        seen[rp] = opt
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="memaudit")
+@click.argument("adapter_dir", type=click.Path(path_type=Path))
+@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+              help="JSONL corpus to audit against (default: the one recorded in the adapter's memlaw.json)")
+@corpus_options
+@click.option("--base-model", default=None,
+              help="base model (default: base_model_name_or_path from adapter_config.json)")
+@click.option("--force-base", is_flag=True,
+              help="audit even when the base model or tokenizer differs from the one the adapter records")
+@click.option("--allow-pickle", is_flag=True, help="allow a pickle adapter file (.bin/.pt), which can run code")
+@click.option("--trust-remote-code", is_flag=True, help="let the base model run its own code from the hub")
+@click.option("--min-coverage", type=float, default=None, help="gate: locked tokens / all tokens, in [0, 1]")
+@click.option("--min-exact", type=float, default=None, help="gate: fraction of exact records, in [0, 1]")
+@click.option("--min-locked", type=float, default=None, help="gate: fraction of locked records, in [0, 1]")
+@click.option("--max-mean-loss", type=float, default=None, help="gate: mean target-token loss (nats)")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="write the full per-token audit as JSON")
+@click.option("--markdown", type=click.Path(path_type=Path), default=None, help="write a Markdown report (PR comment)")
+@click.option("--html", "html_out", type=click.Path(path_type=Path), default=None,
+              help="write a self-contained HTML heat map")
+@click.option("--junit", type=click.Path(path_type=Path), default=None,
+              help="write JUnit XML (one testcase per record)")
+@click.option("--worst", type=click.IntRange(min=0), default=5, show_default=True,
+              help="records shown in the terminal (and 2× in Markdown)")
+@click.option("--repair-out", type=click.Path(path_type=Path), default=None,
+              help="repair with MemFT into this NEW folder, then audit the result")
+@click.option("--method", type=click.Choice(METHODS), default="ot", show_default=True, help="repair objective")
+@click.option("--repair-steps", type=click.IntRange(min=1), default=300, show_default=True,
+              help="repair budget in training steps")
+@click.option("--lr", type=float, default=Recipe.lr, show_default=True, help="repair learning rate")
+@click.option("--batch-size", type=click.IntRange(min=1), default=Recipe.batch_size, show_default=True,
+              help="repair batch size")
+@click.option("--quiet", is_flag=True, help="no progress bars; print only the summary and the gate")
+@click.pass_context
+@handle_errors
+def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, force_base, allow_pickle,
+         trust_remote_code, min_coverage, min_exact, min_locked, max_mean_loss, json_out, markdown, html_out, junit,
+         worst, repair_out, method, repair_steps, lr, batch_size, quiet):
+    """Audit the PEFT LoRA adapter in ADAPTER_DIR token by token against its corpus: coverage
+    (tokens with p > 0.5), exact and locked records, failing spans. Exit 0 when every given
+    threshold holds, 1 when one fails, 2 on bad input. With --repair-out, continue training it
+    with MemFT into a new folder and audit that (the exit code is the repaired adapter's gate)."""
+    import warnings
+
+    from rich.console import Console
+
+    # PEFT calls a transformers property that warns about its own deprecation: noise for our users.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+    from memlaw.auditor.audit import Gate, audit_adapter
+    from memlaw.auditor.reports import print_comparison, print_gate, print_terminal, write_reports
+
+    gate = Gate(min_coverage=min_coverage, min_exact=min_exact, min_locked=min_locked,
+                max_mean_loss=max_mean_loss)
+    if repair_out is None:
+        given = [p for p in REPAIR_ONLY if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} applies to a repair only", fix="add --repair-out DIR")
+    elif lr <= 0:
+        raise UserError(f"--lr must be > 0, got {lr}")
+    if corpus is None and (key_field or target_field or fmt != "auto"):
+        raise UserError("--format/--key-field/--target-field need --corpus",
+                        fix="pass --corpus FILE (the corpus recorded in memlaw.json keeps its own options)")
+    reports = {"--json": json_out, "--markdown": markdown, "--html": html_out, "--junit": junit}
+    _check_outputs(adapter_dir, corpus, reports)
+    spec = corpus_spec(corpus, fmt, key_field, target_field) if corpus else None
+    console = Console(highlight=False)
+    common = dict(base_model=base_model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                  force_base=force_base, progress=not quiet)
+
+    if repair_out is not None:
+        from memlaw.auditor.repair import repair
+
+        rep = repair(adapter_dir, repair_out, corpus=spec, method=method, steps=repair_steps, lr=lr,
+                     batch_size=batch_size, gate=gate, **common)
+        result = rep.after
+        if not quiet:
+            print_terminal(console, rep.before, worst=worst)
+        print_comparison(console, rep.before, rep.after,
+                         title=f"repair {adapter_dir} → {rep.out} ({method}, {rep.steps} steps, {rep.stop_reason})")
+        if not quiet:
+            print_terminal(console, result, worst=worst, gate=gate)
+        else:
+            print_gate(console, result, gate)
+    else:
+        result = audit_adapter(adapter_dir, spec, **common)
+        if quiet:
+            s = result.summary
+            click.echo(f"{adapter_dir}: coverage {s['coverage']:.4f}, exact {s['exact_records']}/{s['records']}, "
+                       f"locked {s['locked_records']}/{s['records']}, mean loss {s['mean_loss']:.4f}")
+            for w in result.warnings:
+                click.echo(f"warning: {w}", err=True)
+            print_gate(console, result, gate)
+        else:
+            print_terminal(console, result, worst=worst, gate=gate)
+
+    written = write_reports(result, json_path=json_out, markdown=markdown, html_path=html_out, junit=junit,
+                            gate=gate, worst=max(worst * 2, 10),
+                            fail_on="locked" if min_locked is not None else "exact")
+    if not quiet:
+        for p in written:
+            console.print(f"wrote {p}", markup=False)
+    if not gate.passed(result.summary):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

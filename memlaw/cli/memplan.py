@@ -1,0 +1,163 @@
+"""memplan: calibrate the Parametric Memory Law for a base model and plan LoRA ranks with it.
+
+    memplan fit POINTS.jsonl --out law.json     fit a law card to sweep points
+    memplan law show law.json                   show a law card
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from memlaw import __version__
+from memlaw.card import build_card, load_card, read_points, save_card
+from memlaw.cli.common import handle_errors
+from memlaw.errors import UserError
+from memlaw.law import NAMES
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="memplan")
+def main():
+    """How much LoRA capacity does a corpus need? Calibrate the law, then plan with it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# memplan fit
+
+
+def _read_sweep_meta(points_path: Path) -> dict | None:
+    """The sweep.json a calibration sweep writes next to its points.jsonl, if there is one."""
+    meta_path = points_path.parent / "sweep.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read the sweep description ({e.__class__.__name__}: {e})",
+                        where=str(meta_path), fix="fix or remove sweep.json") from None
+    if not isinstance(meta, dict):
+        raise UserError("the sweep description is not a JSON object", where=str(meta_path),
+                        fix="fix or remove sweep.json")
+    return meta
+
+
+def _coef_table(card) -> Table:
+    level = f"{card.interval_level:.0%} interval"
+    t = Table(title=f"Parametric Memory Law  ΔL = C·r^α·ℓ^(−β) + b   ({card.base_model.get('name', '?')})")
+    t.add_column("coefficient")
+    t.add_column("value", justify="right")
+    t.add_column(level, justify="right")
+    for k in NAMES:
+        iv = card.intervals.get(k)
+        t.add_row(k, f"{card.coefficients[k]:.4g}", f"[{iv[0]:.4g}, {iv[1]:.4g}]" if iv else "—")
+    t.add_row("R²", f"{card.r2:.4f}", "")
+    t.add_row("points", f"{len(card.points)}", f"{card.n_saturated} saturated (censored)")
+    return t
+
+
+@main.command("fit")
+@click.argument("points_jsonl", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the law card (JSON).")
+@click.option("--base-model", default=None, help="Base model name (overrides sweep.json).")
+@click.option("--n-boot", default=200, show_default=True, type=click.IntRange(min=0),
+              help="Bootstrap resamples for the confidence intervals (0: none).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap seed.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out.")
+@handle_errors
+def fit_cmd(points_jsonl: Path, out: Path, base_model, n_boot, seed, force):
+    """Fit the law to a sweep's POINTS_JSONL and write a law card.
+
+    If a sweep.json sits next to the points file, the base model, LoRA template, recipe and data
+    kind are taken from it.
+    """
+    if out.exists() and not force:
+        raise UserError("the output file exists", where=str(out), fix="pass --force to overwrite it")
+    points = read_points(points_jsonl)
+    meta = _read_sweep_meta(points_jsonl) or {}
+
+    bm = meta.get("base_model") or {}
+    bm = {"name": bm} if isinstance(bm, str) else dict(bm)
+    if base_model is not None and base_model != bm.get("name"):
+        # the hashes (if any) describe another model: drop them rather than mislabel the card
+        bm = {"name": base_model, "config_sha256": None, "weights_sha256": None}
+    if not bm.get("name"):
+        raise UserError("the base model is unknown", where=str(points_jsonl),
+                        fix="pass --base-model NAME (or keep the sweep.json next to the points)")
+    bm.setdefault("config_sha256", None)
+    bm.setdefault("weights_sha256", None)
+    template = {"target_modules": [], "layers": None, "alpha": None, "params_per_rank": None}
+    template.update(meta.get("template") or {})
+
+    card = build_card(points, base_model=bm, template=template, recipe=dict(meta.get("recipe") or {}),
+                      data_kind=str(meta.get("data_kind") or "unknown"), n_boot=n_boot, seed=seed)
+    save_card(card, out)
+    console = Console()
+    console.print(_coef_table(card))
+    console.print(f"wrote {out}")
+
+
+# ---------------------------------------------------------------------------------------------
+# memplan law show
+
+
+@main.group("law")
+def law_group():
+    """Inspect law cards."""
+
+
+def _kv_table(title: str, d: dict) -> Table:
+    t = Table(title=title, show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value", overflow="fold")
+    for k, v in d.items():
+        t.add_row(str(k), "—" if v is None else (json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
+    return t
+
+
+def _num(x, fmt=".4g") -> str:
+    return "—" if x is None or isinstance(x, bool) or not isinstance(x, (int, float)) else format(x, fmt)
+
+
+@law_group.command("show")
+@click.argument("card_path", metavar="CARD", type=click.Path(dir_okay=False, path_type=Path))
+@handle_errors
+def law_show(card_path: Path):
+    """Show a law card: model, template, recipe, coefficients, domain, coverage, points."""
+    card = load_card(card_path)
+    console = Console()
+
+    console.print(_kv_table(f"law card {card_path}", {
+        "data kind": card.data_kind, "schema version": card.schema_version,
+        "created": card.created or None, "memlaw version": card.memlaw_version or None}))
+    console.print(_kv_table("base model", card.base_model))
+    console.print(_kv_table("LoRA template", card.template))
+    console.print(_kv_table("recipe", card.recipe or {"—": None}))
+    console.print(_coef_table(card))
+
+    dom = Table(title="calibrated domain and coverage")
+    dom.add_column("")
+    dom.add_column("value", justify="right")
+    dom.add_row("rank", f"{_num(card.domain['rank'][0])} – {_num(card.domain['rank'][1])}")
+    dom.add_row("length (target tokens)", f"{_num(card.domain['length'][0])} – {_num(card.domain['length'][1])}")
+    for target, loss in card.coverage_loss.items():
+        dom.add_row(f"L_after for coverage ≥ {target}", _num(loss))
+    console.print(dom)
+
+    pts = Table(title="sweep points")
+    for col in ("rank", "length", "L_before", "L_after", "ΔL", "coverage", "steps", "seconds"):
+        pts.add_column(col, justify="right")
+    for p in sorted(card.points, key=lambda p: (p.get("rank") or 0, p.get("length") or 0)):
+        lb, la = p.get("loss_before"), p.get("loss_after")
+        dl = p.get("delta_loss", lb - la if isinstance(lb, (int, float)) and isinstance(la, (int, float)) else None)
+        cov = _num(p.get("coverage"), ".3f") + (" *" if p.get("saturated") else "")
+        pts.add_row(_num(p.get("rank"), "g"), _num(p.get("length"), "g"), _num(lb), _num(la), _num(dl), cov,
+                    _num(p.get("steps"), "g"), _num(p.get("seconds"), ".1f"))
+    console.print(pts)
+    if card.n_saturated:
+        console.print("* saturated: the adapter memorised everything; fitted as a lower bound on ΔL")

