@@ -175,6 +175,98 @@ class AnchorTracker:
 
 
 # --------------------------------------------------------------------------------------------
+# frozen-prefix cache: when LoRA starts at layer k, layers below k see the same inputs every step
+
+# Decoder models whose backbone embeds tokens without rescaling and loops over ``self.layers``:
+# for them, feeding the cached layer-k input as ``inputs_embeds`` to a backbone holding only
+# layers[k:] is exactly the rest of the forward pass.
+PREFIX_CACHE_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+
+
+def first_trainable_layer(model) -> int | None:
+    """Lowest decoder-layer index holding a trainable parameter (None if not per-layer)."""
+    import re
+
+    found = [int(m.group(1)) for n, p in model.named_parameters() if p.requires_grad
+             for m in [re.search(r"\.layers\.(\d+)\.", n)] if m]
+    return min(found) if found else None
+
+
+class FrozenPrefix:
+    """Caches, per record, the hidden states entering layer k (computed once, no grad), and runs
+    only layers k.. per training step. Saves the forward of layers < k and all backward below k.
+    Records are causal and right-padded, so a record's prefix states do not depend on its batch."""
+
+    def __init__(self, model, k: int, pad_id: int):
+        from memlaw.scoring import split_lm
+
+        self.backbone, self.head = split_lm(model)
+        self.k, self.pad_id = k, pad_id
+        self.cache: dict[int, "torch.Tensor"] = {}
+
+    @staticmethod
+    def usable(model) -> int | None:
+        from memlaw.scoring import split_lm
+
+        backbone, head = split_lm(model)
+        k = first_trainable_layer(model)
+        lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if (backbone is None or not k or lm.config.model_type not in PREFIX_CACHE_MODEL_TYPES
+                or not hasattr(backbone, "layers") or not hasattr(backbone, "norm")):
+            return None
+        return k
+
+    def _run_layers(self, layers, **kwargs):
+        """Run the backbone with only ``layers``; returns the input of the final norm."""
+        import torch
+
+        full = self.backbone.layers
+        captured = {}
+
+        def grab(module, args, output):  # must return None: a hook's return value replaces the output
+            captured["h"] = args[0]
+
+        hook = self.backbone.norm.register_forward_hook(grab)
+        try:
+            self.backbone.layers = torch.nn.ModuleList(layers)
+            out = self.backbone(use_cache=False, **kwargs)
+        finally:
+            self.backbone.layers = full
+            hook.remove()
+        return captured["h"], out.last_hidden_state
+
+    def _fill(self, encoded) -> None:
+        import torch
+
+        from memlaw.scoring import make_batch
+
+        todo = [e for e in encoded if e.index not in self.cache]
+        if not todo:
+            return
+        batch = make_batch(todo, self.pad_id, next(self.head.parameters()).device)
+        with torch.no_grad():
+            h, _ = self._run_layers(list(self.backbone.layers[: self.k]), input_ids=batch.input_ids,
+                                    attention_mask=batch.attention_mask)
+        for b, e in enumerate(todo):
+            self.cache[e.index] = h[b, : len(e.key_ids) + len(e.target_ids)].clone()
+
+    def log_softmax(self, batch, encoded):
+        """Same as scoring.target_log_softmax(model, batch), through the cache."""
+        import torch
+
+        self._fill(encoded)
+        width = batch.input_ids.shape[1]
+        first = self.cache[encoded[0].index]
+        h = first.new_zeros((len(encoded), width, first.shape[-1]))
+        for b, e in enumerate(encoded):
+            states = self.cache[e.index]
+            h[b, : states.shape[0]] = states
+        _, hidden = self._run_layers(list(self.backbone.layers[self.k:]), inputs_embeds=h,
+                                     attention_mask=batch.attention_mask)
+        return torch.log_softmax(self.head(hidden[batch.rows, batch.cols]).float(), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
 # training
 
 
@@ -202,7 +294,7 @@ def make_lora_model(base_model, template: LoraTemplate, rank: int, seed: int):
 
 
 def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress: bool = True,
-          confirm: Callable | None = None, max_tokens: int = 16384,
+          confirm: Callable | None = None, cache_prefix: bool = True,
           on_epoch: Callable[[dict], bool] | None = None) -> TrainResult:
     """Train the trainable (LoRA) parameters of ``model`` on ``encoded`` with ``recipe``.
 
@@ -210,6 +302,8 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
     step, so coverage is tracked for free; when a whole epoch saw every token locked, one real
     scoring pass (``confirm`` or the default) confirms it before stopping.
     ``on_epoch(entry)`` may return True to stop early (the auditor's repair uses it for its gate).
+    With ``cache_prefix`` and a template that starts above layer 0, the frozen layers below it run
+    once per record instead of once per step (see FrozenPrefix); the numbers are the same.
     """
     import torch
 
@@ -235,6 +329,8 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
         model.train()
         return summary["coverage"] >= 1.0
 
+    k = FrozenPrefix.usable(model) if cache_prefix else None
+    prefix = FrozenPrefix(model, k, pad_id) if k else None
     bar = _Bar(progress, recipe.max_steps)
     model.train()
     try:
@@ -246,7 +342,8 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
                     break
                 chunk = [encoded[i] for i in order[lo: lo + recipe.batch_size]]
                 batch = make_batch(chunk, pad_id, device)
-                lp, argmax, _ = token_stats(target_log_softmax(model, batch), batch.targets)
+                logprobs = prefix.log_softmax(batch, chunk) if prefix else target_log_softmax(model, batch)
+                lp, argmax, _ = token_stats(logprobs, batch.targets)
                 loss_tok = -lp
                 with torch.no_grad():
                     w = token_weights(recipe, loss_tok.detach(), argmax, batch, tracker)
@@ -382,6 +479,10 @@ def save_adapter(model, out: str | Path, base_name: str, sidecar: dict) -> Path:
     out = check_new_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    # Blank the base name on the live config: PEFT's save would otherwise look a name like "tiny"
+    # up on the Hugging Face hub. The user-facing name is written into the file below.
+    for peft_cfg in getattr(model, "peft_config", {}).values():
+        peft_cfg.base_model_name_or_path = None
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         cfg_file = tmp / "adapter_config.json"

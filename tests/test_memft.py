@@ -129,3 +129,32 @@ def test_memft_cli(kv_corpus, tmp_path):
     r = runner.invoke(memft_cli, ["train", str(kv_corpus), "--model", "tiny", "--rank", "0",
                                   "--out", str(tmp_path / "y"), "--quiet"])
     assert r.exit_code == 2 and "rank" in r.output
+
+
+def test_frozen_prefix_cache_is_exact(kv_corpus):
+    """With LoRA only on layer 1, caching layer 0's output gives the same log-probs and the same
+    trained adapter as the full forward pass."""
+    from memlaw.memft import FrozenPrefix, make_lora_model, train
+    from memlaw.scoring import target_log_softmax
+
+    enc = encode_records(load_base("tiny").tokenizer, read_corpus(kv_corpus))
+    states = []
+    for cache in (True, False):
+        model = make_lora_model(load_base("tiny").model, LoraTemplate(layers=(1,)), 4, seed=0)
+        assert FrozenPrefix.usable(model) == 1
+        if cache:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if "lora_B" in n:
+                        p.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+                batch = make_batch(enc[:8], 0)
+                via_cache = FrozenPrefix(model, 1, 0).log_softmax(batch, enc[:8])
+                assert torch.allclose(via_cache, target_log_softmax(model, batch), atol=1e-5)
+                for n, p in model.named_parameters():
+                    if "lora_B" in n:
+                        p.zero_()
+        train(model, enc, Recipe(method="sft", lr=1e-2, max_steps=8, batch_size=8), progress=False,
+              cache_prefix=cache)
+        states.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    for n in states[0]:
+        assert torch.allclose(states[0][n], states[1][n], atol=1e-5), n

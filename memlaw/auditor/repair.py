@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from memlaw.auditor.audit import AuditResult, Gate, audit_adapter, audit_inputs, load_adapter_inputs
 from memlaw.errors import UserError
@@ -65,11 +66,12 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
            method: str = "ot", steps: int = 300, lr: float = 2e-3, batch_size: int = 32,
            patience: int | None = None, seed: int = 0, gate: Gate | None = None, allow_pickle: bool = False,
            trust_remote_code: bool = False, force_base: bool = False, device: str = "cpu",
-           progress: bool = False) -> RepairResult:
+           progress: bool = False, on_before: Callable[[AuditResult], None] | None = None) -> RepairResult:
     """Continue training the adapter in ``adapter_dir`` with MemFT (``method``: ot, sw or sft) for at
     most ``steps`` steps, stopping once ``gate`` holds, save it to the new folder ``out`` and audit
     it there. Returns before and after audits. Raises :class:`UserError` on bad input, and before
-    any loading or training when ``out`` exists."""
+    any loading or training when ``out`` exists. ``on_before(audit)`` sees the audit of the input
+    adapter before training starts (the CLI prints it)."""
     from memlaw import __version__
     from memlaw.io import sha256_file
     from memlaw.memft import CorpusSpec, Recipe, check_new_dir, save_adapter, seed_everything, train
@@ -92,6 +94,8 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
                                  trust_remote_code=trust_remote_code, force_base=force_base, trainable=True,
                                  device=device)
     before = audit_inputs(inputs, progress=progress)
+    if on_before is not None:
+        on_before(before)
     model, encoded, pad_id = inputs.model, inputs.encoded, inputs.pad_id
 
     def done(summary: dict) -> bool:

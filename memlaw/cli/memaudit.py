@@ -118,11 +118,15 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
     if repair_out is not None:
         from memlaw.auditor.repair import repair
 
+        def show_before(before):
+            if not quiet:
+                print_terminal(console, before, worst=worst)
+                console.print(f"repairing ({method}, at most {repair_steps} steps) → {repair_out}",
+                              markup=False)
+
         rep = repair(adapter_dir, repair_out, corpus=spec, method=method, steps=repair_steps, lr=lr,
-                     batch_size=batch_size, gate=gate, **common)
+                     batch_size=batch_size, gate=gate, on_before=show_before, **common)
         result = rep.after
-        if not quiet:
-            print_terminal(console, rep.before, worst=worst)
         print_comparison(console, rep.before, rep.after,
                          title=f"repair {adapter_dir} → {rep.out} ({method}, {rep.steps} steps, {rep.stop_reason})")
         if not quiet:
