@@ -398,11 +398,17 @@ def token_weights(recipe: Recipe, loss_tok, argmax, batch, tracker: AnchorTracke
 
 
 class _Bar:
-    """Progress over steps with the live coverage; silent when disabled."""
+    """Progress over steps with the live coverage: a rich bar on a terminal, a plain line every
+    ~10 s otherwise (logs, CI); silent when disabled."""
 
     def __init__(self, enabled: bool, total: int):
-        self.enabled = enabled
-        if enabled:
+        import sys
+
+        self.enabled, self.total = enabled, total
+        self.live = enabled and sys.stderr.isatty()
+        self.last_print = 0.0
+        self.start = time.perf_counter()
+        if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.p = Progress("train", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -411,15 +417,21 @@ class _Bar:
             self.task = self.p.add_task("train", total=total, info="")
 
     def update(self, step, *_):
-        if self.enabled:
+        if self.live:
             self.p.update(self.task, completed=step)
 
     def epoch(self, entry):
-        if self.enabled:
+        if self.live:
             self.p.update(self.task, info=f"loss {entry['mean_loss']:.3f} coverage {entry['coverage']:.3f}")
+        elif self.enabled and time.perf_counter() - self.last_print > 10:
+            import sys
+
+            self.last_print = time.perf_counter()
+            print(f"train step {entry['step']}/{self.total}: loss {entry['mean_loss']:.3f} "
+                  f"coverage {entry['coverage']:.3f} ({entry['seconds']:.0f} s)", file=sys.stderr, flush=True)
 
     def close(self):
-        if self.enabled:
+        if self.live:
             self.p.stop()
 
 

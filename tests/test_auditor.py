@@ -407,6 +407,20 @@ def test_cli_refuses_pickle_unless_allowed(env, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_adapter_config_cannot_point_at_a_local_path(env, tmp_path):
+    """An untrusted adapter's config may not make memlaw load a model from an arbitrary folder."""
+    d = tmp_path / "path-base"
+    shutil.copytree(env["memft"], d)
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    for evil in ("/etc", "../../elsewhere", str(tmp_path)):
+        cfg["base_model_name_or_path"] = evil
+        (d / "adapter_config.json").write_text(json.dumps(cfg))
+        r = run(d, "--quiet")
+        assert r.exit_code == 2 and "local path" in r.output, r.output
+    r = run(d, "--quiet", "--base-model", "tiny", "--min-coverage", "0")  # the user's word counts
+    assert r.exit_code == 0, r.output
+
+
 def test_cli_wrong_tensor_shapes_exit_2(env, tmp_path):
     import torch
     from safetensors.torch import load_file, save_file

@@ -398,6 +398,19 @@ def _check_vocab(model, encoded, base) -> None:
                         fix="pass a base model folder whose tokenizer belongs to it (--base-model)")
 
 
+def _check_config_base_name(name: str, adapter_dir: Path) -> None:
+    """An adapter is untrusted data: the base model its config names may be a built-in name or a
+    hub id, but not a filesystem path, or the adapter could make us read any folder on disk."""
+    from memlaw.models import BUILTIN_MODELS
+
+    looks_like_path = (name.startswith(("/", ".", "~", "\\")) or ".." in name.split("/")
+                       or name.count("/") > 1 or ":" in name or Path(name).exists())
+    if name not in BUILTIN_MODELS and looks_like_path:
+        raise UserError(f"{adapter_dir / 'adapter_config.json'} names a local path as its base model ({name}); "
+                        "memlaw does not follow paths from an adapter's config",
+                        fix="pass --base-model with the model you trust")
+
+
 def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
                         allow_pickle: bool = False, trust_remote_code: bool = False,
                         force_base: bool = False, trainable: bool = False, device: str = "cpu",
@@ -423,6 +436,8 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
         if not name or not isinstance(name, str):
             raise UserError(f"{adapter_dir / 'adapter_config.json'} names no base model "
                             "(base_model_name_or_path)", fix="pass --base-model")
+        if not base_model:
+            _check_config_base_name(name, adapter_dir)
         try:
             base = load_base(name, trust_remote_code=trust_remote_code, device=device)
         except UserError as e:
