@@ -77,18 +77,3 @@ def test_exact_equals_greedy_generation_tiny(kv_corpus):
     verdicts = [s.exact for s in scores]
     assert any(verdicts) and not all(verdicts), "need a mix of exact and failing records"
     assert verdicts == [greedy_exact(model, e) for e in enc]
-
-
-@pytest.mark.slow
-def test_exact_equals_greedy_generation_smollm2(tmp_path):
-    """The same on the real SmolLM2-135M with a partly trained adapter."""
-    base = load_base("smollm2-135m")
-    rows = read_corpus("examples/phonebook_small.jsonl")[:16]
-    enc = encode_records(base.tokenizer, rows)
-    model = make_lora_model(base.model, LoraTemplate(), rank=4, seed=0)
-    train(model, enc, Recipe(method="sft", lr=2e-3, max_steps=25, batch_size=16, seed=0),
-          pad_id=base.tokenizer.pad_token_id, progress=False)
-    scores = score(model, enc, pad_id=base.tokenizer.pad_token_id)
-    verdicts = [s.exact for s in scores]
-    assert any(verdicts) and not all(verdicts), f"need a mix of exact and failing records: {verdicts}"
-    assert verdicts == [greedy_exact(model, e) for e in enc]

@@ -1,0 +1,588 @@
+"""`memplan estimate`: the LoRA rank a corpus needs, from a calibrated law card.
+
+For a corpus and a card (see DESIGN.md, "Planner output"):
+
+1. ℓ (target tokens) and L_before (mean target-token loss of the base model) from one scoring pass
+   of the card's base model, cached by model identity and corpus hash (:mod:`memlaw.planner.baseloss`).
+2. The target loss t for the coverage asked for: ``card.coverage_loss`` (keys 0.9 / 0.99 / 1.0),
+   linearly interpolated in coverage between keys.
+3. ΔL_needed = L_before − t, and the smallest rank the law predicts reaches it,
+   r = ((ΔL_needed − b) · ℓ^β / C)^(1/α) (:func:`memlaw.law.rank_for_delta`), rounded up to a
+   practical rank (the next power of two ≥ r, at least 1). Its interval: the same inversion for
+   every bootstrap sample of the card, 5th and 95th percentiles (``lower``/``higher`` order
+   statistics: conservative, and well defined when some samples say "unreachable").
+4. Trainable parameters = rank × params_per_rank (Σ in + out over the modules the card's template
+   adapts on this model) and the adapter file's size in fp32 and bf16.
+5. The capacity floor: bits = Σ over target tokens of max(0, −log2 p_base − 1) (what each token lacks
+   to reach p = 0.5), over 3.6 bits per parameter (Morris et al. 2025, "How much do language models
+   memorize?") → parameters → a rank. A law answer below the floor is raised to it.
+6. Conflicts, warnings, and a ready ``peft.LoraConfig`` plus the equivalent ``memft train`` line.
+
+Torch is used only through the base-loss measurement; a cached estimate does not import it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from memlaw.card import LawCard, load_card
+from memlaw.errors import UserError
+from memlaw.law import Law, rank_for_delta
+from memlaw.memft import ALL_LINEAR, METHODS, CorpusSpec, LoraTemplate
+from memlaw.planner.baseloss import BACKENDS, measure_or_load, same_model
+
+BITS_PER_PARAM = 3.6  # Morris et al. 2025: GPT-style models store ≈3.6 bits per parameter
+INTERVAL_PERCENTILES = (5, 95)
+CARD_COVERAGES = ("0.9", "0.99", "1.0")
+MAX_CONFLICTS_LISTED = 20
+
+__all__ = ["Estimate", "estimate", "resolve_card", "shipped_card_path", "coverage_target_loss", "practical_rank",
+           "adapter_file_bytes", "render", "BACKENDS", "BITS_PER_PARAM"]
+
+
+# --------------------------------------------------------------------------------------------
+# cards
+
+
+def shipped_card_path(model_name: str) -> Path | None:
+    """The card packaged for a model at ``memlaw/cards/<name>.json``, or None."""
+    import importlib.resources
+    import re
+
+    if not model_name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model_name):
+        return None  # paths and hub ids (with '/') have no packaged card
+    res = importlib.resources.files("memlaw") / "cards" / f"{model_name}.json"
+    try:
+        if res.is_file():
+            return Path(str(res))
+    except OSError:
+        return None
+    return None
+
+
+def resolve_card(law_path: str | None, model: str | None) -> tuple[LawCard, str, bool]:
+    """(card, its path, shipped?) from ``--law`` or, without it, the card shipped for ``--model``."""
+    from memlaw.models import DEFAULT_MODEL
+
+    if law_path is not None:
+        return load_card(law_path), str(law_path), False
+    name = model or DEFAULT_MODEL
+    path = shipped_card_path(name)
+    if path is None:
+        raise UserError(f"no law card ships for model '{name}'",
+                        fix=f"calibrate one with `memplan calibrate --model {name}` and pass it with --law CARD.json")
+    return load_card(path), str(path), True
+
+
+# --------------------------------------------------------------------------------------------
+# pieces (pure, unit-testable)
+
+
+def coverage_target_loss(card: LawCard, coverage: float) -> tuple[float, list[str]]:
+    """(target loss, notes) for a coverage in (0, 1] from the card's calibrated thresholds.
+
+    The card's keys ("0.9", "0.99", "1.0") give t directly; between keys t is interpolated linearly
+    in coverage; below the lowest key the lowest key's loss is used (conservative: it was shown to
+    reach at least that coverage)."""
+    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not math.isfinite(coverage) \
+            or not 0 < coverage <= 1:
+        raise UserError(f"--coverage must lie in (0, 1], got {coverage}",
+                        fix="e.g. --coverage 0.99 (share of target tokens locked); 1.0 = every token")
+    table: dict[float, float | None] = {}
+    for k, v in card.coverage_loss.items():
+        try:
+            c = float(k)
+        except (TypeError, ValueError):
+            continue
+        if not 0 < c <= 1:
+            continue
+        table[c] = None if v is None else float(v)
+    if not table:
+        raise UserError("the law card holds no coverage thresholds (coverage_loss)",
+                        fix="re-fit it with `memplan fit` from a sweep's points")
+    keys = sorted(table)
+    reached = [k for k in keys if table[k] is not None]
+    best = f"; it reaches up to coverage {max(reached):g}" if reached else ""
+
+    def never(c: float) -> UserError:
+        return UserError(f"the calibration never reached coverage {c:g} (no sweep point locked that share of "
+                         f"tokens), so the card cannot say which loss it takes{best}",
+                         fix="pass a lower --coverage, or recalibrate with larger ranks")
+
+    notes: list[str] = []
+    for k in keys:
+        if math.isclose(k, coverage, rel_tol=0, abs_tol=1e-12):
+            if table[k] is None:
+                raise never(k)
+            return table[k], notes
+    if coverage < keys[0]:
+        if table[keys[0]] is None:
+            raise never(keys[0])
+        notes.append(f"coverage {coverage:g} is below the card's lowest calibrated target {keys[0]:g}: "
+                     f"using its loss {table[keys[0]]:.4g} (conservative)")
+        return table[keys[0]], notes
+    if coverage > keys[-1]:
+        raise UserError(f"the card has no loss threshold at or above coverage {coverage:g} "
+                        f"(its highest is {keys[-1]:g})", fix=f"pass --coverage {keys[-1]:g} or lower")
+    hi = next(k for k in keys if k > coverage)
+    lo = max(k for k in keys if k < coverage)
+    for k in (hi, lo):
+        if table[k] is None:
+            raise never(k)
+    t = table[lo] + (table[hi] - table[lo]) * (coverage - lo) / (hi - lo)
+    notes.append(f"target loss for coverage {coverage:g} interpolated between the card's {lo:g} and {hi:g}")
+    return t, notes
+
+
+def practical_rank(r: float | None) -> int | None:
+    """The next power of two ≥ r (at least 1); None for an unreachable (infinite) rank."""
+    if r is None or not math.isfinite(r):
+        return None
+    n = max(1, math.ceil(r - 1e-9 * max(1.0, r)))  # 4.0000000001 from float noise is still 4
+    return 1 << (n - 1).bit_length()
+
+
+def _percentile_ranks(law_samples, length: float, delta: float) -> tuple[list[float], int]:
+    raws = []
+    for s in law_samples:
+        try:
+            raws.append(rank_for_delta(Law(*map(float, s)), length, delta))
+        except (ValueError, OverflowError, ZeroDivisionError):
+            raws.append(math.inf)
+    return raws, sum(1 for r in raws if not math.isfinite(r))
+
+
+def adapter_file_bytes(modules: list, rank: int, dtype: str = "F32", itemsize: int = 4) -> tuple[int, int]:
+    """(file bytes, header bytes) of the ``adapter_model.safetensors`` PEFT writes for LoRA on
+    ``modules`` ([name, in, out]) at ``rank``: tensor data (params × itemsize) plus the safetensors
+    header (8-byte length + JSON naming every tensor with dtype, shape and offsets, padded to 8),
+    built here the way safetensors writes it. adapter_config.json (≈1 kB) is not counted."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    tensors = []
+    for name, i, o in modules:
+        tensors.append((f"base_model.model.{name}.lora_A.weight", [rank, int(i)]))
+        tensors.append((f"base_model.model.{name}.lora_B.weight", [int(o), rank]))
+    off = 0
+    for tname, shape in sorted(tensors):
+        n = shape[0] * shape[1] * itemsize
+        header[tname] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + n]}
+        off += n
+    h = len(json.dumps(header, separators=(",", ":")).encode())
+    h += (-h) % 8
+    return 8 + h + off, 8 + h
+
+
+class _ModuleList:
+    """Stands in for a model in :meth:`LoraTemplate.matched_modules`: cached (name, in, out)."""
+
+    def __init__(self, modules):
+        from types import SimpleNamespace
+
+        self._mods = [(n, SimpleNamespace(in_features=i, out_features=o)) for n, i, o in modules]
+
+    def named_modules(self):
+        return iter(self._mods)
+
+
+def _finite_or_none(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return _finite_or_none(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# the estimate
+
+
+@dataclass
+class Estimate:
+    """Everything ``memplan estimate`` reports. ``rank`` is the law's answer (practical: a power of
+    two); ``recommended_rank`` is it raised to the capacity floor when the floor is higher, and
+    ``trainable_params``, ``adapter_bytes``, ``lora_config`` and ``memft_command`` are for
+    ``recommended_rank``. Ranks are None when the law says no rank reaches the target."""
+
+    corpus: dict  # path, sha256, fmt, key_field, target_field
+    model: str  # the base model measured (name as passed to load_base)
+    model_identity: dict
+    card: dict  # path, model, shipped, data_kind, r2, coefficients, domain
+    backend: str
+    coverage: float
+    records: int
+    target_tokens: int  # ℓ
+    loss_before: float  # L_before (nats/token)
+    base_coverage: float  # share of target tokens the base model already locks
+    loss_target: float  # t: the mean loss at which the calibration reached the coverage
+    delta_needed: float  # L_before − t
+    any_rank: bool  # the need is met without rank-dependent capacity
+    rank_raw: float | None  # continuous inversion of the law (None: unreachable)
+    rank: int | None  # next power of two ≥ rank_raw, ≥ 1
+    rank_interval: list | None  # [lo, hi] practical ranks at the 5th/95th percentiles
+    rank_interval_raw: list | None  # [lo, hi] continuous (None inside: unreachable)
+    bootstrap: dict  # samples, unreachable, percentiles
+    recommended_rank: int | None
+    predicted_loss_after: float | None  # L_before − ΔL predicted at recommended_rank
+    params_per_rank: int | None
+    trainable_params: int | None
+    adapter_bytes: dict | None  # fp32, bf16 (adapter_model.safetensors)
+    adapter_header_bytes: int | None
+    full_rank: dict | None  # min / max over adapted modules of min(in, out), modules
+    capacity_floor_bits: float
+    capacity_floor_params: float
+    capacity_floor_rank: int | None
+    information_bits: float  # Σ −log2 p_base over target tokens
+    n_conflicts: int
+    conflicts: list  # the first few: key, wheres, targets
+    warnings: list
+    notes: list
+    lora_config: dict | None
+    lora_config_python: str | None
+    memft_command: str | None
+    cached: bool
+    seconds: float
+    measure_seconds: float  # the (possibly cached) measuring pass's own time
+    bits_per_param: float = BITS_PER_PARAM
+
+    def to_dict(self) -> dict:
+        return _json_safe(asdict(self))
+
+
+def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, model: str | None = None,
+             card_path: str | None = None, shipped: bool = False, use_cache: bool = True,
+             backend: str = "transformers", device: str = "cpu", progress: bool = False, base=None,
+             log: Callable[[str], None] | None = None) -> Estimate:
+    """Plan the LoRA rank ``corpus_spec`` needs to reach ``coverage`` under ``card``'s law.
+
+    ``model`` overrides the card's base model name (e.g. the same model at another path); its
+    identity is still checked against the card's hashes. ``base`` is an already loaded
+    :class:`memlaw.models.Base` to measure with (else loaded on a cache miss)."""
+    start = time.perf_counter()
+    warnings: list[str] = []
+    notes: list[str] = []
+
+    # 1. everything the card alone decides, before any model work
+    loss_target, cov_notes = coverage_target_loss(card, coverage)
+    notes += cov_notes
+    card_model = card.base_model.get("name") if isinstance(card.base_model, dict) else None
+    model_name = model or card_model
+    if not model_name:
+        raise UserError("the law card names no base model", where=card_path,
+                        fix="pass --model NAME (the model the card was calibrated on)")
+    if model and card_model and model != card_model:
+        notes.append(f"measuring with --model {model}; the card was calibrated on {card_model}")
+    law = card.law()
+    template, tmpl_warnings = _template_of(card)
+    warnings += tmpl_warnings
+
+    # 2. the corpus: records (validated), conflicts, hash
+    from memlaw.corpus import corpus_sha256, find_conflicts
+
+    records = corpus_spec.read()
+    conflicts = find_conflicts(records)
+    sha = corpus_sha256(corpus_spec.path)
+
+    # 3. ℓ, L_before, floor bits: cached or measured
+    bl, cached, bl_warnings = measure_or_load(corpus_spec, records, model_name, sha, use_cache=use_cache,
+                                              backend=backend, device=device, progress=progress, base=base,
+                                              log=log)
+    warnings += bl_warnings
+    identity = dict(bl.model_identity)
+    identity["name"] = model_name
+    if isinstance(card.base_model, dict):
+        same = same_model(identity, card.base_model)
+        if same is False:
+            warnings.append(f"the model measured ({model_name}) is not the one the card was calibrated on: its "
+                            f"config/weight hashes differ from the card's, so the law may not apply")
+        elif same is None:
+            notes.append("the card or the model lacks config/weight hashes: could not check they match")
+    ell = bl.target_tokens
+    L_before = bl.loss_before
+
+    # 4. the template on this model
+    matched = template.matched_modules(_ModuleList(bl.modules)) if bl.modules else []
+    card_ppr = card.template.get("params_per_rank")
+    card_ppr = int(card_ppr) if isinstance(card_ppr, (int, float)) and not isinstance(card_ppr, bool) \
+        and card_ppr > 0 else None
+    if matched:
+        ppr = sum(i + o for _, i, o in matched)
+        if card_ppr is not None and card_ppr != ppr:
+            warnings.append(f"the card's template has {card_ppr:,} parameters per rank but matches {ppr:,} on "
+                            f"{model_name}: a different model or template, so the law's rank scale may not apply")
+        full = {"min": min(min(i, o) for _, i, o in matched), "max": max(min(i, o) for _, i, o in matched),
+                "modules": len(matched)}
+    else:
+        ppr = card_ppr
+        full = None
+        warnings.append(f"the card's LoRA template (modules {', '.join(template.target_modules)}) matches no "
+                        f"linear module of {model_name}" + ("" if ppr else "; parameter counts unknown"))
+
+    # 5. the law
+    delta_needed = L_before - loss_target
+    raw = rank_for_delta(law, ell, delta_needed)
+    any_rank = delta_needed <= 0 or raw == 0.0
+    if delta_needed <= 0:
+        notes.append(f"the base model's loss {L_before:.4g} already meets the target {loss_target:.4g}: "
+                     "any rank will do (rank 1 shown)")
+    elif raw == 0.0:
+        notes.append(f"the law's offset b = {law.b:.4g} already covers ΔL_needed = {delta_needed:.4g}: "
+                     "any rank will do (rank 1 shown)")
+    reachable = math.isfinite(raw)
+    rank = practical_rank(raw)
+    if not reachable:
+        warnings.append(f"the law says no rank reaches ΔL = {delta_needed:.4g} at ℓ = {ell:,} "
+                        f"(α = {law.alpha:.4g}): the target coverage is out of reach for this template; "
+                        "try a lower --coverage, a larger template, or split the corpus")
+
+    samples = card.bootstrap_samples or []
+    raws, n_unreach = _percentile_ranks(samples, ell, delta_needed)
+    if raws:
+        arr = np.array(raws, dtype=float)
+        lo_raw = float(np.percentile(arr, INTERVAL_PERCENTILES[0], method="lower"))
+        hi_raw = float(np.percentile(arr, INTERVAL_PERCENTILES[1], method="higher"))
+        interval_raw = [lo_raw, hi_raw]
+        interval = [practical_rank(lo_raw), practical_rank(hi_raw)]
+        if n_unreach:
+            warnings.append(f"{n_unreach} of {len(raws)} bootstrap fits of the law say no rank reaches the target"
+                            + ("; the interval's upper end is unbounded" if not math.isfinite(hi_raw) else ""))
+    else:
+        interval_raw = interval = None
+        warnings.append("the card has no bootstrap samples: no interval for the rank")
+
+    # 6. capacity floor
+    floor_params = bl.floor_bits / BITS_PER_PARAM
+    floor_rank = math.ceil(floor_params / ppr - 1e-12) if ppr else None
+    recommended = rank
+    if rank is not None and floor_rank is not None and rank < floor_rank:
+        recommended = practical_rank(floor_rank)
+        warnings.append(f"the law's rank {rank} is below the capacity floor: the corpus carries "
+                        f"{bl.floor_bits:,.0f} bits beyond what the base model already locks, which needs "
+                        f"≥ {floor_params:,.0f} parameters at {BITS_PER_PARAM} bits each = rank {floor_rank}; "
+                        f"recommending rank {recommended}")
+
+    # 7. domain and template limits
+    dom_l, dom_r = card.domain.get("length"), card.domain.get("rank")
+    if dom_l and not dom_l[0] <= ell <= dom_l[1]:
+        warnings.append(f"ℓ = {ell:,} target tokens lies outside the card's calibrated lengths "
+                        f"{dom_l[0]:,.0f}–{dom_l[1]:,.0f}: the law is extrapolated")
+    if rank is not None and dom_r and not (any_rank or dom_r[0] <= rank <= dom_r[1]):
+        warnings.append(f"rank {rank} lies outside the card's calibrated ranks {dom_r[0]:g}–{dom_r[1]:g}: "
+                        "the law is extrapolated")
+    if recommended is not None and full is not None:
+        if recommended > full["max"]:
+            warnings.append(f"rank {recommended} exceeds the full rank of every adapted module (≤ {full['max']}): "
+                            "LoRA cannot hold more than full fine-tuning of these modules; adapt more modules or "
+                            "layers, or split the corpus")
+        elif recommended > full["min"]:
+            small = sorted({n.split(".")[-1] for n, i, o in matched if min(i, o) < recommended})
+            warnings.append(f"rank {recommended} exceeds the full rank {full['min']} of some adapted modules "
+                            f"({', '.join(small)}): beyond it they gain nothing, though their parameters still count")
+    if conflicts:
+        warnings.append(f"{len(conflicts)} key(s) have conflicting targets: no adapter can lock all of them, "
+                        "so coverage 1.0 is out of reach for those records")
+
+    # 8. sizes and configs
+    trainable = recommended * ppr if (recommended is not None and ppr) else None
+    adapter_bytes = header = None
+    if trainable is not None:
+        if matched:
+            fp32, header = adapter_file_bytes(matched, recommended, "F32", 4)
+            bf16, _ = adapter_file_bytes(matched, recommended, "BF16", 2)
+        else:
+            fp32, bf16 = trainable * 4, trainable * 2
+        adapter_bytes = {"fp32": fp32, "bf16": bf16}
+        notes.append("adapter size: adapter_model.safetensors = parameters × 4 (fp32) or × 2 (bf16) bytes"
+                     + (f" plus a {header:,}-byte header (tensor names, shapes, offsets)" if header else "")
+                     + "; adapter_config.json (≈1 kB) not counted")
+    predicted_after = (L_before - law.predict(recommended, ell)) if recommended is not None else None
+    lora_cfg = _lora_config(template, recommended) if recommended is not None else None
+    snippet = _lora_python(lora_cfg) if lora_cfg else None
+    command = _memft_command(corpus_spec, model_name, recommended, template, card.recipe) \
+        if recommended is not None else None
+
+    card_info = {"path": card_path, "model": card_model, "shipped": shipped, "data_kind": card.data_kind,
+                 "r2": card.r2, "coefficients": dict(card.coefficients), "domain": dict(card.domain),
+                 "coverage_loss": dict(card.coverage_loss)}
+    return Estimate(
+        corpus={"path": str(corpus_spec.path), "sha256": sha, "fmt": corpus_spec.fmt,
+                "key_field": corpus_spec.key_field, "target_field": corpus_spec.target_field},
+        model=model_name, model_identity=identity, card=card_info, backend=backend, coverage=float(coverage),
+        records=bl.records, target_tokens=ell, loss_before=L_before, base_coverage=bl.base_coverage,
+        loss_target=float(loss_target), delta_needed=float(delta_needed), any_rank=bool(any_rank),
+        rank_raw=float(raw) if reachable else None, rank=rank if reachable else None,
+        rank_interval=interval, rank_interval_raw=interval_raw,
+        bootstrap={"samples": len(raws), "unreachable": n_unreach, "percentiles": list(INTERVAL_PERCENTILES)},
+        recommended_rank=recommended, predicted_loss_after=predicted_after, params_per_rank=ppr,
+        trainable_params=trainable, adapter_bytes=adapter_bytes, adapter_header_bytes=header, full_rank=full,
+        capacity_floor_bits=bl.floor_bits, capacity_floor_params=floor_params, capacity_floor_rank=floor_rank,
+        information_bits=bl.info_bits, n_conflicts=len(conflicts),
+        conflicts=[{"key": c.key, "wheres": c.wheres, "targets": c.targets} for c in conflicts[:MAX_CONFLICTS_LISTED]],
+        warnings=warnings, notes=notes, lora_config=lora_cfg, lora_config_python=snippet, memft_command=command,
+        cached=cached, seconds=round(time.perf_counter() - start, 3), measure_seconds=bl.measure_seconds,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# template, LoraConfig, memft command
+
+
+def _template_of(card: LawCard) -> tuple[LoraTemplate, list[str]]:
+    t = card.template if isinstance(card.template, dict) else {}
+    warnings = []
+    mods = t.get("target_modules")
+    if not mods:
+        warnings.append("the card does not record its LoRA target modules: assuming all linear layers")
+        mods = list(ALL_LINEAR)
+    alpha = t.get("alpha")
+    if alpha is None:
+        warnings.append("the card does not record its LoRA alpha: assuming 2*rank")
+        alpha = "2*rank"
+    template = LoraTemplate.from_dict({"target_modules": mods, "layers": t.get("layers"), "alpha": alpha,
+                                       "dropout": t.get("dropout", 0.0) or 0.0})
+    try:
+        template.alpha_for(1)
+    except (ValueError, TypeError):
+        warnings.append(f"the card's LoRA alpha {alpha!r} is not a number or k*rank: assuming 2*rank")
+        template.alpha = "2*rank"
+    return template, warnings
+
+
+def _lora_config(template: LoraTemplate, rank: int) -> dict:
+    return {"r": int(rank), "lora_alpha": template.alpha_for(rank), "target_modules": list(template.target_modules),
+            "layers_to_transform": list(template.layers) if template.layers is not None else None,
+            "lora_dropout": float(template.dropout), "bias": "none", "task_type": "CAUSAL_LM"}
+
+
+def _lora_python(cfg: dict) -> str:
+    args = "".join(f"    {k}={v!r},\n" for k, v in cfg.items())
+    return f"from peft import LoraConfig, get_peft_model\n\nconfig = LoraConfig(\n{args})\n" \
+           "model = get_peft_model(base_model, config)\n"
+
+
+def _memft_command(spec: CorpusSpec, model: str, rank: int, template: LoraTemplate, recipe: dict) -> str:
+    q = shlex.quote
+    alpha = template.alpha if isinstance(template.alpha, str) else f"{float(template.alpha):g}"
+    parts = ["memft", "train", q(str(spec.path)), "--model", q(model), "--rank", str(rank)]
+    recipe = recipe if isinstance(recipe, dict) else {}
+    method = recipe.get("method", recipe.get("objective"))
+    if method in METHODS:
+        parts += ["--method", method]
+    for key, flag in (("lr", "--lr"), ("batch_size", "--batch-size"), ("max_steps", "--max-steps"),
+                      ("patience", "--patience"), ("seed", "--seed")):
+        v = recipe.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts += [flag, f"{v:g}" if isinstance(v, float) else str(v)]
+    parts += ["--target-modules", q(",".join(template.target_modules))]
+    if template.layers is not None:
+        parts += ["--layers", q(",".join(str(x) for x in template.layers))]
+    parts += ["--alpha", q(alpha)]
+    if spec.target_field is not None:
+        if spec.key_field is not None:
+            parts += ["--key-field", q(spec.key_field)]
+        parts += ["--target-field", q(spec.target_field)]
+    elif spec.fmt != "auto":
+        parts += ["--format", q(spec.fmt)]
+    parts += ["--out", q(f"adapters/{Path(spec.path).stem}-r{rank}")]
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# the human table
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _rank_text(r) -> str:
+    return "unreachable" if r is None else str(r)
+
+
+def render(est: Estimate, console) -> None:
+    """Print an estimate as rich tables for people."""
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=f"memplan estimate — {escape(est.corpus['path'])}", show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("", overflow="fold")
+    t.add_row("base model", escape(est.model))
+    card = est.card
+    t.add_row("law card", escape(f"{card['path']}{' (shipped)' if card['shipped'] else ''}, "
+                                 f"{card['data_kind']}, R² {card['r2']:.3f}"))
+    t.add_row("records", f"{est.records:,}")
+    t.add_row("target tokens ℓ", f"{est.target_tokens:,}")
+    t.add_row("L_before", f"{est.loss_before:.4f} nats/token (base model locks {est.base_coverage:.1%} of tokens)")
+    t.add_row(f"target loss (coverage ≥ {est.coverage!r})", f"{est.loss_target:.4f}")
+    t.add_row("ΔL needed", f"{est.delta_needed:.4f}" + ("  (any rank)" if est.any_rank else ""))
+    raw = "—" if est.rank_raw is None else f"{est.rank_raw:.3g}"
+    t.add_row("rank (law)", Text(f"{_rank_text(est.rank)}   (continuous r = {raw})", style="bold"))
+    if est.rank_interval is not None:
+        lo, hi = est.rank_interval
+        lo_r, hi_r = est.rank_interval_raw
+        fmt = lambda x: "∞" if x is None or not math.isfinite(x) else f"{x:.3g}"  # noqa: E731
+        t.add_row(f"interval ({est.bootstrap['percentiles'][0]}–{est.bootstrap['percentiles'][1]}%)",
+                  f"{_rank_text(lo)} – {_rank_text(hi)}   (r = {fmt(lo_r)} – {fmt(hi_r)}, "
+                  f"{est.bootstrap['samples']} bootstrap fits)")
+    floor = "—" if est.capacity_floor_rank is None else str(est.capacity_floor_rank)
+    t.add_row("capacity floor", f"{est.capacity_floor_bits:,.0f} bits / {est.bits_per_param} bits per param = "
+                                f"{est.capacity_floor_params:,.0f} params = rank {floor}")
+    t.add_row("recommended rank", Text(_rank_text(est.recommended_rank), style="bold green"))
+    if est.predicted_loss_after is not None:
+        t.add_row("predicted L_after", f"{est.predicted_loss_after:.4f}")
+    ppr = "—" if est.params_per_rank is None else f"{est.params_per_rank:,}"
+    tp = "—" if est.trainable_params is None else f"{est.trainable_params:,}"
+    t.add_row("trainable params", f"{tp}  ({ppr} per rank)")
+    if est.adapter_bytes:
+        t.add_row("adapter size", f"{_bytes(est.adapter_bytes['fp32'])} fp32, {_bytes(est.adapter_bytes['bf16'])} bf16")
+    if est.full_rank:
+        t.add_row("template full rank", f"{est.full_rank['min']}–{est.full_rank['max']} over "
+                                        f"{est.full_rank['modules']} modules")
+    t.add_row("conflicts", str(est.n_conflicts))
+    t.add_row("cached", f"{'yes' if est.cached else 'no'} ({est.seconds:.2f} s; measuring took "
+                        f"{est.measure_seconds:.2f} s)")
+    console.print(t)
+
+    if est.conflicts:
+        ct = Table(title=f"conflicting keys (first {min(5, len(est.conflicts))} of {est.n_conflicts})")
+        ct.add_column("key", overflow="fold")
+        ct.add_column("where", overflow="fold")
+        ct.add_column("targets", overflow="fold")
+        for c in est.conflicts[:5]:
+            ct.add_row(escape(c["key"]), escape(", ".join(c["wheres"])),
+                       escape(" | ".join(repr(x) for x in c["targets"])))
+        console.print(ct)
+    for w in est.warnings:
+        console.print(Text(f"warning: {w}", style="yellow"))
+    for n in est.notes:
+        console.print(Text(f"note: {n}", style="dim"))
+    if est.lora_config_python:
+        console.print(Text("\npeft.LoraConfig:", style="bold"))
+        console.print(Text(est.lora_config_python))
+        console.print(Text("or train it with memft:", style="bold"))
+        console.print(Text(est.memft_command))

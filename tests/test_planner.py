@@ -1,0 +1,515 @@
+"""memlaw.planner and `memplan estimate`: the tiny model, a law card built from synthetic sweep points
+with known coefficients, so the expected rank is a hand computation.
+
+The card's points follow ΔL = C·r^α·ℓ^(−β) + b (2% multiplicative noise, so the bootstrap interval
+has a width); C is chosen so the test corpus needs a continuous rank of about 5.3 at coverage 1.0
+(→ practical rank 8). The expected rank is recomputed here from the card's fitted coefficients with
+the closed-form inverse, not with memlaw.law.rank_for_delta.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from memlaw.card import build_card, save_card
+from memlaw.errors import UserError
+from memlaw.memft import CorpusSpec, LoraTemplate
+
+ALPHA, BETA, B = 0.5, 0.3, 0.05
+R_TARGET = 5.3
+LOSS_AFTER_CYCLE = (0.1, 0.2, 0.4, 0.7, 1.2)
+COVERAGE_OF = {0.1: 1.0, 0.2: 1.0, 0.4: 0.995, 0.7: 0.95, 1.2: 0.6}
+LENGTHS = (100, 200, 400, 800)
+RANKS = (1, 2, 4, 8, 16, 32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Intra-op threads only slow the tiny model down on a shared 2-core machine. Restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("MEMLAW_CACHE", str(d))
+    return d
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def corpus_rows(n: int = 30, seed: int = 3, conflict: bool = True) -> list[dict]:
+    rng = random.Random(seed)
+    rows = [{"prompt": f"user {i:02d} code:", "completion": " " + "".join(rng.choice("abcdefghjk") for _ in range(9))}
+            for i in range(n)]
+    if conflict:  # the key of record 0 again, with another target
+        rows.append({"prompt": rows[0]["prompt"], "completion": " zzzzzzzzz"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def base():
+    from memlaw.models import load_base
+
+    return load_base("tiny")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "codes.jsonl", corpus_rows())
+
+
+@pytest.fixture(scope="module")
+def measured(base, corpus):
+    """ℓ, L_before and the per-token log p of the corpus under the tiny model, scored here."""
+    from memlaw.corpus import encode_records, read_corpus
+    from memlaw.scoring import score
+
+    encoded = encode_records(base.tokenizer, read_corpus(corpus))
+    lp = np.concatenate([s.logprob for s in score(base.model, encoded, pad_id=base.tokenizer.pad_token_id)])
+    rows = [json.loads(x) for x in corpus.read_text().splitlines()]
+    return {"ell": int(lp.size), "loss_before": float(-lp.mean()), "logprob": lp,
+            "bytes": sum(len(r["completion"].encode()) for r in rows)}
+
+
+def make_card(base, *, loss_before: float, ell: int, r_target: float = R_TARGET, template: LoraTemplate | None = None,
+              lengths=LENGTHS, noise: float = 0.02, seed: int = 0):
+    """A card whose law needs ≈ r_target at (ℓ, L_before) for coverage 1.0 (target loss ≈ 0.4)."""
+    template = template or LoraTemplate()
+    need = loss_before - 0.4
+    C = (need - B) * ell ** BETA / r_target ** ALPHA
+    rng = np.random.default_rng(seed)
+    points = []
+    for i, (r, l) in enumerate((r, l) for r in RANKS for l in lengths):
+        dl = (C * r ** ALPHA * l ** (-BETA) + B) * (1 + noise * rng.standard_normal())
+        la = LOSS_AFTER_CYCLE[i % len(LOSS_AFTER_CYCLE)]
+        points.append({"rank": r, "length": l, "loss_before": dl + la, "loss_after": la,
+                       "coverage": COVERAGE_OF[la], "steps": 10, "seconds": 1.0})
+    tdict = template.to_dict()
+    tdict["params_per_rank"] = template.params_per_rank(base.model)
+    card = build_card(points, base_model=base.identity, template=tdict,
+                      recipe={"method": "ot", "lr": 0.002, "batch_size": 32, "max_steps": 600},
+                      data_kind="random", n_boot=200, seed=0)
+    return card, C
+
+
+@pytest.fixture(scope="module")
+def card(base, measured):
+    card, C = make_card(base, loss_before=measured["loss_before"], ell=measured["ell"])
+    return card
+
+
+@pytest.fixture(scope="module")
+def card_file(card, tmp_path_factory):
+    path = tmp_path_factory.mktemp("card") / "law.json"
+    save_card(card, path)
+    return path
+
+
+def hand_rank(card, loss_before: float, ell: int, coverage: str = "1.0") -> float:
+    c = card.coefficients
+    t = card.coverage_loss[coverage]
+    return ((loss_before - t - c["b"]) * ell ** c["beta"] / c["C"]) ** (1 / c["alpha"])
+
+
+def run_estimate(corpus, card, coverage=1.0, **kw):
+    from memlaw.planner.estimate import estimate
+
+    return estimate(CorpusSpec(str(corpus)), card, coverage, **kw)
+
+
+def cache_entries(cache: Path) -> list[Path]:
+    return sorted(p for p in (cache / "baseloss").glob("*.json") if not p.name.startswith("identity-"))
+
+
+# --------------------------------------------------------------------------------------------
+# the card is what we meant it to be
+
+
+def test_synthetic_card_recovers_coefficients(card):
+    c = card.coefficients
+    assert c["alpha"] == pytest.approx(ALPHA, abs=0.05)
+    assert c["beta"] == pytest.approx(BETA, abs=0.05)
+    assert card.coverage_loss["1.0"] == pytest.approx(0.4)
+    assert card.coverage_loss["0.99"] == pytest.approx(0.7)
+    assert card.coverage_loss["0.9"] == pytest.approx(1.2)
+    assert card.n_saturated == 0 and len(card.bootstrap_samples) > 100
+
+
+# --------------------------------------------------------------------------------------------
+# the rank
+
+
+def test_rank_is_the_hand_inversion_rounded_to_a_power_of_two(corpus, card, measured, base):
+    est = run_estimate(corpus, card)
+    assert est.target_tokens == measured["ell"] == measured["bytes"]  # byte-level tokenizer: ℓ = bytes
+    assert est.loss_before == pytest.approx(measured["loss_before"], rel=1e-9)
+    assert est.loss_target == card.coverage_loss["1.0"]
+    assert est.delta_needed == pytest.approx(measured["loss_before"] - card.coverage_loss["1.0"], rel=1e-9)
+
+    r = hand_rank(card, measured["loss_before"], measured["ell"])
+    assert r == pytest.approx(R_TARGET, rel=0.25)  # the card is what we built
+    assert est.rank_raw == pytest.approx(r, rel=1e-9)
+    assert est.rank == 2 ** math.ceil(math.log2(r)) == 8
+    assert est.recommended_rank == est.rank  # the floor is far below for all-linear LoRA
+
+    lo, hi = est.rank_interval
+    lo_raw, hi_raw = est.rank_interval_raw
+    assert lo_raw <= est.rank_raw <= hi_raw and lo_raw < hi_raw
+    assert lo <= est.rank <= hi
+    assert est.bootstrap["samples"] == len(card.bootstrap_samples)
+
+    ppr = LoraTemplate().params_per_rank(base.model)
+    assert est.params_per_rank == ppr == card.template["params_per_rank"]
+    assert est.trainable_params == 8 * ppr
+    fp32, bf16 = est.adapter_bytes["fp32"], est.adapter_bytes["bf16"]
+    assert fp32 - est.adapter_header_bytes == 8 * ppr * 4
+    assert 0 < est.adapter_header_bytes < 20_000
+    assert 8 * ppr * 2 < bf16 < fp32
+    assert est.predicted_loss_after == pytest.approx(
+        est.loss_before - card.law().predict(8, est.target_tokens))
+    assert est.full_rank == {"min": 32, "max": 64, "modules": 14}  # tiny: k/v 64→32, others ≥ 64
+
+
+def test_adapter_bytes_match_a_saved_peft_adapter(corpus, card, tmp_path):
+    """The size is built the way safetensors writes it: compare with a real save at that rank."""
+    import torch
+
+    from memlaw.memft import make_lora_model
+    from memlaw.models import load_base
+
+    est = run_estimate(corpus, card)
+    model = make_lora_model(load_base("tiny").model, LoraTemplate(), est.recommended_rank, seed=0)
+    model.save_pretrained(str(tmp_path / "fp32"), safe_serialization=True)
+    assert (tmp_path / "fp32" / "adapter_model.safetensors").stat().st_size == est.adapter_bytes["fp32"]
+    model.to(torch.bfloat16).save_pretrained(str(tmp_path / "bf16"), safe_serialization=True)
+    assert (tmp_path / "bf16" / "adapter_model.safetensors").stat().st_size == est.adapter_bytes["bf16"]
+
+
+def test_lower_coverage_needs_no_more_rank(corpus, card, measured):
+    e90 = run_estimate(corpus, card, 0.9)
+    e100 = run_estimate(corpus, card, 1.0)
+    assert e90.loss_target == card.coverage_loss["0.9"] > e100.loss_target
+    assert e90.rank_raw == pytest.approx(hand_rank(card, measured["loss_before"], measured["ell"], "0.9"))
+    assert e90.rank_raw < e100.rank_raw and e90.rank <= e100.rank
+    e95 = run_estimate(corpus, card, 0.95)  # interpolated between 0.9 and 0.99
+    t = card.coverage_loss["0.9"] + (card.coverage_loss["0.99"] - card.coverage_loss["0.9"]) * 0.05 / 0.09
+    assert e95.loss_target == pytest.approx(t)
+    assert e90.rank_raw <= e95.rank_raw <= e100.rank_raw
+
+
+def test_lora_config_and_memft_command(corpus, card):
+    from peft import LoraConfig
+
+    from memlaw.cli.memft import main as memft_main
+
+    est = run_estimate(corpus, card)
+    cfg = est.lora_config
+    assert cfg["r"] == est.recommended_rank and cfg["lora_alpha"] == 2.0 * cfg["r"]
+    assert cfg["target_modules"] == list(LoraTemplate().target_modules)
+    assert cfg["layers_to_transform"] is None and cfg["task_type"] == "CAUSAL_LM"
+    LoraConfig(**cfg)  # a valid config
+    ns: dict = {"base_model": None}
+    code = est.lora_config_python.replace("model = get_peft_model(base_model, config)\n", "")
+    exec(code, ns)
+    assert ns["config"].r == cfg["r"]
+
+    args = shlex.split(est.memft_command)
+    assert args[:3] == ["memft", "train", str(corpus)]
+    ctx = memft_main.commands["train"].make_context("train", args[2:])  # every flag parses
+    p = ctx.params
+    assert p["rank"] == est.recommended_rank and p["model"] == "tiny" and p["alpha"] == "2*rank"
+    assert p["target_modules"] == ",".join(cfg["target_modules"]) and p["method"] == "ot"
+    assert p["lr"] == 0.002 and p["batch_size"] == 32
+
+
+# --------------------------------------------------------------------------------------------
+# the capacity floor
+
+
+def test_capacity_floor_is_the_hand_computation(corpus, card, measured, base):
+    est = run_estimate(corpus, card)
+    lp = measured["logprob"]
+    bits = float(np.sum(np.maximum(0.0, -lp / math.log(2) - 1.0)))
+    assert est.capacity_floor_bits == pytest.approx(bits, rel=1e-9)
+    assert est.information_bits == pytest.approx(float(np.sum(-lp / math.log(2))), rel=1e-9)
+    assert est.capacity_floor_params == pytest.approx(bits / 3.6, rel=1e-9)
+    ppr = LoraTemplate().params_per_rank(base.model)
+    assert est.capacity_floor_rank == math.ceil(bits / 3.6 / ppr)
+    assert est.base_coverage == pytest.approx(float(np.mean(lp > -math.log(2))))
+
+
+def test_floor_above_the_law_raises_the_recommendation(corpus, card, measured, base):
+    """A small template (q_proj of layer 0: 128 parameters per rank) and a law whose offset alone
+    covers the need (any rank): the floor decides."""
+    small = LoraTemplate(target_modules=("q_proj",), layers=(0,))
+    tdict = small.to_dict()
+    tdict["params_per_rank"] = small.params_per_rank(base.model)
+    coef = dict(card.coefficients, b=100.0)
+    easy = dataclasses.replace(card, template=tdict, coefficients=coef,
+                               bootstrap_samples=[[coef["C"], coef["alpha"], coef["beta"], 100.0]])
+    est = run_estimate(corpus, easy)
+    floor = math.ceil(est.capacity_floor_bits / 3.6 / 128)
+    assert est.params_per_rank == 128 and est.capacity_floor_rank == floor > 1
+    assert est.any_rank and est.rank == 1 and est.rank_raw == 0.0
+    assert est.recommended_rank == 2 ** math.ceil(math.log2(floor))
+    assert est.trainable_params == est.recommended_rank * 128
+    assert est.lora_config["r"] == est.recommended_rank
+    assert est.lora_config["target_modules"] == ["q_proj"] and est.lora_config["layers_to_transform"] == [0]
+    assert any("capacity floor" in w for w in est.warnings)
+    assert "--layers 0" in est.memft_command and "--target-modules q_proj" in est.memft_command
+
+
+# --------------------------------------------------------------------------------------------
+# the cache
+
+
+def test_second_run_is_cached_and_loads_no_model(corpus, card, cache, monkeypatch):
+    first = run_estimate(corpus, card)
+    assert first.cached is False
+    assert len(cache_entries(cache)) == 1
+
+    import memlaw.models
+    import memlaw.planner.baseloss as bl
+
+    def boom(*a, **k):
+        raise AssertionError("a cached estimate must not load or score the model")
+
+    monkeypatch.setattr(memlaw.models, "load_base", boom)
+    monkeypatch.setattr(bl, "base_losses", boom)
+    second = run_estimate(corpus, card)
+    assert second.cached is True
+    a, b = first.to_dict(), second.to_dict()
+    for k in ("cached", "seconds"):
+        a.pop(k), b.pop(k)
+    assert a == b
+    monkeypatch.undo()
+
+    again = run_estimate(corpus, card, use_cache=False)
+    assert again.cached is False
+    assert again.loss_before == pytest.approx(first.loss_before, rel=1e-9)
+    assert again.capacity_floor_bits == pytest.approx(first.capacity_floor_bits, rel=1e-9)
+    assert again.rank == first.rank and len(cache_entries(cache)) == 1
+
+
+def test_changed_corpus_is_a_new_cache_entry(tmp_path, card, cache):
+    path = write_jsonl(tmp_path / "c.jsonl", corpus_rows())
+    first = run_estimate(path, card)
+    write_jsonl(path, corpus_rows() + [{"prompt": "extra:", "completion": " more text"}])
+    second = run_estimate(path, card)
+    assert first.cached is False and second.cached is False
+    assert second.target_tokens == first.target_tokens + len(" more text")
+    assert second.corpus["sha256"] != first.corpus["sha256"]
+    assert len(cache_entries(cache)) == 2
+    assert run_estimate(path, card).cached is True
+
+
+def test_unreadable_cache_entry_is_measured_again(corpus, card, cache):
+    first = run_estimate(corpus, card)
+    (entry,) = cache_entries(cache)
+    entry.write_text("{not json")
+    second = run_estimate(corpus, card)
+    assert second.cached is False and second.loss_before == pytest.approx(first.loss_before, rel=1e-9)
+    assert run_estimate(corpus, card).cached is True
+
+
+# --------------------------------------------------------------------------------------------
+# conflicts and warnings
+
+
+def test_conflicts_are_reported(corpus, card):
+    est = run_estimate(corpus, card)
+    assert est.n_conflicts == 1
+    (c,) = est.conflicts
+    assert c["key"] == "user 00 code:"
+    assert c["wheres"] == [f"{corpus}:1", f"{corpus}:31"]
+    assert c["targets"][1] == " zzzzzzzzz"
+    assert any("conflicting targets" in w for w in est.warnings)
+
+
+def test_warns_when_length_is_outside_the_calibrated_domain(tmp_path, card):
+    short = write_jsonl(tmp_path / "short.jsonl", corpus_rows(n=3, conflict=False))
+    est = run_estimate(short, card)
+    assert est.target_tokens < LENGTHS[0]
+    assert any("outside the card's calibrated lengths" in w for w in est.warnings)
+    assert est.n_conflicts == 0
+
+
+def test_in_domain_estimate_has_no_extrapolation_warning(corpus, card):
+    est = run_estimate(corpus, card)
+    assert not any("extrapolated" in w for w in est.warnings)
+    assert not any("exceeds the full rank" in w for w in est.warnings)
+
+
+def test_warns_when_rank_exceeds_domain_and_full_rank(corpus, base, measured):
+    card, _ = make_card(base, loss_before=measured["loss_before"], ell=measured["ell"], r_target=100.0)
+    est = run_estimate(corpus, card)
+    assert est.rank == 128
+    assert any("outside the card's calibrated ranks" in w for w in est.warnings)
+    assert any("exceeds the full rank of every adapted module" in w for w in est.warnings)
+
+
+def test_warns_when_the_model_is_not_the_cards(corpus, card):
+    other = dataclasses.replace(card, base_model=dict(card.base_model, weights_sha256="0" * 64))
+    est = run_estimate(corpus, other)
+    assert any("not the one the card was calibrated on" in w for w in est.warnings)
+    assert not any("not the one" in w for w in run_estimate(corpus, card).warnings)
+
+
+def test_unreachable_law(corpus, card):
+    coef = dict(card.coefficients, alpha=-0.5, b=0.0)
+    est = run_estimate(corpus, dataclasses.replace(card, coefficients=coef))
+    assert est.rank is None and est.rank_raw is None and est.recommended_rank is None
+    assert est.lora_config is None and est.memft_command is None
+    assert any("no rank reaches" in w for w in est.warnings)
+    json.dumps(est.to_dict(), allow_nan=False)
+
+
+# --------------------------------------------------------------------------------------------
+# coverage thresholds and rounding (pure)
+
+
+def test_coverage_target_loss(card):
+    from memlaw.planner.estimate import coverage_target_loss
+
+    assert coverage_target_loss(card, 1.0)[0] == card.coverage_loss["1.0"]
+    assert coverage_target_loss(card, 0.99)[0] == card.coverage_loss["0.99"]
+    t, notes = coverage_target_loss(card, 0.5)  # below the lowest key: its loss, with a note
+    assert t == card.coverage_loss["0.9"] and notes
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(UserError, match=r"\(0, 1\]"):
+            coverage_target_loss(card, bad)
+    never = dataclasses.replace(card, coverage_loss={"0.9": 1.2, "0.99": 0.7, "1.0": None})
+    with pytest.raises(UserError, match="never reached coverage 1"):
+        coverage_target_loss(never, 1.0)
+    with pytest.raises(UserError, match="never reached coverage 1"):
+        coverage_target_loss(never, 0.995)
+    assert coverage_target_loss(never, 0.99)[0] == 0.7
+
+
+def test_practical_rank():
+    from memlaw.planner.estimate import practical_rank
+
+    cases = {0.0: 1, 0.3: 1, 1.0: 1, 1.5: 2, 2.0: 2, 4.0: 4, 4.0000000001: 4, 5.3: 8, 64.0: 64, 65.0: 128}
+    for r, want in cases.items():
+        assert practical_rank(r) == want, r
+    assert practical_rank(math.inf) is None
+
+
+# --------------------------------------------------------------------------------------------
+# the CLI
+
+
+def cli(*args):
+    from memlaw.cli.memplan import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def test_cli_json(corpus, card_file, card):
+    res = cli("estimate", corpus, "--law", card_file, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    for key in ("target_tokens", "loss_before", "loss_target", "delta_needed", "rank", "rank_raw", "rank_interval",
+                "trainable_params", "adapter_bytes", "capacity_floor_bits", "capacity_floor_rank", "conflicts",
+                "warnings", "lora_config", "card", "cached", "seconds"):
+        assert key in out, key
+    assert set(out["adapter_bytes"]) == {"fp32", "bf16"}
+    assert out["card"]["path"] == str(card_file) and out["card"]["model"] == "tiny"
+    assert out["rank"] == 8 and out["cached"] is False
+    assert set(out["lora_config"]) >= {"r", "lora_alpha", "target_modules", "layers_to_transform", "lora_dropout",
+                                       "task_type"}
+    again = json.loads(cli("estimate", corpus, "--law", card_file, "--json").stdout)
+    assert again["cached"] is True and again["rank"] == out["rank"]
+    assert json.loads(cli("estimate", corpus, "--law", card_file, "--json", "--no-cache").stdout)["cached"] is False
+    cov = json.loads(cli("estimate", corpus, "--law", card_file, "--json", "--coverage", "0.9").stdout)
+    assert cov["rank"] <= out["rank"] and cov["coverage"] == 0.9
+
+
+def test_cli_table(corpus, card_file):
+    res = cli("estimate", corpus, "--law", card_file)
+    assert res.exit_code == 0, res.output
+    for text in ("recommended rank", "capacity floor", "LoraConfig", "memft train", "conflicting keys"):
+        assert text in res.stdout, text
+
+
+def one_line_error(res, *needles):
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert "Traceback" not in res.output
+
+
+def test_cli_bad_coverage(corpus, card_file):
+    one_line_error(cli("estimate", corpus, "--law", card_file, "--coverage", "1.5"), "(0, 1]")
+    one_line_error(cli("estimate", corpus, "--law", card_file, "--coverage", "0"), "(0, 1]")
+
+
+def test_cli_missing_card(corpus, tmp_path):
+    one_line_error(cli("estimate", corpus, "--model", "no-such-model-xyz"), "no law card ships",
+                   "memplan calibrate")
+    one_line_error(cli("estimate", corpus, "--law", tmp_path / "nope.json"), "no such law card")
+
+
+def test_cli_bad_corpus(tmp_path, card_file):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": " b"}\n{not json\n')
+    one_line_error(cli("estimate", bad, "--law", card_file), f"{bad}:2")
+    one_line_error(cli("estimate", tmp_path / "missing.jsonl", "--law", card_file), "does not exist")
+
+
+def test_shipped_card_lookup(tmp_path):
+    from memlaw.planner.estimate import resolve_card, shipped_card_path
+
+    assert shipped_card_path("no-such-model-xyz") is None
+    assert shipped_card_path("some/org-model") is None and shipped_card_path("../x") is None
+    with pytest.raises(UserError, match="no law card ships for model 'no-such-model-xyz'"):
+        resolve_card(None, "no-such-model-xyz")
+
+
+def test_model_folder_identity_without_loading(tmp_path, corpus, card, base, monkeypatch):
+    """A model saved as a folder (like the converted SmolLM2): its identity comes from file hashes,
+    equal to what load_base computes, so a cached estimate loads nothing."""
+    from memlaw.models import load_base
+    from memlaw.planner.baseloss import model_identity
+
+    folder = tmp_path / "tiny-folder"
+    base.model.save_pretrained(folder, safe_serialization=True)
+    base.tokenizer.save_pretrained(folder)
+    loaded = load_base(str(folder))
+    assert model_identity(str(folder)) == loaded.identity
+    assert model_identity(str(folder)) == loaded.identity  # from the memo
+
+    folder_card = dataclasses.replace(card, base_model=dict(loaded.identity))
+    first = run_estimate(corpus, folder_card)
+    assert first.cached is False and first.model == str(folder)
+    assert not any("not the one" in w for w in first.warnings)
+    assert first.loss_before == pytest.approx(run_estimate(corpus, card).loss_before, rel=1e-6)
+
+    import memlaw.models
+
+    monkeypatch.setattr(memlaw.models, "load_base", lambda *a, **k: pytest.fail("loaded the model"))
+    second = run_estimate(corpus, folder_card)
+    assert second.cached is True and second.rank == first.rank
