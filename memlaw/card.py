@@ -66,13 +66,14 @@ def _num(x) -> float | None:
 
 
 def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: dict, data_kind: str,
-               n_boot: int = 200, seed: int = 0, saturation_loss: float = 0.05) -> LawCard:
+               n_boot: int = 200, seed: int = 0, saturation_loss: float = math.log(2)) -> LawCard:
     """Fit the law to sweep points and wrap it in a card.
 
     ΔL = loss_before − loss_after. A point is *saturated* when coverage >= 1.0 and
-    loss_after <= ``saturation_loss``: the adapter memorised everything, its ΔL is pinned at
-    L_before and says only that the capacity was at least that — it enters the fit as a censored
-    (lower-bound) observation, see ``memlaw.law.fit``.
+    loss_after <= ``saturation_loss`` (default ln 2, i.e. every token locked): the adapter held
+    everything and training stopped there (memft's stop rule), so its ΔL says only that the
+    capacity was at least that much — it enters the fit as a censored (lower-bound) observation,
+    see ``memlaw.law.fit``.
 
     Points whose numbers are missing or not finite (e.g. a failed run wrote null) are not usable
     and are left out; a point lacking a required key altogether is an error.

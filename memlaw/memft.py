@@ -103,6 +103,7 @@ class Recipe:
     patience: int = 100  # steps without a 1% improvement of the best epoch mean loss → plateau stop
     seed: int = 0
     weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # OT/SW average over few tokens late in training: clip, or it diverges
     tau: float = 0.5  # OT threshold on p
     sw_sharpness: float = 10.0
     sw_window: int = 50
@@ -307,10 +308,11 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
     """
     import torch
 
-    from memlaw.scoring import make_batch, score, summarize, target_log_softmax, token_stats
+    from memlaw.scoring import check_context, make_batch, score, summarize, target_log_softmax, token_stats
 
     if not encoded:
         raise UserError("the corpus has no records to train on")
+    check_context(model, encoded)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError("the model has no trainable parameters")
@@ -320,6 +322,7 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
     device = next(model.parameters()).device
     history: list[dict] = []
     best, best_step, step, reason = math.inf, 0, 0, "max_steps"
+    best_seen, best_state = math.inf, None  # lowest epoch mean loss so far, and the weights after it
     total_target = sum(e.n_target for e in encoded)
     start = time.perf_counter()
 
@@ -353,6 +356,8 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
                     loss = (w * loss_tok).sum() / w.sum()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    if recipe.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
                     opt.step()
                 step += 1
                 bar.update(step, epoch_loss, epoch_locked)
@@ -360,6 +365,9 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
                      "coverage": epoch_locked / total_target, "seconds": time.perf_counter() - start}
             history.append(entry)
             bar.epoch(entry)
+            if entry["mean_loss"] < best_seen:
+                best_seen = entry["mean_loss"]
+                best_state = [p.detach().clone() for p in params]
             if on_epoch is not None and on_epoch(entry):
                 reason = "callback"
                 break
@@ -374,6 +382,14 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
     finally:
         bar.close()
         model.eval()
+    if reason != "all_locked" and best_state is not None and history[-1]["mean_loss"] > 1.1 * best_seen:
+        # Training diverged after its best epoch (late OT/SW steps can: few tokens carry the whole
+        # weighted mean): hand back the weights after that epoch. A 10% margin keeps ordinary
+        # noise from triggering it. Callers measure the final adapter with a real scoring pass.
+        with torch.no_grad():
+            for p, saved in zip(params, best_state):
+                p.copy_(saved)
+        reason += "+restored_best"
     return TrainResult(step, time.perf_counter() - start, reason, history)
 
 

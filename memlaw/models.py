@@ -209,6 +209,9 @@ def load_base(name: str, *, trust_remote_code: bool = False, dtype: str = "float
         tok = tiny_tokenizer()
         return Base(name, model.to(device), tok, identity=_identity_of_state(name, model))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+        raise UserError(f"model path {name} does not exist",
+                        fix="pass a model folder, a .gguf file, a Hugging Face id, tiny or smollm2-135m")
     path = resolve_model_path(name)
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -185,11 +185,27 @@ def length_batches(encoded: Sequence, max_tokens: int = 8192, max_batch: int = 6
     return batches
 
 
+def check_context(model, encoded: Sequence) -> None:
+    """A record longer than the model's context cannot be scored or trained: say which one."""
+    from memlaw.errors import UserError
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    limit = getattr(lm.config, "max_position_embeddings", None)
+    if not limit:
+        return
+    for e in encoded:
+        n = len(e.key_ids) + len(e.target_ids)
+        if n > limit:
+            raise UserError(f"record {e.index + 1} of the corpus has {n} tokens, more than the model's "
+                            f"context of {limit}", fix="split it into shorter records")
+
+
 def score(model, encoded: Sequence, *, pad_id: int = 0, max_tokens: int = 8192, max_batch: int = 64,
           progress: bool = False, description: str = "scoring") -> list[RecordScores]:
     """Score every target token of every record; returns one RecordScores per record, input order."""
     import torch
 
+    check_context(model, encoded)
     device = next(model.parameters()).device
     out: dict[int, RecordScores] = {}
     batches = length_batches(encoded, max_tokens=max_tokens, max_batch=max_batch)

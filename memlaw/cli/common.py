@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import click
 
 from memlaw.errors import UserError
+
+
+# transformers deprecation chatter from inside PEFT is not the user's business.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def fail(err: UserError | str) -> None:

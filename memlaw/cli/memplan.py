@@ -161,3 +161,116 @@ def law_show(card_path: Path):
     console.print(pts)
     if card.n_saturated:
         console.print("* saturated: the adapter memorised everything; fitted as a lower bound on ΔL")
+
+
+# ---------------------------------------------------------------------------------------------
+# memplan calibrate / memplan merge (the logic lives in memlaw.calibration.sweep)
+
+
+def _sweep_done(result) -> None:
+    if result.card_path is not None:
+        click.get_current_context().invoke(law_show, card_path=result.card_path)
+    for line in result.summary():
+        click.echo(line)
+
+
+@main.command("calibrate")
+@click.option("--model", default="smollm2-135m", show_default=True, help="tiny, smollm2-135m, an HF id or a path")
+@click.option("--ranks", default="1,2,4,8", show_default=True, help="comma-separated LoRA ranks")
+@click.option("--lengths", default="64,128,256", show_default=True, help="comma-separated target-token counts ℓ")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="sweep folder (points.jsonl, sweep.json, law.json); an unfinished sweep there resumes")
+@click.option("--data", default=None, type=click.Path(dir_okay=False),
+              help="corpus JSONL to slice (default: random tokens)")
+@click.option("--format", "fmt", default="auto", show_default=True, help="--data format: auto, prompt, query, messages, text")
+@click.option("--key-field", default=None, help="--data: JSON field holding the key")
+@click.option("--target-field", default=None, help="--data: JSON field holding the target")
+@click.option("--chunk", default=64, show_default=True, type=int, help="random data: target tokens per record")
+@click.option("--data-seed", default=0, show_default=True, type=int, help="random data: seed")
+@click.option("--target-modules", default="q_proj,v_proj", show_default=True, help="comma-separated module names")
+@click.option("--layers", default=None, help="comma-separated layer indices, or 'all' (default: the last two)")
+@click.option("--alpha", default="2*rank", show_default=True, help="LoRA alpha: a number, or k*rank")
+@click.option("--method", type=click.Choice(["sft", "ot", "sw"]), default="sft", show_default=True)
+@click.option("--lr", default=1e-2, show_default=True, type=float)
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="default: all records of a point")
+@click.option("--max-steps", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--patience", default=30, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int, help="adapter init and batch order seed")
+@click.option("--shard", default=None, help="i/n: run only grid points whose position ≡ i (mod n)")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, …")
+@click.option("--n-boot", default=200, show_default=True, type=click.IntRange(min=0))
+@click.option("--plot", is_flag=True, help="also write law.png (needs matplotlib)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@handle_errors
+def calibrate_cmd(model, ranks, lengths, out, data, fmt, key_field, target_field, chunk, data_seed, target_modules,
+                  layers, alpha, method, lr, batch_size, max_steps, patience, seed, shard, device, n_boot, plot, quiet):
+    """Sweep LoRA ranks × lengths on a base model and fit the Parametric Memory Law (see
+    memlaw.calibration.sweep for resume, shards and Slurm)."""
+    from memlaw.calibration.sweep import Shard, SweepSpec, run_sweep
+    from memlaw.cli.common import corpus_spec
+    from memlaw.memft import Recipe
+
+    spec = SweepSpec(model=model, ranks=ranks, lengths=lengths, layers=layers, alpha=alpha, chunk=chunk,
+                     target_modules=tuple(m.strip() for m in target_modules.split(",") if m.strip()),
+                     recipe=Recipe(method=method, lr=lr, batch_size=1, max_steps=max_steps, patience=patience,
+                                   seed=seed),
+                     batch_size=batch_size, data=corpus_spec(data, fmt, key_field, target_field) if data else None,
+                     data_seed=data_seed, shard=Shard.parse(shard), device=device, n_boot=n_boot)
+    _sweep_done(run_sweep(spec, out, progress=not quiet, plot=plot))
+
+
+@main.command("merge")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="new sweep folder")
+@click.option("--n-boot", default=200, show_default=True, type=click.IntRange(min=0))
+@click.option("--plot", is_flag=True, help="also write law.png (needs matplotlib)")
+@handle_errors
+def merge_cmd(dirs, out, n_boot, plot):
+    """Merge sweep folders (e.g. the shards of one sweep) into a new one and fit the law."""
+    from memlaw.calibration.sweep import merge_sweeps
+
+    _sweep_done(merge_sweeps(dirs, out, n_boot=n_boot, plot=plot))
+
+
+# ---------------------------------------------------------------------------------------------
+# memplan estimate (the logic lives in memlaw.planner.estimate)
+
+from memlaw.cli.common import corpus_options as _corpus_options  # noqa: E402
+
+
+@main.command("estimate")
+@click.argument("corpus", type=click.Path(dir_okay=False))
+@click.option("--law", "law_path", default=None, type=click.Path(dir_okay=False),
+              help="law card JSON (default: the card shipped for --model)")
+@click.option("--model", default=None,
+              help="base model to measure with (default: the card's); without --law it picks the shipped "
+                   "card [default: smollm2-135m]")
+@click.option("--coverage", default=1.0, show_default=True, type=float,
+              help="share of target tokens to lock, in (0, 1]")
+@click.option("--json", "as_json", is_flag=True, help="print JSON to stdout instead of tables")
+@_corpus_options
+@click.option("--no-cache", is_flag=True, help="measure L_before again, ignoring (and refreshing) the cache")
+@click.option("--backend", type=click.Choice(["transformers"]), default="transformers", show_default=True,
+              help="scoring backend for L_before")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, … (for measuring)")
+@handle_errors
+def estimate_cmd(corpus, law_path, model, coverage, as_json, fmt, key_field, target_field, no_cache, backend,
+                 device):
+    """The LoRA rank CORPUS needs to reach --coverage, from a calibrated law card: ℓ, L_before,
+    ΔL needed, rank with its interval, size on disk, capacity floor, conflicts, a LoraConfig."""
+    from memlaw.cli.common import corpus_spec
+    from memlaw.planner.estimate import estimate, render, resolve_card
+
+    card, card_path, shipped = resolve_card(law_path, model)
+    err = Console(stderr=True, quiet=as_json, highlight=False)
+    est = estimate(corpus_spec(corpus, fmt, key_field, target_field), card, coverage, model=model,
+                   card_path=card_path, shipped=shipped, use_cache=not no_cache, backend=backend, device=device,
+                   progress=not as_json, log=lambda msg: err.print(f"[memlaw] {msg}", markup=False))
+    if as_json:
+        click.echo(json.dumps(est.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        render(est, Console())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Every bad input we try, in one list: tests/test_bad_inputs.py asserts on it, and
+`python tests/bad_inputs.py` prints the table in docs/bad-inputs.md (what the user sees).
+
+A case: (what, command, setup) where setup(tmp) writes the files and returns the CLI arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+GOOD = '{"prompt": "id 1:", "completion": " 123"}\n'
+
+
+def corpus(content: bytes | str):
+    def setup(tmp: Path):
+        p = tmp / "c.jsonl"
+        p.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return ["train", str(p), "--model", "tiny", "--max-steps", "1", "--out", str(tmp / "out"), "--quiet"]
+    return setup
+
+
+def adapter(mutate):
+    """A real tiny adapter (trained 1 step), then broken by ``mutate(dir)``; audited."""
+    def setup(tmp: Path):
+        from memlaw.memft import CorpusSpec, Recipe, train_adapter
+
+        c = tmp / "c.jsonl"
+        c.write_text(GOOD * 3)
+        d = tmp / "adapter"
+        train_adapter(CorpusSpec(str(c)), "tiny", 2, d, recipe=Recipe(max_steps=1), progress=False)
+        mutate(d)
+        return [str(d), "--quiet"]
+    return setup
+
+
+def card(mutate):
+    def setup(tmp: Path):
+        src = Path(__file__).resolve().parents[1] / "memlaw" / "cards" / "tiny.json"
+        d = json.loads(src.read_text())
+        text = mutate(d)
+        p = tmp / "law.json"
+        p.write_text(text if isinstance(text, str) else json.dumps(d))
+        return ["law", "show", str(p)]
+    return setup
+
+
+def _pickle_only(d: Path):
+    import torch
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(d / "adapter_model.safetensors")), d / "adapter_model.bin")
+    (d / "adapter_model.safetensors").unlink()
+
+
+def _wrong_shape(d: Path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(d / "adapter_model.safetensors"))
+    k = next(k for k in t if ".lora_A." in k)
+    t[k] = torch.zeros(t[k].shape[0], t[k].shape[1] + 3)
+    save_file(t, str(d / "adapter_model.safetensors"))
+
+
+def _other_arch(d: Path):
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(d / "adapter_model.safetensors"))
+    save_file({k.replace("self_attn.q_proj", "attn.c_attn"): v for k, v in t.items()},
+              str(d / "adapter_model.safetensors"))
+
+
+def _set(key, value):
+    def m(d):
+        d[key] = value
+    return m
+
+
+def _drop(key):
+    def m(d):
+        d.pop(key)
+    return m
+
+
+def _nan(d):
+    return json.dumps(d).replace(f'"C": {json.dumps(d["coefficients"]["C"])}', '"C": NaN', 1)
+
+
+def _estimate(*extra):
+    def setup(tmp: Path):
+        c = tmp / "c.jsonl"
+        c.write_text(GOOD)
+        law = Path(__file__).resolve().parents[1] / "memlaw" / "cards" / "tiny.json"
+        return ["estimate", str(c), "--law", str(law), *extra]
+    return setup
+
+
+def _train_args(*extra):
+    def setup(tmp: Path):
+        c = tmp / "c.jsonl"
+        c.write_text(GOOD)
+        return ["train", str(c), "--out", str(tmp / "o"), "--quiet", *extra]
+    return setup
+
+
+# (what, cli, setup, expected exit code, a phrase the message must hold)
+CASES = [
+    ("corpus: not JSON", "memft", corpus(GOOD + "not json\n"), 2, "c.jsonl:2"),
+    ("corpus: a JSON array, not an object", "memft", corpus("[1, 2]\n"), 2, "c.jsonl:1"),
+    ("corpus: target of the wrong type", "memft", corpus('{"prompt": "a", "completion": 5}\n'), 2, "c.jsonl:1"),
+    ("corpus: missing field", "memft", corpus('{"prompt": "a"}\n'), 2, "c.jsonl:1"),
+    ("corpus: empty target", "memft", corpus('{"prompt": "a", "completion": ""}\n'), 2, "c.jsonl:1"),
+    ("corpus: invalid UTF-8", "memft", corpus(GOOD.encode() + b'{"text": "\xff\xfe"}\n'), 2, "c.jsonl:2"),
+    ("corpus: empty file", "memft", corpus(""), 2, "c.jsonl"),
+    ("corpus: unknown format", "memft", corpus('{"question": "a", "answer": "b"}\n'), 2, "--key-field"),
+    ("corpus: byte-order mark (accepted)", "memft", corpus(b"\xef\xbb\xbf" + GOOD.encode()), 0, "coverage"),
+    ("corpus: CRLF line ends (accepted)", "memft", corpus(GOOD.replace("\n", "\r\n") * 2), 0, "coverage"),
+    ("corpus: blank lines (accepted)", "memft", corpus("\n" + GOOD + "\n\n" + GOOD), 0, "coverage"),
+    ("corpus: a 1 MB line (longer than the model's context)", "memft",
+     corpus(json.dumps({"prompt": "x" * 1_000_000, "completion": " 1"}) + "\n"), 2, "context"),
+    ("corpus: 5,000 short lines (accepted)", "memft", corpus(GOOD * 5000), 0, "coverage"),
+    ("corpus: file missing", "memft", lambda tmp: ["train", str(tmp / "nope.jsonl"), "--model", "tiny",
+                                                   "--out", str(tmp / "o")], 2, "nope.jsonl"),
+    ("adapter: folder missing", "memaudit", lambda tmp: [str(tmp / "nope")], 2, "does not exist"),
+    ("adapter: adapter_config.json missing", "memaudit",
+     adapter(lambda d: (d / "adapter_config.json").unlink()), 2, "adapter_config.json"),
+    ("adapter: weights missing", "memaudit",
+     adapter(lambda d: (d / "adapter_model.safetensors").unlink()), 2, "no adapter weights"),
+    ("adapter: corrupted safetensors", "memaudit",
+     adapter(lambda d: (d / "adapter_model.safetensors").write_bytes(b"\x00" * 64)), 2, "safetensors"),
+    ("adapter: pickle weights only", "memaudit", adapter(_pickle_only), 2, "--allow-pickle"),
+    ("adapter: rank/shape mismatch with the base", "memaudit", adapter(_wrong_shape), 2, "does not fit"),
+    ("adapter: made for another architecture", "memaudit", adapter(_other_arch), 2, "lacks"),
+    ("adapter: config names a local path as base", "memaudit",
+     adapter(lambda d: (d / "adapter_config.json").write_text(json.dumps(
+         {**json.loads((d / "adapter_config.json").read_text()), "base_model_name_or_path": "/etc"}))),
+     2, "local path"),
+    ("law card: wrong schema version", "memplan", card(_set("schema_version", 99)), 2, "schema"),
+    ("law card: missing field", "memplan", card(_drop("coefficients")), 2, "coefficients"),
+    ("law card: NaN coefficient", "memplan", card(_nan), 2, "law.json"),
+    ("law card: not JSON", "memplan", card(lambda d: "{nope"), 2, "law.json"),
+    ("CLI: negative rank", "memft", _train_args("--model", "tiny", "--rank", "-1"), 2, "rank"),
+    ("CLI: coverage outside (0, 1]", "memplan", _estimate("--coverage", "1.5"), 2, "coverage"),
+    ("CLI: gate threshold outside [0, 1]", "memaudit", lambda tmp: [str(tmp), "--min-coverage", "1.5"], 2, "1.5"),
+    ("CLI: model path that does not exist", "memft", _train_args("--model", "./no-such-model"), 2, "does not exist"),
+    ("CLI: unknown method", "memft", _train_args("--model", "tiny", "--method", "magic"), 2, "magic"),
+]
+
+
+def run_case(cli: str, args: list[str]):
+    from click.testing import CliRunner
+
+    from memlaw.cli.memaudit import main as memaudit
+    from memlaw.cli.memft import main as memft
+    from memlaw.cli.memplan import main as memplan
+
+    return CliRunner().invoke({"memft": memft, "memaudit": memaudit, "memplan": memplan}[cli], args)
+
+
+def last_line(output: str) -> str:
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+if __name__ == "__main__":  # print the docs table
+    import tempfile
+
+    print("| bad input | command | exit | what the user sees |\n| --- | --- | --- | --- |")
+    for what, cli, setup, _, _ in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            args = setup(Path(tmp))
+            r = run_case(cli, args)
+            msg = last_line(r.output).replace(tmp, "…").replace("|", "\\|")
+            print(f"| {what} | `{cli} {args[0] if cli != 'memaudit' else 'ADAPTER'}…` | {r.exit_code} | {msg[:220]} |")
+    sys.exit(0)

@@ -1,0 +1,319 @@
+"""Calibration sweeps (`memplan calibrate`, `memplan merge`) on the tiny model.
+
+Every sweep here is a 3 × 2 grid (ranks 1,2,4 × lengths 16,32: the law needs ≥ 5 points) of
+16-token records trained for a few steps, so a whole sweep takes about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from memlaw.calibration import default_card_path
+from memlaw.calibration.sweep import (Shard, SweepSpec, corpus_slice, random_records, run_point, token_pool)
+from memlaw.card import load_card, read_points
+from memlaw.cli.memplan import main as memplan
+from memlaw.corpus import Encoded
+from memlaw.errors import UserError
+from memlaw.memft import Recipe
+from memlaw.models import _identity_of_state, load_base, tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+PHONEBOOK = ROOT / "examples" / "phonebook_small.jsonl"
+GRID = [(r, n) for r in (1, 2, 4) for n in (16, 32)]
+ARGS = ["--model", "tiny", "--ranks", "1,2,4", "--lengths", "16,32", "--chunk", "16", "--max-steps", "15",
+        "--n-boot", "20", "--quiet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two cores: a second torch process (another test run) with 2 threads each slows both ~50×."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def calibrate(out, *extra):
+    return CliRunner().invoke(memplan, ["calibrate", *ARGS, "--out", str(out), *extra])
+
+
+def grid_of(points):
+    return sorted((p["rank"], p["length"]) for p in points)
+
+
+def lines(path):
+    return Path(path).read_text().splitlines()
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "full"
+    res = calibrate(out, "--plot")
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# a whole sweep
+
+
+def test_sweep_writes_every_point_once_the_meta_and_a_card(full):
+    out, output = full
+    points = [json.loads(x) for x in lines(out / "points.jsonl")]
+    assert grid_of(points) == sorted(GRID)  # every grid point exactly once
+    for p in points:
+        for k in ("rank", "length", "loss_before", "loss_after", "coverage", "steps", "seconds", "seed",
+                  "stop_reason", "exact_records", "records"):
+            assert k in p, k
+        assert p["records"] == p["length"] // 16 and p["seed"] == 0 and 1 <= p["steps"] <= 15
+        assert p["loss_after"] < p["loss_before"] and 0.0 <= p["coverage"] <= 1.0
+    # L_before depends on the length only
+    for n in (16, 32):
+        assert len({p["loss_before"] for p in points if p["length"] == n}) == 1
+
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["base_model"]["name"] == "tiny" and meta["base_model"]["weights_sha256"]
+    assert meta["template"]["target_modules"] == ["q_proj", "v_proj"]
+    assert meta["template"]["layers"] == [0, 1]  # default: the last two layers (tiny has 2)
+    assert meta["template"]["params_per_rank"] == 2 * ((64 + 64) + (64 + 32))  # q: 64→64, v: 64→32
+    assert meta["recipe"]["method"] == "sft" and meta["recipe"]["lr"] == 0.01
+    assert meta["recipe"]["batch_size"] == "all" and meta["recipe"]["max_steps"] == 15
+    assert meta["data_kind"] == "random" and meta["chunk"] == 16 and meta["data_seed"] == 0
+    assert meta["grid"] == {"ranks": [1, 2, 4], "lengths": [16, 32]}
+
+    card = load_card(out / "law.json")
+    assert card.base_model == meta["base_model"] and card.data_kind == "random"
+    assert card.template["params_per_rank"] == meta["template"]["params_per_rank"]
+    assert len(card.points) == 6 and card.domain == {"rank": [1.0, 4.0], "length": [16.0, 32.0]}
+    assert "Parametric Memory Law" in output and "wrote" in output  # the card table is printed
+    # --plot: a picture when matplotlib is there, else one line saying why not
+    assert (out / "law.png").is_file() or "matplotlib is not installed" in output
+
+
+def test_fit_refits_the_saved_points(full, tmp_path):
+    out, _ = full
+    res = CliRunner().invoke(memplan, ["fit", str(out / "points.jsonl"), "--out", str(tmp_path / "law.json"),
+                                       "--n-boot", "20"])
+    assert res.exit_code == 0, res.output
+    a, b = load_card(out / "law.json"), load_card(tmp_path / "law.json")
+    assert a.coefficients == pytest.approx(b.coefficients)
+    assert b.template == a.template and b.recipe == a.recipe
+
+
+def test_rerun_of_a_finished_sweep_measures_nothing(full, tmp_path):
+    out = tmp_path / "again"
+    shutil.copytree(full[0], out)
+    before = lines(out / "points.jsonl")
+    res = calibrate(out)
+    assert res.exit_code == 0, res.output
+    assert "0 measured now" in res.output and lines(out / "points.jsonl") == before
+
+
+@pytest.mark.parametrize("change, what", [
+    (["--lr", "0.02"], "recipe"),
+    (["--target-modules", "q_proj"], "template"),
+    (["--data-seed", "1"], "data"),
+    (["--data", str(PHONEBOOK)], "data"),
+])
+def test_changed_settings_with_the_same_out_exit_2(full, tmp_path, change, what):
+    out = tmp_path / "s"
+    shutil.copytree(full[0], out)
+    before = lines(out / "points.jsonl")
+    res = calibrate(out, *change)
+    assert res.exit_code == 2, res.output
+    msg = res.output.strip().splitlines()[-1]
+    assert msg.startswith("error:") and f"another {what}" in msg and "another --out" in msg
+    assert "Traceback" not in res.output
+    assert lines(out / "points.jsonl") == before
+
+
+def test_bad_grids_are_refused_before_any_training(tmp_path):
+    for extra in (["--ranks", "4"], ["--lengths", "16"], ["--ranks", "1,x"], ["--shard", "2/2"],
+                  ["--shard", "a"], ["--layers", "7"], ["--target-modules", "nope"]):
+        res = calibrate(tmp_path / "bad", *extra)
+        assert res.exit_code == 2, (extra, res.output)
+        assert not (tmp_path / "bad" / "points.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# resume after SIGKILL
+
+
+def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
+    out = tmp_path / "killed"
+    # long enough points (~1 s each) that the kill lands mid-sweep; the recipe is the same on rerun
+    args = ["calibrate", *ARGS, "--max-steps", "150", "--patience", "1000", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "memlaw.cli.memplan", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    points_file = out / "points.jsonl"
+    deadline = time.monotonic() + 240
+    try:
+        while not (points_file.exists() and points_file.read_bytes().count(b"\n") >= 1):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no point appeared in time"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    first = lines(points_file)
+    assert 1 <= len(first) < len(GRID), "the sweep finished before it could be killed"
+    assert not (out / "law.json").exists()
+    # a writer killed mid-line leaves a truncated last line: the resume drops it
+    with open(points_file, "ab") as f:
+        f.write(b'{"rank": 4, "length": 3')
+
+    res = CliRunner().invoke(memplan, args)
+    assert res.exit_code == 0, res.output
+    final = lines(points_file)
+    assert final[:len(first)] == first  # the first run's points are untouched
+    assert grid_of(read_points(points_file)) == sorted(GRID)
+    assert len(final) == len(GRID)  # each point exactly once
+    assert f"{len(GRID) - len(first)} measured now" in res.output
+    load_card(out / "law.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# the base model stays clean
+
+
+def test_the_base_model_is_clean_after_a_point():
+    base = load_base("tiny")
+    identity = dict(base.identity)
+    spec = SweepSpec(model="tiny", ranks=(1, 2), lengths=(16, 32, 48), chunk=16,
+                     recipe=Recipe(method="sft", lr=1e-2, batch_size=1, max_steps=10, patience=30))
+    template = spec.template(base.model)
+    records = random_records(base.tokenizer, token_pool(base.tokenizer, base.model), 32, 16, 0)
+    point = run_point(base, template, spec.recipe_for(len(records)), records, 2, 10.0)
+    assert point["loss_after"] < 10.0 and point["steps"] == 10  # it did train an adapter
+
+    assert not any("lora" in name for name, _ in base.model.named_modules())
+    assert type(base.model).__name__ == "LlamaForCausalLM"
+    assert _identity_of_state("tiny", base.model) == identity  # weights byte-identical
+    ids = torch.tensor([[0, 5, 17, 200, 3, 99, 42, 7]])
+    with torch.no_grad():
+        assert torch.equal(base.model(ids).logits, tiny_model(seed=0)(ids).logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# shards and merge
+
+
+def test_shards_then_merge_give_every_point_once(full, tmp_path):
+    a, b, merged = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
+    for out, shard in ((a, "0/2"), (b, "1/2")):
+        res = calibrate(out, "--shard", shard)
+        assert res.exit_code == 0, res.output
+        pts = read_points(out / "points.jsonl")
+        assert len(pts) == 3 and {p["shard"] for p in pts} == {shard}
+        want = [g for i, g in enumerate(GRID) if i % 2 == int(shard[0])]  # row-major position ≡ i mod 2
+        assert grid_of(pts) == sorted(want)
+        assert not (out / "law.json").exists()
+        assert "missing" in res.output and "memplan merge" in res.output
+
+    res = CliRunner().invoke(memplan, ["merge", str(a), str(b), "--out", str(merged), "--n-boot", "20"])
+    assert res.exit_code == 0, res.output
+    pts = read_points(merged / "points.jsonl")
+    assert grid_of(pts) == sorted(GRID) and len(lines(merged / "points.jsonl")) == len(GRID)
+    card = load_card(merged / "law.json")
+    assert len(card.points) == len(GRID)
+    # the shards measured exactly what the unsharded sweep measured (same seeds, same data)
+    ref = {(p["rank"], p["length"]): p for p in read_points(full[0] / "points.jsonl")}
+    for p in pts:
+        assert p["loss_after"] == pytest.approx(ref[(p["rank"], p["length"])]["loss_after"], rel=1e-5, abs=1e-6)
+        assert p["loss_before"] == pytest.approx(ref[(p["rank"], p["length"])]["loss_before"], rel=1e-9)
+
+    # merging a shard with itself twice over still gives each point once
+    res = CliRunner().invoke(memplan, ["merge", str(a), str(a), str(b), "--out", str(tmp_path / "m2")])
+    assert res.exit_code == 0, res.output
+    assert len(lines(tmp_path / "m2" / "points.jsonl")) == len(GRID)
+
+    # an existing sweep folder is never overwritten
+    res = CliRunner().invoke(memplan, ["merge", str(a), str(b), "--out", str(merged)])
+    assert res.exit_code == 2 and "choose a new --out" in res.output
+
+    # incompatible sweeps (another recipe) → exit 2, nothing written
+    c = tmp_path / "c"
+    shutil.copytree(b, c)
+    meta = json.loads((c / "sweep.json").read_text())
+    meta["recipe"]["lr"] = 0.5
+    (c / "sweep.json").write_text(json.dumps(meta))
+    res = CliRunner().invoke(memplan, ["merge", str(a), str(c), "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2, res.output
+    assert "another recipe" in res.output and not (tmp_path / "bad" / "points.jsonl").exists()
+
+
+def test_shard_parse():
+    assert Shard.parse("1/4") == Shard(1, 4) and str(Shard(1, 4)) == "1/4" and Shard.parse(None) is None
+    for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(UserError):
+            Shard.parse(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def test_random_records_are_content_free_and_seeded():
+    base = load_base("tiny")
+    pool = token_pool(base.tokenizer, base.model)
+    assert 0 not in pool and 1 not in pool and 2 not in pool and len(pool) == 256  # no special tokens
+    recs = random_records(base.tokenizer, pool, 40, 16, seed=3)
+    assert [r.n_target for r in recs] == [16, 16, 8]  # ⌈40/16⌉ records, the last one short
+    assert all(r.key_ids[0] == base.tokenizer.bos_token_id for r in recs)
+    assert len({r.key_ids for r in recs}) == len(recs)  # no two records share a context
+    assert {t for r in recs for t in r.target_ids + r.key_ids[1:]} <= set(pool.tolist())
+    assert recs == random_records(base.tokenizer, pool, 40, 16, seed=3)
+    assert recs != random_records(base.tokenizer, pool, 40, 16, seed=4)
+
+
+def test_corpus_slice_takes_records_in_order_and_truncates_the_last():
+    enc = [Encoded((1, 2), (10, 11, 12), 0), Encoded((3,), (20, 21, 22, 23), 1), Encoded((4,), (30,), 2)]
+    out = corpus_slice(enc, 5)
+    assert [e.target_ids for e in out] == [(10, 11, 12), (20, 21)]
+    assert [e.key_ids for e in out] == [(1, 2), (3,)] and [e.index for e in out] == [0, 1]
+
+
+def test_a_sweep_on_a_corpus(tmp_path):
+    out = tmp_path / "corpus"
+    res = calibrate(out, "--data", str(PHONEBOOK))
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["data_kind"] == "corpus:phonebook_small.jsonl"
+    assert meta["data"]["kind"] == "corpus" and len(meta["data"]["sha256"]) == 64
+    pts = read_points(out / "points.jsonl")
+    assert grid_of(pts) == sorted(GRID)
+    # tiny's tokenizer is byte-level: " 555-5409-3504" is 14 tokens, so 16 tokens = 2 records
+    assert {p["records"] for p in pts if p["length"] == 16} == {2}
+    assert load_card(out / "law.json").data_kind == "corpus:phonebook_small.jsonl"
+
+    res = calibrate(tmp_path / "big", "--data", str(PHONEBOOK), "--lengths", "16,100000")
+    assert res.exit_code == 2 and "fewer than the longest --lengths" in res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# shipped cards
+
+
+def test_the_shipped_tiny_card_loads():
+    path = default_card_path("tiny")
+    assert path is not None and path.name == "tiny.json"
+    card = load_card(path)
+    assert card.base_model["name"] == "tiny" and card.r2 > 0.9
+    assert card.domain == {"rank": [1.0, 8.0], "length": [64.0, 256.0]}
+    assert default_card_path("no-such-model") is None and default_card_path("../tiny") is None
+    # the card describes today's tiny model
+    assert card.base_model == load_base("tiny").identity
