@@ -339,7 +339,8 @@ def loss_before(base, records, pad_id: int) -> float:
     return float(summarize(score(base.model, records, pad_id=pad_id))["mean_loss"])
 
 
-def run_point(base, template, recipe, records, rank: int, l_before: float, pad_id: int = 0) -> dict:
+def run_point(base, template, recipe, records, rank: int, l_before: float, pad_id: int = 0,
+              cache_prefix: bool = True) -> dict:
     """Train a fresh rank-``rank`` adapter on ``records`` and measure it. The adapter is removed
     again afterwards (``unload``): ``base.model`` is the clean base model when this returns."""
     from memlaw.memft import make_lora_model, seed_everything, train
@@ -349,7 +350,7 @@ def run_point(base, template, recipe, records, rank: int, l_before: float, pad_i
     seed_everything(recipe.seed)
     model = make_lora_model(base.model, template, rank, recipe.seed)
     try:
-        result = train(model, records, recipe, pad_id=pad_id, progress=False)
+        result = train(model, records, recipe, pad_id=pad_id, progress=False, cache_prefix=cache_prefix)
         after = summarize(score(model, records, pad_id=pad_id))
     finally:
         base.model = model.unload()
