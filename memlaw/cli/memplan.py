@@ -1,7 +1,12 @@
 """memplan: calibrate the Parametric Memory Law for a base model and plan LoRA ranks with it.
 
+    memplan calibrate --model M --ranks 1,2,4,8 --lengths 64,128,256 --out DIR   run a sweep, fit a card
+    memplan merge DIR1 DIR2 … --out DIR         merge sweep shards
     memplan fit POINTS.jsonl --out law.json     fit a law card to sweep points
     memplan law show law.json                   show a law card
+    memplan estimate corpus.jsonl [--law CARD]  the rank a corpus needs
+
+The logic lives in memlaw.calibration.sweep and memlaw.planner.estimate; this file only parses.
 """
 
 from __future__ import annotations
