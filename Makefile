@@ -26,12 +26,16 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
-# The main job on the built-in default model: plan a corpus, train an adapter, audit it.
+# The main job on the built-in default model (SmolLM2-135M): plan a corpus with the shipped law
+# card, train an adapter with the card's template (fast on a CPU: the frozen layers below it run
+# once), audit it and write its reports. A few minutes on 2 CPU cores.
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(BIN)/memplan estimate examples/phonebook.jsonl
-	$(BIN)/memft train examples/phonebook_small.jsonl --model smollm2-135m --rank 4 --method ot --out runs/demo/pb-small-r4
-	$(BIN)/memaudit runs/demo/pb-small-r4 --min-coverage 0.99 --markdown runs/demo/audit.md --html runs/demo/audit.html
+	$(BIN)/memplan estimate examples/phonebook_small.jsonl
+	$(BIN)/memft train examples/phonebook_small.jsonl --model smollm2-135m --rank 8 --method sft --lr 1e-2 \
+		--target-modules q_proj,v_proj --layers 28,29 --batch-size 40 --max-steps 100 --out runs/demo/pb-small-r8
+	$(BIN)/memaudit runs/demo/pb-small-r8 --worst 3 --json runs/demo/audit.json --markdown runs/demo/audit.md \
+		--html runs/demo/audit.html --junit runs/demo/audit.xml
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
