@@ -31,7 +31,8 @@ from memlaw.cli.memaudit import main as memaudit
 from memlaw.errors import UserError
 
 N_RECORDS = 24
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
+              pytest.mark.usefixtures("one_thread")]  # one_thread: see conftest.py
 
 
 def _mixed(summary: dict) -> bool:
@@ -112,16 +113,6 @@ def _train_plain_peft(corpus: Path, out: Path) -> None:
     cfg_file.write_text(json.dumps(cfg))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is far too small to gain from intra-op threads, and on a shared machine they
-    oversubscribe the cores (spin-waiting threads made training ~50× slower here). Restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

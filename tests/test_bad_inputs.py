@@ -2,17 +2,13 @@
 The cases live in tests/bad_inputs.py, which also prints docs/bad-inputs.md."""
 
 import pytest
-import torch
 
 from bad_inputs import CASES, last_line, run_case
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+
 
 
 @pytest.mark.parametrize("what,cli,setup,code,phrase", CASES, ids=[c[0] for c in CASES])

@@ -35,13 +35,9 @@ ARGS = ["--model", "tiny", "--ranks", "1,2,4", "--lengths", "16,32", "--chunk", 
         "--n-boot", "20", "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores: a second torch process (another test run) with 2 threads each slows both ~50×."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+
 
 
 def calibrate(out, *extra):

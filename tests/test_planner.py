@@ -32,15 +32,9 @@ LENGTHS = (100, 200, 400, 800)
 RANKS = (1, 2, 4, 8, 16, 32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Intra-op threads only slow the tiny model down on a shared 2-core machine. Restored after."""
-    import torch
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 
 @pytest.fixture(autouse=True)
