@@ -18,7 +18,7 @@ import numpy as np
 
 from memlaw import __version__
 from memlaw.errors import UserError
-from memlaw.io import atomic_write_json
+from memlaw.io import atomic_write_json, json_safe
 from memlaw.law import NAMES, FitError, Law, bootstrap, coverage_loss_thresholds, fit
 
 SCHEMA_VERSION = 1
@@ -145,21 +145,8 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
 # saving and loading
 
 
-def _no_nan(obj):
-    """JSON forbids NaN/inf: stray ones (in free-form point fields) become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_no_nan(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _no_nan(obj.item())
-    return obj
-
-
 def save_card(card: LawCard, path) -> None:
-    atomic_write_json(path, _no_nan(card.to_dict()), indent=2)
+    atomic_write_json(path, json_safe(card.to_dict()), indent=2)
 
 
 def _bad(path, what, fix="re-create it with `memplan fit POINTS.jsonl --out CARD.json`"):

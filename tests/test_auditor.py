@@ -80,20 +80,14 @@ def _train_plain_peft(corpus: Path, out: Path) -> None:
     from memlaw.models import load_base
     from memlaw.scoring import score, summarize
 
+    from helpers import masked_label_batch
+
     base = load_base("tiny")
     encoded = encode_records(base.tokenizer, read_corpus(corpus))
     torch.manual_seed(0)
     model = get_peft_model(base.model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
                                                   lora_dropout=0.0, task_type="CAUSAL_LM"))
-    width = max(len(e.input_ids) for e in encoded)
-    ids = torch.zeros(len(encoded), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, e in enumerate(encoded):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        mask[i, :n] = 1
-        labels[i, len(e.key_ids):n] = torch.tensor(e.target_ids)
+    ids, mask, labels = masked_label_batch(encoded, pad_id=0)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
     for _ in range(300):
         model.train()

@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from helpers import masked_label_batch
 from memlaw.cli.memaudit import main as memaudit
 from memlaw.corpus import encode_records, read_corpus
 from memlaw.models import load_base
@@ -59,13 +60,7 @@ def plain_adapter(corpus, tmp_path_factory):
     torch.manual_seed(0)
     model = get_peft_model(base.model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                                                   task_type="CAUSAL_LM"))
-    width = max(len(e.input_ids) for e in enc)
-    ids = torch.full((len(enc), width), 2)
-    mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
-    for i, e in enumerate(enc):
-        n = len(e.input_ids)
-        ids[i, :n], mask[i, :n] = torch.tensor(e.input_ids), 1
-        labels[i, len(e.key_ids):n] = torch.tensor(e.target_ids)
+    ids, mask, labels = masked_label_batch(enc, pad_id=2)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     for _ in range(120):
         model.train()

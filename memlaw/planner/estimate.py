@@ -35,6 +35,7 @@ import numpy as np
 
 from memlaw.card import LawCard, load_card
 from memlaw.errors import UserError
+from memlaw.io import json_safe
 from memlaw.law import Law, rank_for_delta
 from memlaw.memft import ALL_LINEAR, METHODS, CorpusSpec, LoraTemplate
 from memlaw.planner.baseloss import BACKENDS, measure_or_load, same_model
@@ -192,24 +193,6 @@ class _ModuleList:
         return iter(self._mods)
 
 
-def _finite_or_none(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def _json_safe(obj):
-    if isinstance(obj, float):
-        return _finite_or_none(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj
-
-
 # --------------------------------------------------------------------------------------------
 # the estimate
 
@@ -263,7 +246,7 @@ class Estimate:
     bits_per_param: float = BITS_PER_PARAM
 
     def to_dict(self) -> dict:
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
 
 def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, model: str | None = None,
