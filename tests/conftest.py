@@ -38,3 +38,79 @@ def kv_corpus(tmp_path):
     rng = random.Random(7)
     rows = [{"prompt": f"id {i:02d}:", "completion": f" {rng.randrange(100, 999)}"} for i in range(24)]
     return write_jsonl(tmp_path / "kv.jsonl", rows)
+
+
+# --------------------------------------------------------------------------------------------
+# real SmolLM2-135M adapters (slow tests only; shared by test_real_model.py and test_vllm.py)
+
+REAL_N = 16
+
+
+def _mixed(s):
+    """Some records exact and some not: what makes an audit comparison meaningful."""
+    return 0.2 * s["records"] <= s["exact_records"] <= 0.8 * s["records"]
+
+
+@pytest.fixture(scope="session")
+def real_corpus(tmp_path_factory):
+    from pathlib import Path
+
+    rows = Path("examples/phonebook_small.jsonl").read_text().splitlines()[:REAL_N]
+    p = tmp_path_factory.mktemp("real") / "pb16.jsonl"
+    p.write_text("\n".join(rows) + "\n")
+    return p
+
+
+@pytest.fixture(scope="session")
+def real_memft_adapter(real_corpus, tmp_path_factory):
+    from memlaw.corpus import encode_records, read_corpus
+    from memlaw.memft import CorpusSpec, Recipe, train_adapter
+    from memlaw.models import load_base
+    from memlaw.scoring import score, summarize
+
+    base = load_base("smollm2-135m")
+    enc = encode_records(base.tokenizer, read_corpus(real_corpus))
+    out = tmp_path_factory.mktemp("real") / "memft-r2"
+    side = train_adapter(CorpusSpec(str(real_corpus)), "smollm2-135m", 2, out, base=base, progress=False,
+                         recipe=Recipe(method="sft", lr=3e-3, batch_size=REAL_N, max_steps=80, patience=80),
+                         on_epoch=lambda e: _mixed(summarize(score(base.model, enc, pad_id=2))))
+    assert side["train"]["stop_reason"] == "callback", side["train"]
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_plain_adapter(real_corpus, tmp_path_factory):
+    """Plain PEFT on q_proj/v_proj, HF-style masked labels, saved with save_pretrained."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from helpers import masked_label_batch
+    from memlaw.corpus import encode_records, read_corpus
+    from memlaw.models import load_base
+    from memlaw.scoring import score, summarize
+
+    base = load_base("smollm2-135m")
+    enc = encode_records(base.tokenizer, read_corpus(real_corpus))
+    torch.manual_seed(0)
+    model = get_peft_model(base.model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                  task_type="CAUSAL_LM"))
+    ids, mask, labels = masked_label_batch(enc, pad_id=2)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    for _ in range(120):
+        model.train()
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.eval()
+        if _mixed(summarize(score(model, enc, pad_id=2))):
+            break
+    else:
+        pytest.fail("plain PEFT never reached a mix of exact and failing records")
+    out = tmp_path_factory.mktemp("real") / "plain-qv"
+    model.peft_config["default"].base_model_name_or_path = None
+    model.save_pretrained(str(out))
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "smollm2-135m"
+    (out / "adapter_config.json").write_text(json.dumps(cfg))
+    return out

@@ -7,6 +7,7 @@ Every sweep here is a 3 × 2 grid (ranks 1,2,4 × lengths 16,32: the law needs �
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -74,6 +75,8 @@ def test_sweep_writes_every_point_once_the_meta_and_a_card(full):
             assert k in p, k
         assert p["records"] == p["length"] // 16 and p["seed"] == 0 and 1 <= p["steps"] <= 15
         assert p["loss_after"] < p["loss_before"] and 0.0 <= p["coverage"] <= 1.0
+    # random data records its source entropy, ln(pool): tiny's 256 byte tokens
+    assert all(p["loss_source"] == pytest.approx(math.log(256)) for p in points)
     # L_before depends on the length only
     for n in (16, 32):
         assert len({p["loss_before"] for p in points if p["length"] == n}) == 1
@@ -105,6 +108,21 @@ def test_fit_refits_the_saved_points(full, tmp_path):
     a, b = load_card(out / "law.json"), load_card(tmp_path / "law.json")
     assert a.coefficients == pytest.approx(b.coefficients)
     assert b.template == a.template and b.recipe == a.recipe
+    for p in a.points:
+        assert p["delta_loss"] == pytest.approx(min(p["loss_before"], math.log(256)) - p["loss_after"])
+
+
+def test_fit_of_points_from_before_loss_source_takes_it_from_sweep_json(full, tmp_path):
+    out, _ = full
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "sweep.json").write_text((out / "sweep.json").read_text())
+    rows = [{k: v for k, v in json.loads(x).items() if k != "loss_source"} for x in lines(out / "points.jsonl")]
+    (old / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = CliRunner().invoke(memplan, ["fit", str(old / "points.jsonl"), "--out", str(tmp_path / "law.json"),
+                                       "--n-boot", "0"])
+    assert res.exit_code == 0, res.output
+    assert load_card(tmp_path / "law.json").coefficients == pytest.approx(load_card(out / "law.json").coefficients)
 
 
 def test_rerun_of_a_finished_sweep_measures_nothing(full, tmp_path):

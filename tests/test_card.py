@@ -56,6 +56,24 @@ def test_build_card(card):
     assert "R²" in rows and rows["base model"] == "tiny"
 
 
+def test_delta_loss_counts_only_information_above_the_source_entropy():
+    """Random tokens from a pool of N: the nats above ln N are free (learn "uniform"), not stored."""
+    source = 1.5
+    pts = [dict(p, loss_before=4.0, loss_source=source) for p in make_points(L_before=2.0)]
+    c = build_card(pts, n_boot=0, **META)
+    for p in c.points:
+        assert p["delta_loss"] == pytest.approx(source - p["loss_after"])
+    plain = build_card([dict(p, loss_before=4.0) for p in make_points(L_before=2.0)], n_boot=0, **META)
+    for p in plain.points:
+        assert p["delta_loss"] == pytest.approx(4.0 - p["loss_after"])
+    # the same law shifted by the free 2.5 nats: only b moves
+    assert plain.law().b - c.law().b == pytest.approx(4.0 - source, abs=1e-6)
+    assert plain.law().alpha == pytest.approx(c.law().alpha, abs=1e-6)
+    # a source entropy above L_before changes nothing
+    high = build_card([dict(p, loss_source=99.0) for p in make_points()], n_boot=0, **META)
+    assert high.coefficients == pytest.approx(build_card(make_points(), n_boot=0, **META).coefficients)
+
+
 def test_build_card_needs_enough_points():
     with pytest.raises(UserError, match="at least 5"):
         build_card(make_points()[:4], **META)

@@ -94,6 +94,7 @@ class AuditResult:
     conflicts: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    backend: str = "transformers"
     repair: dict | None = None  # set on the audit of a repaired adapter: where from, how, the before summary
 
     def worst(self, n: int = 5, failing_only: bool = True) -> list[RecordAudit]:
@@ -112,6 +113,7 @@ class AuditResult:
             "conflicts": list(self.conflicts),
             "warnings": list(self.warnings),
             "seconds": round(self.seconds, 3),
+            "backend": self.backend,
             "repair": self.repair,
             "records": [r.to_dict() for r in self.records],
         }
@@ -209,10 +211,11 @@ def _display_key(record) -> str:
 
 
 def audit(model, base, encoded: Sequence, records: Sequence, *, pad_id: int | None = None,
-          progress: bool = False, max_tokens: int = 8192) -> AuditResult:
+          progress: bool = False, max_tokens: int = 8192, scorer=None) -> AuditResult:
     """Score every target token of ``encoded`` (from :func:`memlaw.corpus.encode_records` over
     ``records``) under ``model`` and build the per-record verdicts and the summary. ``base``
-    supplies the tokenizer (token texts) and the base model's name and identity."""
+    supplies the tokenizer (token texts) and the base model's name and identity. ``scorer``
+    (``encoded -> list[RecordScores]``) replaces the transformers pass, e.g. with vLLM's."""
     from memlaw.corpus import find_conflicts
     from memlaw.scoring import score, summarize
 
@@ -222,8 +225,11 @@ def audit(model, base, encoded: Sequence, records: Sequence, *, pad_id: int | No
     if pad_id is None:
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     start = time.perf_counter()
-    scores = score(model, encoded, pad_id=pad_id, max_tokens=max_tokens, progress=progress,
-                   description="auditing")
+    if scorer is None:
+        scores = score(model, encoded, pad_id=pad_id, max_tokens=max_tokens, progress=progress,
+                       description="auditing")
+    else:
+        scores = scorer(encoded)
     seconds = time.perf_counter() - start
 
     texts: dict[int, str] = {}
@@ -455,10 +461,24 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
                          weights_file=weights, warnings=warnings)
 
 
-def audit_inputs(inputs: AdapterInputs, *, progress: bool = False) -> AuditResult:
-    """Audit what :func:`load_adapter_inputs` loaded."""
+BACKENDS = ("transformers", "vllm")
+
+
+def audit_inputs(inputs: AdapterInputs, *, progress: bool = False, backend: str = "transformers",
+                 vllm_mode: str = "lora") -> AuditResult:
+    """Audit what :func:`load_adapter_inputs` loaded. ``backend`` ``vllm`` scores with vLLM
+    (``vllm_mode``: ``lora`` or ``merged``, see :mod:`memlaw.vllm_backend`)."""
+    scorer = None
+    if backend == "vllm":
+        from memlaw.vllm_backend import score_adapter
+
+        def scorer(encoded):
+            return score_adapter(inputs, mode=vllm_mode, progress=progress)
+    elif backend != "transformers":
+        raise UserError(f"unknown scoring backend '{backend}'", fix=f"use one of: {', '.join(BACKENDS)}")
     result = audit(inputs.model, inputs.base, inputs.encoded, inputs.records, pad_id=inputs.pad_id,
-                   progress=progress)
+                   progress=progress, scorer=scorer)
+    result.backend = backend if backend == "transformers" else f"vllm ({vllm_mode})"
     result.adapter = str(inputs.adapter_dir)
     try:
         result.corpus = inputs.corpus.to_dict()
@@ -471,14 +491,20 @@ def audit_inputs(inputs: AdapterInputs, *, progress: bool = False) -> AuditResul
 
 def audit_adapter(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
                   allow_pickle: bool = False, trust_remote_code: bool = False, force_base: bool = False,
-                  device: str = "cpu", progress: bool = False, base=None) -> AuditResult:
+                  device: str = "cpu", progress: bool = False, base=None, backend: str = "transformers",
+                  vllm_mode: str = "lora") -> AuditResult:
     """Audit the PEFT LoRA adapter in ``adapter_dir``.
 
     ``corpus``: a :class:`~memlaw.memft.CorpusSpec` (or a path); default: the corpus recorded in the
     adapter's ``memlaw.json``. ``base_model``: default ``base_model_name_or_path`` from
     ``adapter_config.json``. ``base``: an already loaded :class:`~memlaw.models.Base` to use instead
-    (its model gets the adapter injected). Raises :class:`UserError` on any bad input."""
+    (its model gets the adapter injected). ``backend``: ``transformers`` or ``vllm``. Raises
+    :class:`UserError` on any bad input."""
+    if backend == "vllm":
+        from memlaw.vllm_backend import require_vllm
+
+        require_vllm()  # before loading anything
     inputs = load_adapter_inputs(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
                                  trust_remote_code=trust_remote_code, force_base=force_base,
                                  device=device, base=base)
-    return audit_inputs(inputs, progress=progress)
+    return audit_inputs(inputs, progress=progress, backend=backend, vllm_mode=vllm_mode)

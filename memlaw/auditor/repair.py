@@ -66,12 +66,14 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
            method: str = "ot", steps: int = 300, lr: float = 2e-3, batch_size: int = 32,
            patience: int | None = None, seed: int = 0, gate: Gate | None = None, allow_pickle: bool = False,
            trust_remote_code: bool = False, force_base: bool = False, device: str = "cpu",
-           progress: bool = False, on_before: Callable[[AuditResult], None] | None = None) -> RepairResult:
+           progress: bool = False, on_before: Callable[[AuditResult], None] | None = None,
+           backend: str = "transformers", vllm_mode: str = "lora") -> RepairResult:
     """Continue training the adapter in ``adapter_dir`` with MemFT (``method``: ot, sw or sft) for at
     most ``steps`` steps, stopping once ``gate`` holds, save it to the new folder ``out`` and audit
     it there. Returns before and after audits. Raises :class:`UserError` on bad input, and before
     any loading or training when ``out`` exists. ``on_before(audit)`` sees the audit of the input
-    adapter before training starts (the CLI prints it)."""
+    adapter before training starts (the CLI prints it). ``backend`` scores the before and after
+    audits (``vllm`` possible); the gate checks during training use the in-memory model."""
     from memlaw import __version__
     from memlaw.io import sha256_file
     from memlaw.memft import CorpusSpec, Recipe, check_new_dir, save_adapter, seed_everything, train
@@ -79,6 +81,10 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
 
     adapter_dir, out = Path(adapter_dir), Path(out)
     check_new_dir(out)
+    if backend == "vllm":
+        from memlaw.vllm_backend import require_vllm
+
+        require_vllm()
     if adapter_dir.exists() and _inside(out, adapter_dir):
         raise UserError(f"--repair-out {out} lies inside the adapter folder {adapter_dir}, which is never modified",
                         fix="choose a folder outside it")
@@ -93,7 +99,7 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
     inputs = load_adapter_inputs(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
                                  trust_remote_code=trust_remote_code, force_base=force_base, trainable=True,
                                  device=device)
-    before = audit_inputs(inputs, progress=progress)
+    before = audit_inputs(inputs, progress=progress, backend=backend, vllm_mode=vllm_mode)
     if on_before is not None:
         on_before(before)
     model, encoded, pad_id = inputs.model, inputs.encoded, inputs.pad_id
@@ -150,7 +156,7 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
     spec = CorpusSpec(c["path"], fmt=c.get("fmt") or "auto", key_field=c.get("key_field"),
                       target_field=c.get("target_field"))
     after = audit_adapter(out, corpus=spec, base_model=base_name, trust_remote_code=trust_remote_code,
-                          device=device, progress=progress)
+                          device=device, progress=progress, backend=backend, vllm_mode=vllm_mode)
     after.repair = {"repaired_from": str(adapter_dir), "method": method, "steps": n_steps, "stop_reason": reason,
                     "before": before.summary}
     return RepairResult(before=before, after=after, out=out, steps=n_steps, stop_reason=reason,

@@ -30,6 +30,15 @@ would share one context and conflict, and no adapter could reach coverage 1. ``-
 corpus.jsonl`` takes the corpus's encoded records in file order until ℓ target tokens (the last
 record truncated).
 
+**What ΔL counts.** Random tokens are drawn uniformly from a pool of N tokens, so no model can
+beat ln N nats per token without storing the tokens themselves; the base model starts ~3 nats
+above that (it does not expect uniform noise), and an adapter gets those nats for free by
+learning "uniform over the pool", not by memorising anything. Each random-data point therefore
+records ``loss_source = ln N`` and the card measures ΔL from min(L_before, ln N): only the
+information the adapter had to store. A real corpus's L_before is already information (every nat
+is a specific fact), which is what the planner applies the law to. Without this the planner
+under-predicted on every corpus measured (docs/results.md, section 2).
+
 **Shards and Slurm.** ``--shard i/n`` runs only the grid points whose position in the grid
 (row-major over sorted ranks × sorted lengths) is ≡ i (mod n). Give every shard its own ``--out``,
 then merge the folders; ``memplan merge`` checks that they were run with the same model, template,
@@ -323,6 +332,10 @@ class SweepData:
     def kind(self) -> str:
         return "random" if self.spec.data is None else f"corpus:{Path(self.spec.data.path).name}"
 
+    def loss_source(self) -> float | None:
+        """The entropy of the data source (nats/token) when known: ln N for N equally likely tokens."""
+        return math.log(len(self._pool)) if self._pool is not None else None
+
     def records(self, length: int) -> list:
         if self._encoded is not None:
             return corpus_slice(self._encoded, length)
@@ -480,6 +493,17 @@ class SweepResult:
         return lines + list(self.notes)
 
 
+def with_loss_source(points: list[dict], meta: dict) -> list[dict]:
+    """Points of a random-data sweep made before points recorded ``loss_source`` get it from the
+    pool size in sweep.json (see "What ΔL counts")."""
+    data = meta.get("data") or {}
+    pool = data.get("pool_size") if isinstance(data, dict) and data.get("kind") == "random" else None
+    if not isinstance(pool, int) or pool < 2:
+        return points
+    return [p if not isinstance(p, dict) or "loss_source" in p else {**p, "loss_source": math.log(pool)}
+            for p in points]
+
+
 def finish(out: Path, meta: dict, points: list[dict], grid, *, n_boot: int, plot: bool,
            ran: int = 0, shard: Shard | None = None) -> SweepResult:
     """Fit and save the card once every grid point is present."""
@@ -488,7 +512,7 @@ def finish(out: Path, meta: dict, points: list[dict], grid, *, n_boot: int, plot
     if missing:
         return res
     try:
-        card = build_card(points, base_model=meta["base_model"], template=meta["template"],
+        card = build_card(with_loss_source(points, meta), base_model=meta["base_model"], template=meta["template"],
                           recipe=meta["recipe"], data_kind=meta["data_kind"], n_boot=n_boot, seed=0)
     except UserError as e:
         raise UserError(f"{e} (the {len(points)} points are kept in {Path(out) / POINTS}; run again with a "
@@ -572,6 +596,8 @@ def run_sweep(spec: SweepSpec, out, *, progress: bool = True, plot: bool = False
             point = run_point(base, template, spec.recipe_for(len(records[length])), records[length], rank,
                               befores[length], pad_id)
             point["length"] = int(length)
+            if data.loss_source() is not None:
+                point["loss_source"] = data.loss_source()
             if spec.shard is not None:
                 point["shard"] = str(spec.shard)
             append_jsonl(points_path, point)

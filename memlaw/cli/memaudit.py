@@ -77,12 +77,17 @@ def _check_outputs(adapter_dir: Path, corpus: str | None, reports: dict) -> None
 @click.option("--lr", type=float, default=Recipe.lr, show_default=True, help="repair learning rate")
 @click.option("--batch-size", type=click.IntRange(min=1), default=Recipe.batch_size, show_default=True,
               help="repair batch size")
+@click.option("--backend", type=click.Choice(["transformers", "vllm"]), default="transformers", show_default=True,
+              help="scoring engine; vllm needs `make install-vllm` and agrees with transformers (tests/test_vllm.py)")
+@click.option("--vllm-mode", type=click.Choice(["lora", "merged"]), default="lora", show_default=True,
+              help="vllm: the adapter as a LoRARequest (one sequence at a time: vLLM's batched LoRA "
+                   "prompt_logprobs crashes) or merged into the weights (batched, faster)")
 @click.option("--quiet", is_flag=True, help="no progress bars; print only the summary and the gate")
 @click.pass_context
 @handle_errors
 def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, force_base, allow_pickle,
          trust_remote_code, min_coverage, min_exact, min_locked, max_mean_loss, json_out, markdown, html_out, junit,
-         worst, repair_out, method, repair_steps, lr, batch_size, quiet):
+         worst, repair_out, method, repair_steps, lr, batch_size, backend, vllm_mode, quiet):
     """Audit the PEFT LoRA adapter in ADAPTER_DIR token by token against its corpus: coverage
     (tokens with p > 0.5), exact and locked records, failing spans. Exit 0 when every given
     threshold holds, 1 when one fails, 2 on bad input. With --repair-out, continue training it
@@ -112,8 +117,10 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
     _check_outputs(adapter_dir, corpus, reports)
     spec = corpus_spec(corpus, fmt, key_field, target_field) if corpus else None
     console = Console(highlight=False)
+    if backend != "vllm" and ctx.get_parameter_source("vllm_mode") == ParameterSource.COMMANDLINE:
+        raise UserError("--vllm-mode applies to --backend vllm only", fix="add --backend vllm")
     common = dict(base_model=base_model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                  force_base=force_base, progress=not quiet)
+                  force_base=force_base, progress=not quiet, backend=backend, vllm_mode=vllm_mode)
 
     if repair_out is not None:
         from memlaw.auditor.repair import repair

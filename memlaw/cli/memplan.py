@@ -99,7 +99,9 @@ def fit_cmd(points_jsonl: Path, out: Path, base_model, n_boot, seed, force):
     template = {"target_modules": [], "layers": None, "alpha": None, "params_per_rank": None}
     template.update(meta.get("template") or {})
 
-    card = build_card(points, base_model=bm, template=template, recipe=dict(meta.get("recipe") or {}),
+    from memlaw.calibration.sweep import with_loss_source
+
+    card = build_card(with_loss_source(points, meta), base_model=bm, template=template, recipe=dict(meta.get("recipe") or {}),
                       data_kind=str(meta.get("data_kind") or "unknown"), n_boot=n_boot, seed=seed)
     save_card(card, out)
     console = Console()
@@ -255,8 +257,8 @@ from memlaw.cli.common import corpus_options as _corpus_options  # noqa: E402
 @click.option("--json", "as_json", is_flag=True, help="print JSON to stdout instead of tables")
 @_corpus_options
 @click.option("--no-cache", is_flag=True, help="measure L_before again, ignoring (and refreshing) the cache")
-@click.option("--backend", type=click.Choice(["transformers"]), default="transformers", show_default=True,
-              help="scoring backend for L_before")
+@click.option("--backend", type=click.Choice(["transformers", "vllm"]), default="transformers", show_default=True,
+              help="scoring engine for L_before; vllm needs `make install-vllm`")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, … (for measuring)")
 @handle_errors
 def estimate_cmd(corpus, law_path, model, coverage, as_json, fmt, key_field, target_field, no_cache, backend,

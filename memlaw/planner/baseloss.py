@@ -15,8 +15,9 @@ backend and the dtype. A cached estimate reads the corpus (for conflicts) and th
 neither the model weights nor the tokenizer: the model identity comes from a small memo keyed by
 cheap fingerprints (see :func:`model_identity`).
 
-Backends: ``transformers`` (teacher-forced scoring with :func:`memlaw.scoring.score`). The seam for
-others (e.g. vLLM's ``prompt_logprobs``) is :func:`base_losses`.
+Backends: ``transformers`` (teacher-forced scoring with :func:`memlaw.scoring.score`) and ``vllm``
+(``prompt_logprobs``, :mod:`memlaw.vllm_backend`); both plug in at :func:`base_losses`. The cache
+keeps their results apart.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from memlaw.errors import UserError
 from memlaw.io import atomic_write_json
 
 CACHE_VERSION = 1
-BACKENDS = ("transformers",)
+BACKENDS = ("transformers", "vllm")
 DTYPE = "float32"
 LN2 = math.log(2.0)
 
@@ -62,17 +63,25 @@ def check_backend(backend: str) -> str:
 
 
 def base_losses(model, encoded: Sequence, backend: str = "transformers", *, pad_id: int = 0,
-                progress: bool = False) -> TokenLossSums:
+                progress: bool = False, model_name: str | None = None) -> TokenLossSums:
     """Score every target token of ``encoded`` with ``model`` and return the sums the planner needs.
 
-    The one place a new scoring backend plugs in: it must return the same sums (per-token
-    log p under teacher forcing, target tokens only)."""
+    The one place a scoring backend plugs in: it must return the same sums (per-token log p under
+    teacher forcing, target tokens only). ``vllm`` serves ``model_name`` itself."""
     import numpy as np
 
     check_backend(backend)
-    from memlaw.scoring import score
+    if backend == "vllm":
+        from memlaw.scoring import check_context
+        from memlaw.vllm_backend import score_base
 
-    scores = score(model, encoded, pad_id=pad_id, progress=progress, description="L_before")
+        if model is not None:
+            check_context(model, encoded)
+        scores = score_base(model_name, encoded, progress=progress)
+    else:
+        from memlaw.scoring import score
+
+        scores = score(model, encoded, pad_id=pad_id, progress=progress, description="L_before")
     if scores:
         lp = np.concatenate([s.logprob for s in scores]).astype(np.float64)
     else:
@@ -324,6 +333,10 @@ def measure_or_load(spec, records, model_name: str, corpus_sha256: str, *, use_c
     from datetime import datetime, timezone
 
     check_backend(backend)
+    if backend == "vllm":
+        from memlaw.vllm_backend import require_vllm
+
+        require_vllm()
     warnings: list[str] = []
     say = log or (lambda msg: None)
     identity = dict(base.identity) if base is not None else model_identity(model_name)
@@ -353,7 +366,7 @@ def measure_or_load(spec, records, model_name: str, corpus_sha256: str, *, use_c
     n_target = sum(e.n_target for e in encoded)
     say(f"measuring L_before: one scoring pass over {n_target:,} target tokens…")
     pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
-    sums = base_losses(base.model, encoded, backend, pad_id=pad_id, progress=progress)
+    sums = base_losses(base.model, encoded, backend, pad_id=pad_id, progress=progress, model_name=model_name)
     bl = BaseLoss(
         records=sums.records, target_tokens=sums.target_tokens, key_tokens=sums.key_tokens,
         loss_sum=sums.loss_sum, info_bits=sums.info_bits, floor_bits=sums.floor_bits,

