@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/peak_memory.sh            # uses .venv/bin; writes under runs/peak-memory/
 #
-# calibrate: the reference grid's largest points (ranks 1,8 x lengths 64,256; memory peaks at the
+# calibrate: 6 points of the reference grid (ranks 1,2,8 x lengths 64,256; memory peaks at the
 # longest length and largest rank, so the full 4 x 3 grid peaks the same); audit: the demo adapter
 # (make demo) or, without it, an adapter trained here first.
 set -euo pipefail
@@ -23,5 +23,5 @@ if [ ! -f "$ADAPTER/adapter_model.safetensors" ]; then
   peak train "$BIN/memft" train examples/phonebook_small.jsonl --model smollm2-135m --rank 8 --method sft \
     --lr 1e-2 --target-modules q_proj,v_proj --layers 28,29 --batch-size 40 --max-steps 30 --out "$ADAPTER" --quiet
 fi
-peak calibrate "$BIN/memplan" calibrate --model smollm2-135m --ranks 1,8 --lengths 64,256 --out "$OUT/cal" --quiet
+peak calibrate "$BIN/memplan" calibrate --model smollm2-135m --ranks 1,2,8 --lengths 64,256 --out "$OUT/cal" --quiet
 peak audit "$BIN/memaudit" "$ADAPTER" --quiet

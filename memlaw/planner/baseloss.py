@@ -259,11 +259,14 @@ def remember_identity(name: str, identity: dict) -> None:
 
 
 def same_model(a: dict, b: dict) -> bool | None:
-    """Do two identities name the same weights? None when either lacks the hashes to tell."""
-    keys = ("config_sha256", "weights_sha256")
-    if not all(a.get(k) for k in keys) or not all(b.get(k) for k in keys):
-        return None
-    return all(a[k] == b[k] for k in keys)
+    """Do two identities name the same weights? The weights hashes decide when both sides have
+    one (a config hash also changes with the transformers version that wrote or serialised the
+    config, as the auditor's identity check knows too); else the config hashes; None when
+    neither pair is there to tell."""
+    for key in ("weights_sha256", "config_sha256"):
+        if a.get(key) and b.get(key):
+            return a[key] == b[key]
+    return None
 
 
 # --------------------------------------------------------------------------------------------
