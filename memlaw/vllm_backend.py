@@ -57,13 +57,31 @@ def vllm_missing() -> str | None:
 def require_vllm() -> None:
     why = vllm_missing()
     if why:
-        raise UserError(why, fix="or use --backend transformers (the default)")
+        raise UserError(why, fix="or use --backend transformers")
 
 
-def default_backend() -> tuple[str, str | None]:
-    """The backend to use when none is given: transformers, always (it is the reference); plus a
-    one-line note when vLLM is not available, for the help text and logs."""
-    return "transformers", vllm_missing()
+def choose_backend(requested: str) -> tuple[str, str | None]:
+    """Resolve ``--backend auto`` (the default): vLLM where it is installed and a CUDA GPU is
+    visible, else transformers with a one-line note of why. Other values pass through.
+
+    Why not vLLM on a CPU even when installed: there memlaw's own scorer is faster (vLLM's
+    ``prompt_logprobs`` computes the full log-softmax at every prompt position; measured 0.7×,
+    docs/performance.md). Presence is checked without importing vLLM (which takes seconds)."""
+    import importlib.util
+
+    if requested != "auto":
+        return requested, None
+    if importlib.util.find_spec("vllm") is None:
+        return "transformers", "--backend auto chose transformers: vLLM is not installed (make install-vllm)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "transformers", ("--backend auto chose transformers: no GPU here, and on a CPU memlaw's own "
+                                "scorer is faster than vLLM (docs/performance.md)")
+    why = vllm_missing()
+    if why:
+        return "transformers", f"--backend auto chose transformers: {why}"
+    return "vllm", None
 
 
 def vllm_model_path(name: str) -> str:
@@ -121,7 +139,7 @@ class VLLMScorer:
         except Exception as e:  # vLLM reports unsupported models / configs with many exception types
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise UserError(f"vLLM cannot serve model '{model}': {first}",
-                            fix="use --backend transformers (the default)") from None
+                            fix="use --backend transformers") from None
         self.lora = lora_rank is not None
 
     def score(self, encoded: Sequence, adapter_dir: str | os.PathLike | None = None,
@@ -150,13 +168,12 @@ class VLLMScorer:
             argmax = np.empty(n, dtype=np.int64)
             margin = np.empty(n)
             for j, t in enumerate(e.target_ids):
+                # the top-2 entries plus the target's own: best other = rank 2 if the target is rank 1
                 entries = o.prompt_logprobs[k + j]
                 target = entries[t].logprob
-                others = [(x.rank, x.logprob, tok) for tok, x in entries.items() if tok != t]
-                top = min(entries.items(), key=lambda kv: kv[1].rank)[0]
                 lp[j] = target
-                argmax[j] = top
-                margin[j] = target - max(v for _, v, _ in others)
+                argmax[j] = min(entries.items(), key=lambda kv: kv[1].rank)[0]
+                margin[j] = target - max(x.logprob for tok, x in entries.items() if tok != t)
             out.append(RecordScores(e.index, np.asarray(e.target_ids, dtype=np.int64), lp, argmax, margin))
         return out
 

@@ -108,3 +108,22 @@ def test_missing_vllm_is_one_line_before_any_model_loads(tmp_path, kv_corpus):
     assert r.stderr.strip().count("\n") == 0 and "vLLM is not installed" in r.stderr
     r = run("memaudit", tmp_path / "no-such-adapter", "--backend", "vllm", env=env)
     assert r.returncode == 2 and "vLLM is not installed" in r.stderr
+
+
+def test_auto_backend_is_transformers_without_a_gpu_and_says_why(kv_corpus):
+    """--backend auto (the default) takes vLLM only with a GPU; here (CPU) it says why not."""
+    import torch
+
+    from memlaw.vllm_backend import choose_backend
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: auto may pick vLLM")
+    backend, note = choose_backend("auto")
+    assert backend == "transformers" and note.startswith("--backend auto chose transformers")
+    assert ("not installed" in note) == bool(_missing)
+    assert choose_backend("vllm") == ("vllm", None) and choose_backend("transformers") == ("transformers", None)
+    r = run("memplan", "estimate", kv_corpus, "--model", "tiny", "--law", "memlaw/cards/tiny.json", "--json",
+            "--no-cache")
+    assert r.returncode == 0, r.stderr
+    est = json.loads(r.stdout)
+    assert est["backend"] == "transformers" and note in est["notes"]

@@ -95,6 +95,7 @@ class AuditResult:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     backend: str = "transformers"
+    backend_note: str | None = None  # why --backend auto chose what it chose
     repair: dict | None = None  # set on the audit of a repaired adapter: where from, how, the before summary
 
     def worst(self, n: int = 5, failing_only: bool = True) -> list[RecordAudit]:
@@ -114,6 +115,7 @@ class AuditResult:
             "warnings": list(self.warnings),
             "seconds": round(self.seconds, 3),
             "backend": self.backend,
+            "backend_note": self.backend_note,
             "repair": self.repair,
             "records": [r.to_dict() for r in self.records],
         }
@@ -461,24 +463,29 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
                          weights_file=weights, warnings=warnings)
 
 
-BACKENDS = ("transformers", "vllm")
+BACKENDS = ("auto", "transformers", "vllm")
 
 
 def audit_inputs(inputs: AdapterInputs, *, progress: bool = False, backend: str = "transformers",
                  vllm_mode: str = "lora") -> AuditResult:
     """Audit what :func:`load_adapter_inputs` loaded. ``backend`` ``vllm`` scores with vLLM
-    (``vllm_mode``: ``lora`` or ``merged``, see :mod:`memlaw.vllm_backend`)."""
+    (``vllm_mode``: ``lora`` or ``merged``, see :mod:`memlaw.vllm_backend`); ``auto`` picks one
+    (:func:`memlaw.vllm_backend.choose_backend`) and records why in ``backend_note``."""
+    from memlaw.vllm_backend import choose_backend
+
+    if backend not in BACKENDS:
+        raise UserError(f"unknown scoring backend '{backend}'", fix=f"use one of: {', '.join(BACKENDS)}")
+    backend, note = choose_backend(backend)
     scorer = None
     if backend == "vllm":
         from memlaw.vllm_backend import score_adapter
 
         def scorer(encoded):
             return score_adapter(inputs, mode=vllm_mode, progress=progress)
-    elif backend != "transformers":
-        raise UserError(f"unknown scoring backend '{backend}'", fix=f"use one of: {', '.join(BACKENDS)}")
     result = audit(inputs.model, inputs.base, inputs.encoded, inputs.records, pad_id=inputs.pad_id,
                    progress=progress, scorer=scorer)
     result.backend = backend if backend == "transformers" else f"vllm ({vllm_mode})"
+    result.backend_note = note
     result.adapter = str(inputs.adapter_dir)
     try:
         result.corpus = inputs.corpus.to_dict()
@@ -491,14 +498,14 @@ def audit_inputs(inputs: AdapterInputs, *, progress: bool = False, backend: str 
 
 def audit_adapter(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
                   allow_pickle: bool = False, trust_remote_code: bool = False, force_base: bool = False,
-                  device: str = "cpu", progress: bool = False, base=None, backend: str = "transformers",
+                  device: str = "cpu", progress: bool = False, base=None, backend: str = "auto",
                   vllm_mode: str = "lora") -> AuditResult:
     """Audit the PEFT LoRA adapter in ``adapter_dir``.
 
     ``corpus``: a :class:`~memlaw.memft.CorpusSpec` (or a path); default: the corpus recorded in the
     adapter's ``memlaw.json``. ``base_model``: default ``base_model_name_or_path`` from
     ``adapter_config.json``. ``base``: an already loaded :class:`~memlaw.models.Base` to use instead
-    (its model gets the adapter injected). ``backend``: ``transformers`` or ``vllm``. Raises
+    (its model gets the adapter injected). ``backend``: ``auto``, ``transformers`` or ``vllm``. Raises
     :class:`UserError` on any bad input."""
     if backend == "vllm":
         from memlaw.vllm_backend import require_vllm

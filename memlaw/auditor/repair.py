@@ -67,7 +67,7 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
            patience: int | None = None, seed: int = 0, gate: Gate | None = None, allow_pickle: bool = False,
            trust_remote_code: bool = False, force_base: bool = False, device: str = "cpu",
            progress: bool = False, on_before: Callable[[AuditResult], None] | None = None,
-           backend: str = "transformers", vllm_mode: str = "lora") -> RepairResult:
+           backend: str = "auto", vllm_mode: str = "lora") -> RepairResult:
     """Continue training the adapter in ``adapter_dir`` with MemFT (``method``: ot, sw or sft) for at
     most ``steps`` steps, stopping once ``gate`` holds, save it to the new folder ``out`` and audit
     it there. Returns before and after audits. Raises :class:`UserError` on bad input, and before

@@ -88,7 +88,7 @@ def to_json(result: AuditResult, path=None, *, gate: Gate | None = None) -> str:
     d = result.to_dict()
     d["gate"] = _gate_block(result, gate)
     keys = ["schema", "adapter", "base_model", "corpus", "summary", "gate", "repair", "conflicts", "warnings",
-            "backend", "seconds", "records"]
+            "backend", "backend_note", "seconds", "records"]
     head = {k: d[k] for k in keys if k in d and k != "records"}
     # Readable head, one compact line per record (a corpus of thousands stays a manageable file).
     text = json.dumps(head, indent=1, ensure_ascii=False, allow_nan=False)

@@ -77,8 +77,9 @@ def _check_outputs(adapter_dir: Path, corpus: str | None, reports: dict) -> None
 @click.option("--lr", type=float, default=Recipe.lr, show_default=True, help="repair learning rate")
 @click.option("--batch-size", type=click.IntRange(min=1), default=Recipe.batch_size, show_default=True,
               help="repair batch size")
-@click.option("--backend", type=click.Choice(["transformers", "vllm"]), default="transformers", show_default=True,
-              help="scoring engine; vllm needs `make install-vllm` and agrees with transformers (tests/test_vllm.py)")
+@click.option("--backend", type=click.Choice(["auto", "transformers", "vllm"]), default="auto", show_default=True,
+              help="scoring engine. auto: vllm where it is installed and a GPU is visible, else transformers "
+                   "(says why). vllm agrees with transformers (tests/test_vllm.py)")
 @click.option("--vllm-mode", type=click.Choice(["lora", "merged"]), default="lora", show_default=True,
               help="vllm: the adapter as a LoRARequest (one sequence at a time: vLLM's batched LoRA "
                    "prompt_logprobs crashes) or merged into the weights (batched, faster)")
@@ -152,6 +153,8 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
         else:
             print_terminal(console, result, worst=worst, gate=gate)
 
+    if result.backend_note and not quiet:
+        console.print(f"note: {result.backend_note}", markup=False, style="dim")
     written = write_reports(result, json_path=json_out, markdown=markdown, html_path=html_out, junit=junit,
                             gate=gate, worst=max(worst * 2, 10),
                             fail_on="locked" if min_locked is not None else "exact")

@@ -257,8 +257,9 @@ from memlaw.cli.common import corpus_options as _corpus_options  # noqa: E402
 @click.option("--json", "as_json", is_flag=True, help="print JSON to stdout instead of tables")
 @_corpus_options
 @click.option("--no-cache", is_flag=True, help="measure L_before again, ignoring (and refreshing) the cache")
-@click.option("--backend", type=click.Choice(["transformers", "vllm"]), default="transformers", show_default=True,
-              help="scoring engine for L_before; vllm needs `make install-vllm`")
+@click.option("--backend", type=click.Choice(["auto", "transformers", "vllm"]), default="auto", show_default=True,
+              help="scoring engine for L_before. auto: vllm where it is installed and a GPU is visible, else "
+                   "transformers (the notes say why); vllm needs `make install-vllm`")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, … (for measuring)")
 @handle_errors
 def estimate_cmd(corpus, law_path, model, coverage, as_json, fmt, key_field, target_field, no_cache, backend,

@@ -251,16 +251,24 @@ class Estimate:
 
 def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, model: str | None = None,
              card_path: str | None = None, shipped: bool = False, use_cache: bool = True,
-             backend: str = "transformers", device: str = "cpu", progress: bool = False, base=None,
+             backend: str = "auto", device: str = "cpu", progress: bool = False, base=None,
              log: Callable[[str], None] | None = None) -> Estimate:
     """Plan the LoRA rank ``corpus_spec`` needs to reach ``coverage`` under ``card``'s law.
 
     ``model`` overrides the card's base model name (e.g. the same model at another path); its
     identity is still checked against the card's hashes. ``base`` is an already loaded
-    :class:`memlaw.models.Base` to measure with (else loaded on a cache miss)."""
+    :class:`memlaw.models.Base` to measure with (else loaded on a cache miss). ``backend``:
+    ``auto`` (see :func:`memlaw.vllm_backend.choose_backend`), ``transformers`` or ``vllm``."""
+    from memlaw.vllm_backend import choose_backend
+
     start = time.perf_counter()
     warnings: list[str] = []
     notes: list[str] = []
+    if backend != "auto" and backend not in BACKENDS:
+        raise UserError(f"unknown scoring backend '{backend}'", fix=f"use one of: auto, {', '.join(BACKENDS)}")
+    backend, backend_note = choose_backend(backend)
+    if backend_note:
+        notes.append(backend_note)
 
     # 1. everything the card alone decides, before any model work
     loss_target, cov_notes = coverage_target_loss(card, coverage)
