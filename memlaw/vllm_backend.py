@@ -90,16 +90,16 @@ def vllm_model_path(name: str) -> str:
 
     if name == "smollm2-135m":
         return str(ensure_smollm2())
-    if name == "tiny":
-        out = cache_dir() / "models" / "tiny"
+    if name == "tiny":  # built in code: save it once, under its weights hash (changes with its code)
+        base = load_base("tiny")
+        out = cache_dir() / "models" / f"tiny-{base.identity['weights_sha256'][:16]}"
         if not (out / "model.safetensors").is_file():
-            base = load_base("tiny")
-            tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent if out.parent.exists() else None))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
             base.model.save_pretrained(tmp, safe_serialization=True)
             base.tokenizer.save_pretrained(tmp)
-            out.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
+            os.replace(tmp, out)  # one rename: a killed save leaves no half-written model
         return str(out)
     if name.endswith(".gguf"):
         raise UserError(f"the vLLM backend cannot score a GGUF file ({name})",
