@@ -81,31 +81,14 @@ def real_memft_adapter(real_corpus, tmp_path_factory):
 @pytest.fixture(scope="session")
 def real_plain_adapter(real_corpus, tmp_path_factory):
     """Plain PEFT on q_proj/v_proj, HF-style masked labels, saved with save_pretrained."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from helpers import masked_label_batch
+    from helpers import train_plain_peft
     from memlaw.corpus import encode_records, read_corpus
     from memlaw.models import load_base
-    from memlaw.scoring import score, summarize
 
     base = load_base("smollm2-135m")
     enc = encode_records(base.tokenizer, read_corpus(real_corpus))
-    torch.manual_seed(0)
-    model = get_peft_model(base.model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                                  task_type="CAUSAL_LM"))
-    ids, mask, labels = masked_label_batch(enc, pad_id=2)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-    for _ in range(120):
-        model.train()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        model.eval()
-        if _mixed(summarize(score(model, enc, pad_id=2))):
-            break
-    else:
+    model = train_plain_peft(base, enc, rank=4, alpha=16, lr=5e-3, max_steps=120, pad_id=2, stop=_mixed)
+    if model is None:
         pytest.fail("plain PEFT never reached a mix of exact and failing records")
     out = tmp_path_factory.mktemp("real") / "plain-qv"
     model.peft_config["default"].base_model_name_or_path = None

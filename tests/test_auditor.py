@@ -73,40 +73,20 @@ def _train_memft(corpus: Path, out: Path) -> dict:
 
 def _train_plain_peft(corpus: Path, out: Path) -> None:
     """What another trainer would do: plain PEFT, attention modules only, HF-style masked labels."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
+    from helpers import train_plain_peft
     from memlaw.corpus import encode_records, read_corpus
     from memlaw.models import load_base
-    from memlaw.scoring import score, summarize
-
-    from helpers import masked_label_batch
 
     base = load_base("tiny")
     encoded = encode_records(base.tokenizer, read_corpus(corpus))
-    torch.manual_seed(0)
-    model = get_peft_model(base.model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
-                                                  lora_dropout=0.0, task_type="CAUSAL_LM"))
-    ids, mask, labels = masked_label_batch(encoded, pad_id=0)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    for _ in range(300):
-        model.train()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        model.eval()
-        if _mixed(summarize(score(model, encoded))):
-            break
-    else:
+    model = train_plain_peft(base, encoded, rank=16, alpha=32, lr=2e-2, max_steps=300, pad_id=0, stop=_mixed)
+    if model is None:
         pytest.fail("the plain PEFT adapter never reached a mix of exact and non-exact records")
     model.save_pretrained(str(out))
     cfg_file = out / "adapter_config.json"
     cfg = json.loads(cfg_file.read_text())
     cfg["base_model_name_or_path"] = "tiny"
     cfg_file.write_text(json.dumps(cfg))
-
-
 
 
 @pytest.fixture(scope="module")
