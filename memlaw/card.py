@@ -103,8 +103,7 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
     lb = np.array([float(p["loss_before"]) for p in usable])
     la = np.array([float(p["loss_after"]) for p in usable])
     cov = np.array([float(p["coverage"]) for p in usable])
-    source = np.array([_num(p.get("loss_source")) if _num(p.get("loss_source")) is not None else np.inf
-                       for p in usable])
+    source = np.array([np.inf if (s := _num(p.get("loss_source"))) is None else s for p in usable])
     dl = np.minimum(lb, source) - la
     sat = (cov >= 1.0) & (la <= saturation_loss)
 
