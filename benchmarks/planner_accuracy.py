@@ -1,10 +1,16 @@
-"""Planner accuracy: does the predicted rank reach the coverage target, and a quarter of it not?
+"""Planner accuracy on corpora the law card never saw: is the predicted rank R enough, and R/2 not?
 
-For each corpus: `memplan estimate` (the shipped card of the model) gives a rank R; train an
-adapter with the card's own template and recipe at R and at max(1, R/4) with memft, then audit
-it (one teacher-forced scoring pass). Prints predicted vs measured coverage.
+For each corpus and coverage target, `memplan estimate` (the card's law, the default coverage
+predictor) names a rank R. Every rank in R/4 … 2R is then trained with the card's own template
+and recipe — the exact `memft train` line the estimate prints, convergence test included — and
+audited (one teacher-forced scoring pass); R gets extra seeds. Each run is one JSON line in
+``--out`` (resumable: runs already there are skipped). The report compares, for every coverage
+predictor and every card given (``--law`` first, ``--compare-law`` for others, e.g. a refit with
+another ΔL definition), the predicted coverage at each trained rank with the measured one.
 
-    .venv/bin/python benchmarks/planner_accuracy.py examples/phonebook_small.jsonl examples/errors.jsonl ...
+    python benchmarks/heldout_corpora.py runs/heldout
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/planner_accuracy.py runs/heldout/*.jsonl --coverage 0.9 0.99
+    .venv/bin/python benchmarks/planner_accuracy.py runs/heldout/*.jsonl --report-only   # the tables again
 """
 
 from __future__ import annotations
@@ -15,8 +21,119 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from memlaw.card import load_card
 from memlaw.memft import CorpusSpec, LoraTemplate, Recipe, train_adapter
+from memlaw.planner.coverage import PREDICTORS, predict
 from memlaw.planner.estimate import estimate, resolve_card
+
+
+def card_recipe(card) -> Recipe:
+    d = dict(card.recipe)
+    if d.get("batch_size") == "all":
+        d["batch_size"] = 10**6  # every record in one batch, as calibrated
+    return Recipe.from_dict(d)
+
+
+def read_runs(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def plan(corpora, card, card_path, coverages) -> dict:
+    """corpus → {coverage: estimate dict}, plus the corpus's loss profile and ceiling (cached)."""
+    from memlaw.planner.baseloss import measure_or_load
+
+    out = {}
+    for corpus in corpora:
+        spec = CorpusSpec(corpus)
+        ests = {c: estimate(spec, card, c, card_path=str(card_path)).to_dict() for c in coverages}
+        from memlaw.corpus import corpus_sha256
+
+        bl, _, _ = measure_or_load(spec, spec.read(), card.base_model["name"], corpus_sha256(corpus))
+        out[corpus] = {"estimates": ests, "profile": bl.loss_profile(), "ceiling": bl.max_coverage,
+                       "base_coverage": bl.base_coverage, "ell": bl.target_tokens}
+    return out
+
+
+def ranks_to_train(ests: dict, max_rank: int) -> list[int]:
+    ranks = set()
+    for e in ests.values():
+        R = e["recommended_rank"]
+        if R:
+            ranks |= {max(1, R // 4), max(1, R // 2), R, min(max_rank, 2 * R)}
+    return sorted(r for r in ranks if r <= max_rank)
+
+
+def train_one(corpus: str, card, rank: int, seed: int) -> dict:
+    recipe = card_recipe(card)
+    recipe.seed = seed
+    template = LoraTemplate.from_dict(card.template)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        side = train_adapter(CorpusSpec(corpus), card.base_model["name"], rank, Path(tmp) / "a", template=template,
+                             recipe=recipe, progress=False)
+    f, tr = side["final"], side["train"]
+    return {"corpus": corpus, "rank": rank, "seed": seed, "coverage": f["coverage"], "exact": f["exact_records"],
+            "records": f["records"], "loss_after": f["mean_loss"], "steps": tr["steps"],
+            "stop_reason": tr["stop_reason"], "converged": tr.get("converged"),
+            "seconds": round(time.perf_counter() - t, 1)}
+
+
+def report(plans: dict, runs: list[dict], cards: dict, coverages) -> None:
+    """Predicted vs measured, per card × predictor."""
+    print("\n### Runs (card recipe; coverage measured by one scoring pass)\n")
+    print("| corpus | ℓ | ceiling | rank | seeds | coverage (mean ± sd) | exact | converged |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    by = {}
+    for r in runs:
+        by.setdefault((r["corpus"], r["rank"]), []).append(r)
+    for (corpus, rank), rs in sorted(by.items()):
+        c = np.array([x["coverage"] for x in rs])
+        p = plans.get(corpus)
+        print(f"| {Path(corpus).stem} | {p['ell'] if p else '?'} | {p['ceiling']:.3f} | {rank} | {len(rs)} | "
+              f"{c.mean():.3f} ± {c.std(ddof=1) if len(c) > 1 else 0:.3f} | "
+              f"{np.mean([x['exact'] for x in rs]):.1f}/{rs[0]['records']} | "
+              f"{sum(bool(x['converged']) for x in rs)}/{len(rs)} |")
+
+    for name, card in cards.items():
+        law = card.law()
+        for pred in PREDICTORS:
+            errs, rows = [], []
+            for corpus, p in plans.items():
+                for (c2, rank), rs in sorted(by.items()):
+                    if c2 != corpus:
+                        continue
+                    meas = float(np.mean([x["coverage"] for x in rs]))
+                    cov, _ = predict(p["profile"], max(0.0, law.predict(rank, p["ell"])), pred, p["ceiling"])
+                    cov = max(cov, p["base_coverage"])
+                    errs.append(abs(cov - meas))
+                    rows.append((Path(corpus).stem, rank, cov, meas))
+            if not errs:
+                continue
+            print(f"\n### card {name}, predictor `{pred}`: mean |predicted − measured| = {np.mean(errs):.3f} "
+                  f"over {len(errs)} (corpus, rank) cells\n")
+            print("| corpus | rank | predicted | measured |")
+            print("| --- | --- | --- | --- |")
+            for stem, rank, cov, meas in rows:
+                print(f"| {stem} | {rank} | {cov:.3f} | {meas:.3f} |")
+
+    print("\n### Is the planner tight? (card given by --law, default predictor)\n")
+    print("| corpus | target | R [interval] | coverage at R (seeds) | reached | R/2 | coverage at R/2 | R/2 short |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for corpus, p in plans.items():
+        for c in coverages:
+            e = p["estimates"][c]
+            R = e["recommended_rank"]
+            at = [x["coverage"] for x in by.get((corpus, R), [])]
+            half = [x["coverage"] for x in by.get((corpus, max(1, R // 2)), [])] if R and R > 1 else []
+            goal = e["coverage_planned"]
+            print(f"| {Path(corpus).stem} | {c} | {R} {e['rank_interval']} | "
+                  f"{', '.join(f'{v:.3f}' for v in at) or '—'} | {'yes' if at and min(at) >= goal else 'no'} | "
+                  f"{max(1, R // 2) if R else '—'} | {', '.join(f'{v:.3f}' for v in half) or '—'} | "
+                  f"{('yes' if half and max(half) < goal else 'no') if half else '—'} |")
 
 
 def main():
@@ -24,40 +141,51 @@ def main():
     ap.add_argument("corpora", nargs="+")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--law", default=None)
-    ap.add_argument("--coverage", type=float, default=1.0)
+    ap.add_argument("--compare-law", action="append", default=[], help="more cards for the prediction report")
+    ap.add_argument("--coverage", type=float, nargs="+", default=[0.9, 0.99])
+    ap.add_argument("--seeds", type=int, default=3, help="seeds at the predicted rank R")
+    ap.add_argument("--max-rank", type=int, default=64)
+    ap.add_argument("--ranks", default=None,
+                    help="train exactly these ranks (e.g. 1,2,4,8) at seed 0 instead of R/4 … 2R: the measured "
+                         "coverage curve does not depend on the card, so it can be measured before the card is final")
+    ap.add_argument("--max-seconds", type=float, default=None, help="stop starting new runs after this long")
     ap.add_argument("--out", default="runs/planner-accuracy.jsonl")
+    ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     card, card_path, _ = resolve_card(args.law, args.model)
-    template = LoraTemplate.from_dict(card.template)
-    rows = []
-    for corpus in args.corpora:
-        spec = CorpusSpec(corpus)
-        est = estimate(spec, card, args.coverage, card_path=str(card_path)).to_dict()
-        rank = est["recommended_rank"]
-        for r in sorted({rank, max(1, rank // 4)}, reverse=True):
-            recipe = Recipe(method=card.recipe.get("method", "sft"), lr=card.recipe["lr"],
-                            max_steps=card.recipe["max_steps"], patience=card.recipe.get("patience", 30),
-                            seed=card.recipe.get("seed", 0), batch_size=10**6)  # all records, as calibrated
-            with tempfile.TemporaryDirectory() as tmp:
-                t = time.perf_counter()
-                side = train_adapter(spec, card.base_model["name"], r, Path(tmp) / "a", template=template,
-                                     recipe=recipe, progress=False)
-                f = side["final"]
-            row = {"corpus": corpus, "target_tokens": est["target_tokens"], "loss_before": est["loss_before"],
-                   "predicted_rank": rank, "rank_interval": est["rank_interval"], "trained_rank": r,
-                   "coverage": f["coverage"], "exact": f["exact_records"], "records": f["records"],
-                   "loss_after": f["mean_loss"], "predicted_loss_after": est.get("predicted_loss_after"),
-                   "steps": side["train"]["steps"], "seconds": round(time.perf_counter() - t, 1)}
-            rows.append(row)
+    cards = {str(card_path): card, **{p: load_card(p) for p in args.compare_law}}
+    plans = plan(args.corpora, card, card_path, args.coverage)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs = read_runs(out)
+    start = time.perf_counter()
+    if not args.report_only:
+        todo = []
+        for corpus, p in plans.items():
+            ests = p["estimates"]
+            if args.ranks:
+                todo += [(corpus, int(r), 0) for r in args.ranks.split(",")]
+                continue
+            for r in ranks_to_train(ests, args.max_rank):
+                todo.append((corpus, r, 0))
+            for e in ests.values():
+                if e["recommended_rank"] and e["recommended_rank"] <= args.max_rank:
+                    todo += [(corpus, e["recommended_rank"], s) for s in range(1, args.seeds)]
+        done = {(r["corpus"], r["rank"], r["seed"]) for r in runs}
+        todo = [t for i, t in enumerate(todo) if t not in done and t not in todo[:i]]
+        # cheap first: every corpus's predicted ranks at seed 0, then the rest
+        todo.sort(key=lambda t: (t[2], plans[t[0]]["ell"] * t[1]))
+        print(f"{len(todo)} runs to do", flush=True)
+        for corpus, rank, seed in todo:
+            if args.max_seconds and time.perf_counter() - start > args.max_seconds:
+                print("time budget spent: stopping", flush=True)
+                break
+            row = train_one(corpus, card, rank, seed)
+            runs.append(row)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"\n| corpus | ℓ | L_before | predicted rank [interval] | trained rank | coverage | exact | L_after |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {Path(r['corpus']).name} | {r['target_tokens']} | {r['loss_before']:.2f} | {r['predicted_rank']} "
-              f"{r['rank_interval']} | {r['trained_rank']} | {r['coverage']:.3f} | {r['exact']}/{r['records']} | "
-              f"{r['loss_after']:.3f} |")
+    report(plans, runs, cards, args.coverage)
 
 
 if __name__ == "__main__":

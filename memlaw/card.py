@@ -21,10 +21,19 @@ from memlaw.errors import UserError
 from memlaw.io import atomic_write_json, json_safe
 from memlaw.law import NAMES, FitError, Law, bootstrap, coverage_loss_thresholds, fit
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: convergence evidence, censoring of non-converged points, delta_definition
 MIN_POINTS = 5
 INTERVAL_LEVEL = 0.9
 REQUIRED_POINT_KEYS = ("rank", "length", "loss_before", "loss_after", "coverage")
+
+#: what ΔL measures. ``raw``: L_before − L_after, the definition the planner applies to a user's
+#: corpus (every nat of its base loss is a fact to store). ``source``: min(L_before, loss_source) −
+#: L_after, counting only nats below the entropy of a random-token source (ln N).
+DELTA_DEFINITIONS = ("raw", "source")
+#: the convergence test's tolerance (a recipe may record its own): a second cycle of B steps may
+#: lower the loss by at most this share of ΔL, or this many nats
+CONVERGE_REL_TOL = 0.10
+CONVERGE_ABS_TOL = 0.05
 
 
 @dataclass
@@ -45,6 +54,9 @@ class LawCard:
     n_saturated: int = 0
     created: str = ""
     memlaw_version: str = ""
+    delta_definition: str = "raw"  # see DELTA_DEFINITIONS
+    n_not_converged: int = 0
+    sweep: dict = field(default_factory=dict)  # wall time, template reason, … (free-form)
 
     def law(self) -> Law:
         return Law.from_dict(self.coefficients)
@@ -65,23 +77,55 @@ def _num(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def point_delta(p: dict, definition: str = "raw") -> float:
+    """A point's ΔL under a definition (see DELTA_DEFINITIONS)."""
+    lb = float(p["loss_before"])
+    if definition == "source" and (src := _num(p.get("loss_source"))) is not None:
+        lb = min(lb, src)
+    return lb - float(p["loss_after"])
+
+
+def converged(p: dict, rel_tol: float = CONVERGE_REL_TOL, abs_tol: float = CONVERGE_ABS_TOL) -> bool:
+    """The convergence test, from a point's own evidence: the second cycle (budget B → 2B) lowered
+    the loss by at most max(abs_tol, rel_tol·ΔL). A point without that evidence counts as converged
+    only if it says so itself."""
+    lb, la, la_b = _num(p.get("loss_before")), _num(p.get("loss_after")), _num(p.get("loss_after_B"))
+    if None not in (lb, la, la_b):
+        return la_b - la <= max(abs_tol, rel_tol * max(0.0, lb - la))
+    return p.get("converged") is True
+
+
+def censoring(p: dict, saturation_loss: float = math.log(2), rel_tol: float = CONVERGE_REL_TOL,
+              abs_tol: float = CONVERGE_ABS_TOL) -> str | None:
+    """Why a point is only a lower bound on the converged ΔL, or None when it is an observation.
+
+    * ``saturated`` — every token locked (coverage 1, loss ≤ ln 2): the adapter held everything,
+      so its capacity was at least that much;
+    * ``not_converged`` — the convergence test failed (another cycle still lowered the loss more
+      than its tolerance), or the point carries no evidence (made before the test existed), so
+      more training would have raised ΔL."""
+    if float(p["coverage"]) >= 1.0 and float(p["loss_after"]) <= saturation_loss:
+        return "saturated"
+    if not converged(p, rel_tol, abs_tol):
+        return "not_converged"
+    return None
+
+
 def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: dict, data_kind: str,
-               n_boot: int = 200, seed: int = 0, saturation_loss: float = math.log(2)) -> LawCard:
+               n_boot: int = 200, seed: int = 0, saturation_loss: float = math.log(2),
+               delta_definition: str = "raw", sweep: dict | None = None) -> LawCard:
     """Fit the law to sweep points and wrap it in a card.
 
-    ΔL = min(loss_before, loss_source) − loss_after, where a point's optional ``loss_source`` is
-    the entropy of its data source (random tokens: ln of the pool size; see
-    :mod:`memlaw.calibration.sweep`, "What ΔL counts"): the nats above it are learnt from the
-    token distribution alone, not stored. Without ``loss_source``, ΔL = loss_before − loss_after.
-    A point is *saturated* when coverage >= 1.0 and
-    loss_after <= ``saturation_loss`` (default ln 2, i.e. every token locked): the adapter held
-    everything and training stopped there (memft's stop rule), so its ΔL says only that the
-    capacity was at least that much — it enters the fit as a censored (lower-bound) observation,
-    see ``memlaw.law.fit``.
+    ΔL per point by ``delta_definition`` (DELTA_DEFINITIONS). Points that are only lower bounds —
+    saturated ones, and ones that did not pass the convergence test (:func:`censoring`) — enter
+    the fit as censored observations (see ``memlaw.law.fit``): never as if they had converged,
+    and not in R².
 
     Points whose numbers are missing or not finite (e.g. a failed run wrote null) are not usable
     and are left out; a point lacking a required key altogether is an error.
     """
+    if delta_definition not in DELTA_DEFINITIONS:
+        raise UserError(f"unknown ΔL definition '{delta_definition}'", fix=f"use one of {', '.join(DELTA_DEFINITIONS)}")
     usable = []
     for i, p in enumerate(points):
         if not isinstance(p, dict):
@@ -100,32 +144,35 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
 
     r = np.array([float(p["rank"]) for p in usable])
     l = np.array([float(p["length"]) for p in usable])
-    lb = np.array([float(p["loss_before"]) for p in usable])
     la = np.array([float(p["loss_after"]) for p in usable])
     cov = np.array([float(p["coverage"]) for p in usable])
-    source = np.array([np.inf if (s := _num(p.get("loss_source"))) is None else s for p in usable])
-    dl = np.minimum(lb, source) - la
-    sat = (cov >= 1.0) & (la <= saturation_loss)
+    dl = np.array([point_delta(p, delta_definition) for p in usable])
+    rel_tol = _num((recipe or {}).get("converge_rel_tol")) or CONVERGE_REL_TOL
+    abs_tol = _num((recipe or {}).get("converge_abs_tol")) or CONVERGE_ABS_TOL
+    why = [censoring(p, saturation_loss, rel_tol, abs_tol) for p in usable]
+    cens = np.array([w is not None for w in why])
 
     try:
-        res = fit(r, l, dl, sat)
+        res = fit(r, l, dl, cens)
     except FitError as e:
         raise UserError(f"the law fit failed: {e}",
-                        fix="add more ranks and lengths to the sweep (smaller ranks or longer targets "
-                            "if every adapter saturated)") from None
+                        fix="train the points longer (a larger --max-steps, so they pass the convergence test) "
+                            "or sweep smaller ranks / longer targets if every adapter saturated") from None
     if not math.isfinite(res.r2):
-        raise UserError("R² is undefined: the unsaturated points all have the same ΔL",
+        raise UserError("R² is undefined: the converged, unsaturated points all have the same ΔL",
                         fix="sweep a wider range of ranks and lengths")
-    boot = bootstrap(r, l, dl, sat, n=n_boot, seed=seed) if n_boot > 0 else None
+    boot = bootstrap(r, l, dl, cens, n=n_boot, seed=seed) if n_boot > 0 else None
     intervals = boot.intervals(INTERVAL_LEVEL) if boot is not None else {}
 
     stored = []
-    for p, d, s in zip(usable, dl, sat):
+    for p, d, w in zip(usable, dl, why):
         q = dict(p)
         q["delta_loss"] = float(d)
-        q["saturated"] = bool(s)
+        q["saturated"] = w == "saturated"
+        q["censored"] = w
+        q["converged"] = w != "not_converged"
         stored.append(q)
-
+    ok = ~cens
     return LawCard(
         schema_version=SCHEMA_VERSION,
         base_model=dict(base_model),
@@ -138,11 +185,14 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
         r2=float(res.r2),
         domain={"rank": [float(r.min()), float(r.max())], "length": [float(l.min()), float(l.max())]},
         points=stored,
-        coverage_loss=coverage_loss_thresholds(la, cov),
+        coverage_loss=coverage_loss_thresholds(la[ok], cov[ok]) if ok.any() else {},
         bootstrap_samples=[] if boot is None else boot.samples.tolist(),
-        n_saturated=int(res.n_saturated),
+        n_saturated=int(sum(w == "saturated" for w in why)),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         memlaw_version=__version__,
+        delta_definition=delta_definition,
+        n_not_converged=int(sum(w == "not_converged" for w in why)),
+        sweep=dict(sweep or {}),
     )
 
 
@@ -185,6 +235,8 @@ def load_card(path) -> LawCard:
     if missing:
         raise _bad(path, f"missing field(s) {', '.join(missing)}")
 
+    if d.get("delta_definition", "raw") not in DELTA_DEFINITIONS:
+        raise _bad(path, f"unknown delta_definition {d.get('delta_definition')!r}")
     for k in ("base_model", "template", "recipe", "coefficients", "intervals", "domain", "coverage_loss"):
         if not isinstance(d[k], dict):
             raise _bad(path, f"'{k}' must be a JSON object")
@@ -293,12 +345,14 @@ def card_summary(card: LawCard) -> list[tuple[str, str]]:
         ci = f"  [{iv[0]:.4g}, {iv[1]:.4g}] ({card.interval_level:.0%})" if iv else ""
         rows.append((k, f"{c[k]:.4g}{ci}"))
     rows += [
-        ("R²", f"{card.r2:.4f}"),
-        ("points", f"{len(card.points)} ({card.n_saturated} saturated)"),
+        ("R²", f"{card.r2:.4f} (over converged, unsaturated points)"),
+        ("ΔL", "L_before − L_after" if card.delta_definition == "raw" else "min(L_before, ln N) − L_after"),
+        ("points", f"{len(card.points)} ({card.n_saturated} saturated, {card.n_not_converged} not converged: "
+                   "fitted as lower bounds)"),
         ("rank domain", f"{_fmt(card.domain['rank'][0])} – {_fmt(card.domain['rank'][1])}"),
         ("length domain", f"{_fmt(card.domain['length'][0])} – {_fmt(card.domain['length'][1])}"),
     ]
-    for target, loss in card.coverage_loss.items():
-        rows.append((f"loss for coverage ≥ {target}", _fmt(loss)))
+    if card.sweep.get("wall_seconds"):
+        rows.append(("sweep wall time", f"{card.sweep['wall_seconds'] / 60:.1f} min"))
     rows.append(("created", f"{card.created or '—'} (memlaw {card.memlaw_version or '?'})"))
     return rows

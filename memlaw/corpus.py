@@ -361,6 +361,72 @@ def find_duplicates(records: list[Record]) -> list[list[int]]:
     return [idx for idx in groups.values() if len(idx) > 1]
 
 
+@dataclass
+class Ceiling:
+    """What no adapter can exceed on an encoded corpus, whatever its rank.
+
+    Teacher forcing gives one distribution per context, and p > 0.5 (locked) or argmax (exact)
+    can hold for one next token only. Where records share a context — the same key (a conflict),
+    or an empty key so that every first target token is predicted from BOS alone, or the same key
+    and target prefix — and continue with different tokens, only the most frequent continuation
+    can be locked. ``blocked_tokens`` counts the target tokens that cannot; ``blocked_records``
+    the records holding one."""
+
+    target_tokens: int
+    blocked_tokens: int
+    blocked_records: int
+    shared_contexts: int  # contexts where records branch
+
+    @property
+    def max_coverage(self) -> float:
+        return 1.0 - self.blocked_tokens / self.target_tokens if self.target_tokens else 1.0
+
+    def to_dict(self) -> dict:
+        return {"target_tokens": self.target_tokens, "blocked_tokens": self.blocked_tokens,
+                "blocked_records": self.blocked_records, "shared_contexts": self.shared_contexts,
+                "max_coverage": self.max_coverage}
+
+
+def coverage_ceiling(encoded: list[Encoded]) -> Ceiling:
+    """The structural ceiling (see :class:`Ceiling`). Records are grouped by key first: only records
+    with an identical key can share a target-position context, so a trie is built per group."""
+    groups: dict = defaultdict(list)
+    for e in encoded:
+        groups[e.key_ids].append(e)
+    blocked_tokens = shared = 0
+    blocked_records: set[int] = set()
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        # walk the targets position by position; `paths` maps a shared target prefix to its records
+        paths = {(): members}
+        depth = 0
+        while paths:
+            nxt: dict = {}
+            for prefix, recs in paths.items():
+                live = [e for e in recs if len(e.target_ids) > depth]
+                if len(live) < 2:
+                    continue
+                by_token: dict = defaultdict(list)
+                for e in live:
+                    by_token[e.target_ids[depth]].append(e)
+                if len(by_token) > 1:
+                    shared += 1
+                    best = max(len(v) for v in by_token.values())
+                    blocked_tokens += len(live) - best
+                    keep = next(t for t, v in by_token.items() if len(v) == best)
+                    for t, v in by_token.items():
+                        if t != keep:
+                            blocked_records.update(e.index for e in v)
+                for t, v in by_token.items():
+                    if len(v) > 1:
+                        nxt[prefix + (t,)] = v
+            paths = nxt
+            depth += 1
+    return Ceiling(target_tokens=sum(e.n_target for e in encoded), blocked_tokens=blocked_tokens,
+                   blocked_records=len(blocked_records), shared_contexts=shared)
+
+
 # --------------------------------------------------------------------------------------------
 # tokenisation
 
@@ -410,8 +476,14 @@ def _ids(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int
     return list(tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"])
 
 
-def encode_records(tokenizer, records: list[Record]) -> list[Encoded]:
-    """Token ids of every record, by the rule in the module docstring; batched."""
+def encode_records(tokenizer, records: list[Record], *, eos: bool = False) -> list[Encoded]:
+    """Token ids of every record, by the rule in the module docstring; batched. ``eos``: the
+    tokenizer's EOS token (for chat models the end-of-turn token) ends every target, so training
+    teaches the model to stop after the fact and scoring checks that it would."""
+    eos_id = tokenizer.eos_token_id if eos else None
+    if eos and eos_id is None:
+        raise UserError("the tokenizer has no EOS token to train after the targets",
+                        fix="train without --eos, or use a tokenizer that defines eos_token")
     keys = render_keys(tokenizer, records)
     fallback = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     out: list[Encoded] = []
@@ -434,6 +506,8 @@ def encode_records(tokenizer, records: list[Record]) -> list[Encoded]:
             if not t_ids:
                 raise UserError("the target encodes to zero tokens: nothing to memorise",
                                 where=records[i].where)
+            if eos_id is not None:
+                t_ids = list(t_ids) + [int(eos_id)]
             out.append(Encoded(key_ids=tuple(int(x) for x in k_ids),
                                target_ids=tuple(int(x) for x in t_ids), index=i))
     return out

@@ -90,8 +90,8 @@ def _check_identifiable(r, l, sat):
     if len(np.unique(l)) < 2:
         raise FitError("all points share one length, so β is undetermined; sweep at least 2 lengths")
     if np.count_nonzero(~sat) < 2:
-        raise FitError("fewer than 2 unsaturated points: every adapter memorised everything, so "
-                       "the law is only bounded from below; add smaller ranks or longer targets")
+        raise FitError("fewer than 2 uncensored points (converged and not saturated): the others are only "
+                       "lower bounds, so the law is undetermined")
 
 
 class _Problem:

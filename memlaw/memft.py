@@ -1,15 +1,21 @@
 """MemFT: the three training objectives and one LoRA training loop.
 
-Objectives (per target token weights; the loss is the weighted mean over weighted tokens):
+Objectives, as the paper's released trainer defines them (zjunlp/ParametricMemoryLaw,
+``steer/trainer/MemFTModelTrainer.py``; ``tests/paper_memft_port.py`` is a line-by-line port the
+tests compare these with). Per-token weights w; the loss is Σ w·loss / Σ w over the batch:
 
 * ``sft`` — every target token weight 1: plain mean token loss, the baseline.
-* ``ot`` (only-threshold) — weight 1 where loss > −ln τ (τ = 0.5: the token is not locked), else 0.
-  Locked tokens get no gradient, so capacity goes where the records still fail. A batch with no
-  sub-threshold token takes no step.
-* ``sw`` (sliding window) — weight sigmoid(s·(loss − ln 2)) times a window that starts at the
-  record's anchor (first wrongly predicted token) and decays as exp(−(pos − anchor)/τ_w) over w
-  tokens, with a floor outside it. While an anchor stays stuck ≥ 3 visits the window grows by half
-  its base size per visit, up to 4×; it snaps back when the anchor moves.
+* ``ot`` (MemFT-OT, only-threshold) — w = 1 where loss > −ln τ (τ = 0.5: not locked), else 0.
+  A batch with no token above the threshold trains the plain SFT loss instead.
+* ``sw`` (MemFT-SW, long-context form: an intra-sample sliding window) — w = sigmoid(10·(loss −
+  ln 2)) times a window: 1 before the record's anchor (its first wrongly predicted token) and for
+  records with no error, exp(−(pos − anchor)/20) for 50 tokens from the anchor, 0.01 after; the
+  window grows by 25 tokens per visit from the 4th consecutive visit stuck at one anchor (up to
+  200). SFT loss when the weights sum to ≈ 0.
+* ``curriculum`` (MemFT-SW, PhoneBook form: an inter-batch temporal curriculum) — the OT weights
+  (a batch with nothing above the threshold takes no step), samples shuffled once and kept in
+  that order, and only the first 20 % of them active at first, then 40, 60, 80, 100 % at epoch
+  milestones (the paper's 20/40/60/80 of 300 epochs, scaled to the budget).
 
 Key tokens are never scored nor trained: only target positions enter the loss at all.
 
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,7 +35,9 @@ import numpy as np
 from memlaw.errors import UserError
 
 LN2 = math.log(2.0)
-METHODS = ("sft", "ot", "sw")
+METHODS = ("sft", "ot", "sw", "curriculum")
+SCHEDULES = ("constant", "linear")
+TRAIN_DTYPES = ("float32", "bfloat16")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -94,34 +102,79 @@ class LoraTemplate:
 
 @dataclass
 class Recipe:
-    """How an adapter is trained. Calibration records it in the law card: the law holds for it."""
+    """How an adapter is trained. Calibration records it in the law card: the law holds for it.
+
+    ``max_steps`` is the budget of one *cycle*: the lr follows ``schedule`` over it (``linear``:
+    from ``lr`` down to 0, as the paper trains; ``constant``). ``cycles`` > 1 restarts the schedule
+    that many times (warm restarts, optimiser state kept): the loss at the end of cycle 1 (budget B)
+    and cycle 2 (budget 2B) is the convergence test a law card records for every point.
+    ``patience`` (0: off) stops on a plateau of the epoch mean loss. ``train_dtype`` ``bfloat16``
+    runs the training forward under autocast (fast where the CPU has AVX512-BF16, or on a GPU);
+    every scoring pass stays float32. ``eos``: also train the EOS / end-of-turn token after each
+    target, so the model learns to stop after the fact (recorded in the sidecar; the auditor
+    then scores it too)."""
 
     method: str = "ot"
     lr: float = 2e-3
     batch_size: int = 32
     max_steps: int = 600
-    patience: int = 100  # steps without a 1% improvement of the best epoch mean loss → plateau stop
+    patience: int = 100  # steps without a 1% improvement of the best epoch mean loss → plateau stop; 0: off
     seed: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # OT/SW average over few tokens late in training: clip, or it diverges
+    schedule: str = "constant"
+    cycles: int = 1
+    train_dtype: str = "float32"
+    eos: bool = False
     tau: float = 0.5  # OT threshold on p
     sw_sharpness: float = 10.0
     sw_window: int = 50
     sw_tau: float = 20.0
     sw_floor: float = 0.01
+    sw_stuck_visits: int = 4  # the window grows from this consecutive visit at the same anchor on
+    converge_rel_tol: float = 0.10  # cycle 2 may lower the loss by at most this share of ΔL …
+    converge_abs_tol: float = 0.05  # … or this many nats, and still count as converged
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise UserError(f"unknown method '{self.method}'", fix=f"use one of {', '.join(METHODS)}")
-        if self.lr <= 0 or self.batch_size < 1 or self.max_steps < 0:
-            raise UserError("lr must be > 0, batch size ≥ 1 and max steps ≥ 0")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown lr schedule '{self.schedule}'", fix=f"use one of {', '.join(SCHEDULES)}")
+        if self.train_dtype not in TRAIN_DTYPES:
+            raise UserError(f"unknown training dtype '{self.train_dtype}'", fix=f"use one of {', '.join(TRAIN_DTYPES)}")
+        for name, value, ok, rule in (("lr", self.lr, self.lr > 0, "> 0"),
+                                      ("batch size", self.batch_size, self.batch_size >= 1, "≥ 1"),
+                                      ("max steps", self.max_steps, self.max_steps >= 0, "≥ 0"),
+                                      ("patience", self.patience, self.patience >= 0, "≥ 0"),
+                                      ("cycles", self.cycles, self.cycles >= 1, "≥ 1")):
+            if not ok:
+                raise UserError(f"{name} must be {rule}, got {value}")
         if not 0 < self.tau < 1:
             raise UserError(f"tau must lie in (0, 1), got {self.tau}")
 
+    def lr_at(self, step_in_cycle: int) -> float:
+        if self.schedule == "linear" and self.max_steps > 0:
+            return self.lr * max(0.0, 1.0 - step_in_cycle / self.max_steps)
+        return self.lr
+
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["stop_rule"] = "all target tokens locked (confirmed by a scoring pass), or plateau, or max_steps"
+        d["stop_rule"] = ("all target tokens locked (confirmed by a scoring pass), or plateau (patience), or "
+                          "cycles × max_steps; converged = the loss fell by ≤ max(converge_abs_tol, "
+                          "converge_rel_tol·ΔL) in the last cycle")
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        """A recipe from a card or sidecar; keys it does not know (objective, stop_rule, dtype …) are
+        descriptions, not settings."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in (d or {}).items() if k in known}
+        if "method" not in kw and d and d.get("objective") in METHODS:
+            kw["method"] = d["objective"]
+        if not isinstance(kw.get("batch_size", 1), int):
+            kw.pop("batch_size")  # "all": the caller decides
+        return cls(**kw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,14 +193,17 @@ def weights_ot(loss, tau: float = 0.5):
 
 
 def window(positions, anchor: int | None, width: float, tau_w: float, floor: float):
-    """SW window over one record's target positions (a float tensor)."""
+    """SW window over one record's target positions (a float tensor), as the paper's trainer
+    builds it (MemFTModelTrainer.py, the sliding loss): 1 before the anchor and for a record with
+    no error; exp(−(pos − anchor)/τ_w) from the anchor for ``width`` tokens (no floor inside);
+    ``floor`` after the window."""
     import torch
 
     if anchor is None:
-        return torch.full_like(positions, floor)
+        return torch.ones_like(positions)
     rel = positions - anchor
-    inside = (rel >= 0) & (rel < width)
-    return torch.where(inside, torch.exp(-rel / tau_w), torch.full_like(positions, floor)).clamp_min(floor)
+    decay = torch.exp(-rel.clamp_min(0) / tau_w)
+    return torch.where(rel < width, decay, torch.full_like(positions, floor))
 
 
 def weights_sw(loss, positions, anchor: int | None, width: float, sharpness: float = 10.0,
@@ -159,20 +215,22 @@ def weights_sw(loss, positions, anchor: int | None, width: float, sharpness: flo
 
 @dataclass
 class AnchorTracker:
-    """Per-record anchor memory for SW: grows the window while an anchor stays stuck."""
+    """Per-record anchor memory for SW (the paper keeps it per batch row; at its batch size 1 that
+    is per record). A visit is *stuck* when the record still has an error at the same anchor as on
+    its last visit: patience counts stuck visits, and from ``stuck_visits − 1`` of them on (the 4th
+    visit at one anchor, by default) the window grows by ½ its base per visit, up to 4×; it snaps
+    back to the base as soon as the anchor moves or the record has no error."""
 
     base: int
-    anchors: dict = field(default_factory=dict)  # record index → (anchor, consecutive visits at it)
+    stuck_visits: int = 4
+    state: dict = field(default_factory=dict)  # record index → (last anchor, patience, expansion)
 
     def width(self, index: int, anchor: int | None) -> float:
-        """Window width for this visit. ``seen`` counts consecutive visits at the same anchor
-        (this one included): from the 3rd on, +½ base per visit, capped at 4× base."""
-        prev, seen = self.anchors.get(index, (None, 0))
-        seen = seen + 1 if (anchor is not None and anchor == prev) else 1
-        self.anchors[index] = (anchor, seen)
-        if anchor is None or seen < 3:
-            return float(self.base)
-        return self.base * min(4.0, 1.0 + 0.5 * (seen - 2))
+        last, patience, expansion = self.state.get(index, (None, 0, 1.0))
+        patience = patience + 1 if (anchor is not None and anchor == last) else 0
+        expansion = min(expansion + 0.5, 4.0) if patience >= self.stuck_visits - 1 else 1.0
+        self.state[index] = (anchor, patience, expansion)
+        return self.base * expansion
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,6 +335,12 @@ class TrainResult:
     seconds: float
     stop_reason: str
     history: list[dict]  # one entry per epoch: step, mean_loss, coverage (from training passes)
+    cycle_ends: list[dict] = field(default_factory=list)  # per finished cycle: step, mean_loss, coverage (scored)
+    converged: bool | None = None  # the convergence test over the last two cycles; None: not tested
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "seconds": round(self.seconds, 2), "stop_reason": self.stop_reason,
+                "converged": self.converged, "cycle_ends": self.cycle_ends, "history": self.history}
 
 
 def make_lora_model(base_model, template: LoraTemplate, rank: int, seed: int):
@@ -294,18 +358,67 @@ def make_lora_model(base_model, template: LoraTemplate, rank: int, seed: int):
         return get_peft_model(base_model, template.lora_config(rank))
 
 
+def converged(before: float, cycle_losses: Sequence[float], recipe: Recipe) -> bool | None:
+    """The convergence test: another full cycle (budget B → 2B) lowered the loss by no more than
+    max(abs_tol, rel_tol·ΔL), ΔL = before − loss at 2B. None with fewer than two cycles."""
+    if len(cycle_losses) < 2:
+        return None
+    gain = cycle_losses[-2] - cycle_losses[-1]
+    delta = max(0.0, before - cycle_losses[-1])
+    return gain <= max(recipe.converge_abs_tol, recipe.converge_rel_tol * delta)
+
+
+#: the paper's PhoneBook curriculum: (share of samples active, epochs before it grows, as a share
+#: of the run's epochs) — 20/40/60/80 % for the first 20/40/60/80 of 300 epochs, then all.
+CURRICULUM = ((0.2, 20 / 300), (0.4, 40 / 300), (0.6, 60 / 300), (0.8, 80 / 300))
+
+
+def curriculum_active(epoch: int, total_epochs: float, n: int, batch_size: int) -> int:
+    """How many samples (a prefix of the fixed order) the curriculum trains in ``epoch`` (from 0):
+    the share of its stage, rounded down to whole batches, at least one batch, at most all."""
+    share = next((s for s, until in CURRICULUM if epoch < until * total_epochs), 1.0)
+    if share >= 1.0:
+        return n
+    active = (int(n * share) // batch_size) * batch_size
+    return min(n, max(batch_size, active))
+
+
+def _batch_stream(n: int, recipe: Recipe, gen, total_steps: int):
+    """Yields (record indices of one batch, is this the last batch of an epoch, did the epoch cover
+    every record). ``curriculum``: samples shuffled once and kept in that order, each epoch runs
+    over the active prefix; else a fresh shuffle per epoch."""
+    import torch
+
+    fixed = torch.randperm(n, generator=gen).tolist() if recipe.method == "curriculum" else None
+    full_epochs = total_steps / max(1, math.ceil(n / recipe.batch_size))  # epochs if every one were whole
+    epoch = 0
+    while True:
+        if fixed is not None:
+            order = fixed[: curriculum_active(epoch, full_epochs, n, recipe.batch_size)]
+        else:
+            order = torch.randperm(n, generator=gen).tolist()
+        starts = list(range(0, len(order), recipe.batch_size))
+        for j, lo in enumerate(starts):
+            yield order[lo: lo + recipe.batch_size], j == len(starts) - 1, len(order) == n
+        epoch += 1
+
+
 def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress: bool = True,
           confirm: Callable | None = None, cache_prefix: bool = True,
-          on_epoch: Callable[[dict], bool] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], bool] | None = None, loss_before: float | None = None) -> TrainResult:
     """Train the trainable (LoRA) parameters of ``model`` on ``encoded`` with ``recipe``.
 
     Every training forward pass is also a teacher-forced scoring pass of the parameters before the
     step, so coverage is tracked for free; when a whole epoch saw every token locked, one real
-    scoring pass (``confirm`` or the default) confirms it before stopping.
+    scoring pass (``confirm`` or the default) confirms it before stopping. With ``recipe.cycles``
+    > 1 a real scoring pass at the end of every cycle gives the convergence test (``loss_before``,
+    the base model's loss, scales its relative tolerance; default: the first epoch's loss).
     ``on_epoch(entry)`` may return True to stop early (the auditor's repair uses it for its gate).
     With ``cache_prefix`` and a template that starts above layer 0, the frozen layers below it run
     once per record instead of once per step (see FrozenPrefix); the numbers are the same.
     """
+    import contextlib
+
     import torch
 
     from memlaw.scoring import check_context, make_batch, score, summarize, target_log_softmax, token_stats
@@ -318,65 +431,82 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
         raise UserError("the model has no trainable parameters")
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     gen = torch.Generator().manual_seed(recipe.seed)
-    tracker = AnchorTracker(recipe.sw_window)
+    tracker = AnchorTracker(recipe.sw_window, recipe.sw_stuck_visits)
     device = next(model.parameters()).device
     history: list[dict] = []
+    cycle_ends: list[dict] = []
     best, best_step, step, reason = math.inf, 0, 0, "max_steps"
     best_seen, best_state = math.inf, None  # lowest epoch mean loss so far, and the weights after it
-    total_target = sum(e.n_target for e in encoded)
+    total_steps = recipe.max_steps * recipe.cycles
     start = time.perf_counter()
 
-    def confirmed() -> bool:
+    def measure() -> dict:
         model.eval()
         summary = confirm() if confirm else summarize(score(model, encoded, pad_id=pad_id))
         model.train()
-        return summary["coverage"] >= 1.0
+        return summary
+
+    def autocast():
+        if recipe.train_dtype == "bfloat16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     k = FrozenPrefix.usable(model) if cache_prefix else None
     prefix = FrozenPrefix(model, k, pad_id) if k else None
-    bar = _Bar(progress, recipe.max_steps)
+    bar = _Bar(progress, total_steps)
+    stream = _batch_stream(len(encoded), recipe, gen, total_steps)
+    epoch_loss, epoch_tokens, epoch_locked = 0.0, 0, 0
     model.train()
     try:
-        while step < recipe.max_steps:
-            order = torch.randperm(len(encoded), generator=gen).tolist()
-            epoch_loss, epoch_locked = 0.0, 0
-            for lo in range(0, len(order), recipe.batch_size):
-                if step >= recipe.max_steps:
-                    break
-                chunk = [encoded[i] for i in order[lo: lo + recipe.batch_size]]
-                batch = make_batch(chunk, pad_id, device)
+        while step < total_steps:
+            idx, epoch_done, whole_corpus = next(stream)
+            chunk = [encoded[i] for i in idx]
+            for group in opt.param_groups:
+                group["lr"] = recipe.lr_at(step % recipe.max_steps)
+            batch = make_batch(chunk, pad_id, device)
+            with autocast():
                 logprobs = prefix.log_softmax(batch, chunk) if prefix else target_log_softmax(model, batch)
-                lp, argmax, _ = token_stats(logprobs, batch.targets)
-                loss_tok = -lp
-                with torch.no_grad():
-                    w = token_weights(recipe, loss_tok.detach(), argmax, batch, tracker)
-                epoch_loss += float(loss_tok.detach().sum())
-                epoch_locked += int((loss_tok.detach() < LN2).sum())
-                if float(w.sum()) > 0:  # OT: a batch with nothing below threshold takes no step
-                    loss = (w * loss_tok).sum() / w.sum()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if recipe.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
-                    opt.step()
-                step += 1
-                bar.update(step, epoch_loss, epoch_locked)
-            entry = {"step": step, "mean_loss": epoch_loss / total_target,
-                     "coverage": epoch_locked / total_target, "seconds": time.perf_counter() - start}
+            lp, argmax, _ = token_stats(logprobs, batch.targets)
+            loss_tok = -lp.float()
+            with torch.no_grad():
+                w = token_weights(recipe, loss_tok.detach(), argmax, batch, tracker)
+            epoch_loss += float(loss_tok.detach().sum())
+            epoch_tokens += int(loss_tok.numel())
+            epoch_locked += int((loss_tok.detach() < LN2).sum())
+            if float(w.sum()) > 0:  # zero only for the curriculum's "nothing above threshold": no step
+                loss = (w * loss_tok).sum() / w.sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
+                opt.step()
+            step += 1
+            bar.update(step)
+            if recipe.cycles > 1 and step % recipe.max_steps == 0:
+                s = measure()
+                cycle_ends.append({"step": step, "mean_loss": float(s["mean_loss"]), "coverage": float(s["coverage"]),
+                                   "seconds": round(time.perf_counter() - start, 2)})
+            if not epoch_done:
+                continue
+            entry = {"step": step, "mean_loss": epoch_loss / epoch_tokens, "coverage": epoch_locked / epoch_tokens,
+                     "seconds": time.perf_counter() - start}
+            if not whole_corpus:
+                entry["partial"] = True  # curriculum: the epoch ran over the active share only
+            epoch_loss, epoch_tokens, epoch_locked = 0.0, 0, 0
             history.append(entry)
             bar.epoch(entry)
-            if entry["mean_loss"] < best_seen:
+            if whole_corpus and entry["mean_loss"] < best_seen:
                 best_seen = entry["mean_loss"]
                 best_state = [p.detach().clone() for p in params]
             if on_epoch is not None and on_epoch(entry):
                 reason = "callback"
                 break
-            if entry["coverage"] >= 1.0 and confirmed():
+            if whole_corpus and entry["coverage"] >= 1.0 and measure()["coverage"] >= 1.0:
                 reason = "all_locked"
                 break
             if entry["mean_loss"] < best * 0.99:
                 best, best_step = entry["mean_loss"], step
-            elif step - best_step >= recipe.patience:
+            elif recipe.patience and whole_corpus and step - best_step >= recipe.patience:
                 reason = "plateau"
                 break
     finally:
@@ -390,27 +520,38 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
             for p, saved in zip(params, best_state):
                 p.copy_(saved)
         reason += "+restored_best"
-    return TrainResult(step, time.perf_counter() - start, reason, history)
+    ref = loss_before if loss_before is not None else (history[0]["mean_loss"] if history else math.nan)
+    conv = True if reason == "all_locked" else converged(ref, [c["mean_loss"] for c in cycle_ends], recipe)
+    return TrainResult(step, time.perf_counter() - start, reason, history, cycle_ends, conv)
 
 
-def token_weights(recipe: Recipe, loss_tok, argmax, batch, tracker: AnchorTracker):
-    """Per-token weights for a batch under the recipe's objective."""
+def token_weights(recipe: Recipe, loss_tok, argmax, batch, tracker: "AnchorTracker"):
+    """Per-token weights for a batch under the recipe's objective. Whenever the objective's
+    weights sum to (about) zero — OT with no token above the threshold, SW with every window
+    empty — the paper trains the plain SFT loss on that batch instead of skipping it."""
     import torch
 
     if recipe.method == "sft":
         return weights_sft(loss_tok)
-    if recipe.method == "ot":
-        return weights_ot(loss_tok, recipe.tau)
-    w = torch.empty_like(loss_tok)
-    for i, idx in enumerate(batch.indices):
-        a, b = batch.offsets[i], batch.offsets[i + 1]
-        wrong = torch.nonzero(argmax[a:b] != batch.targets[a:b])
-        anchor = int(wrong[0]) if len(wrong) else None
-        width = tracker.width(idx, anchor)
-        pos = torch.arange(b - a, dtype=loss_tok.dtype, device=loss_tok.device)
-        w[a:b] = weights_sw(loss_tok[a:b], pos, anchor, width, recipe.sw_sharpness, recipe.sw_tau,
-                            recipe.sw_floor)
+    if recipe.method in ("ot", "curriculum"):
+        w = weights_ot(loss_tok, recipe.tau)
+    else:
+        w = torch.empty_like(loss_tok)
+        for i, idx in enumerate(batch.indices):
+            a, b = batch.offsets[i], batch.offsets[i + 1]
+            wrong = torch.nonzero(argmax[a:b] != batch.targets[a:b])
+            anchor = int(wrong[0]) if len(wrong) else None
+            width = tracker.width(idx, anchor)
+            pos = torch.arange(b - a, dtype=loss_tok.dtype, device=loss_tok.device)
+            w[a:b] = weights_sw(loss_tok[a:b], pos, anchor, width, recipe.sw_sharpness, recipe.sw_tau,
+                                recipe.sw_floor)
+    if float(w.sum()) <= SFT_FALLBACK_EPS[recipe.method]:
+        # the curriculum's OT takes no step here (the paper's zero-bp loss); OT and SW train SFT
+        return torch.zeros_like(loss_tok) if recipe.method == "curriculum" else weights_sft(loss_tok)
     return w
+
+
+SFT_FALLBACK_EPS = {"ot": 0.0, "curriculum": 0.0, "sw": 1e-5}  # the paper's thresholds on Σ w
 
 
 class _Bar:
@@ -547,7 +688,7 @@ def train_adapter(corpus: CorpusSpec, model_name: str, rank: int, out: str | Pat
     records = corpus.read()
     seed_everything(recipe.seed)
     base = base or load_base(model_name)
-    encoded = encode_records(base.tokenizer, records)
+    encoded = encode_records(base.tokenizer, records, eos=recipe.eos)
     pad_id = base.tokenizer.pad_token_id or 0
     if init_adapter is not None:
         model = attach_adapter(base, init_adapter, allow_pickle=allow_pickle, trainable=True)
@@ -565,8 +706,7 @@ def train_adapter(corpus: CorpusSpec, model_name: str, rank: int, out: str | Pat
         "params_per_rank": template.params_per_rank(base.model if init_adapter is None else model),
         "recipe": recipe.to_dict(),
         "init_adapter": str(Path(init_adapter).resolve()) if init_adapter else None,
-        "train": {"steps": result.steps, "seconds": round(result.seconds, 2), "stop_reason": result.stop_reason,
-                  "history": result.history},
+        "train": result.to_dict(),
         "final": final,
     }
     save_adapter(model, out, base.name, sidecar)

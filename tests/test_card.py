@@ -33,7 +33,7 @@ def make_points(L_before=2.0, seed=0):
             la = max(L_before - dl, 0.01)  # saturated adapters sit at ~0 loss
             cov = 1.0 if la <= 0.05 else float(np.clip(1.2 - la, 0, 0.999))
             pts.append({"rank": rank, "length": length, "loss_before": L_before, "loss_after": la,
-                        "coverage": cov, "steps": 100 * rank, "seconds": 0.5 * rank})
+                        "loss_after_B": la + 0.01, "coverage": cov, "steps": 100 * rank, "seconds": 0.5 * rank})
     return pts
 
 
@@ -56,22 +56,50 @@ def test_build_card(card):
     assert "R²" in rows and rows["base model"] == "tiny"
 
 
-def test_delta_loss_counts_only_information_above_the_source_entropy():
-    """Random tokens from a pool of N: the nats above ln N are free (learn "uniform"), not stored."""
+def test_delta_loss_definitions():
+    """raw: L_before − L_after (the default); source: only the nats below the random source's ln N."""
     source = 1.5
     pts = [dict(p, loss_before=4.0, loss_source=source) for p in make_points(L_before=2.0)]
-    c = build_card(pts, n_boot=0, **META)
+    c = build_card(pts, n_boot=0, delta_definition="source", **META)
+    assert c.delta_definition == "source"
     for p in c.points:
         assert p["delta_loss"] == pytest.approx(source - p["loss_after"])
-    plain = build_card([dict(p, loss_before=4.0) for p in make_points(L_before=2.0)], n_boot=0, **META)
+    plain = build_card(pts, n_boot=0, **META)
+    assert plain.delta_definition == "raw"
     for p in plain.points:
         assert p["delta_loss"] == pytest.approx(4.0 - p["loss_after"])
     # the same law shifted by the free 2.5 nats: only b moves
     assert plain.law().b - c.law().b == pytest.approx(4.0 - source, abs=1e-6)
     assert plain.law().alpha == pytest.approx(c.law().alpha, abs=1e-6)
     # a source entropy above L_before changes nothing
-    high = build_card([dict(p, loss_source=99.0) for p in make_points()], n_boot=0, **META)
+    high = build_card([dict(p, loss_source=99.0) for p in make_points()], n_boot=0, delta_definition="source", **META)
     assert high.coefficients == pytest.approx(build_card(make_points(), n_boot=0, **META).coefficients)
+
+
+def test_a_point_that_did_not_converge_is_never_fitted_as_converged():
+    """The convergence evidence decides: a point whose second cycle still lowered the loss by more
+    than 10 % of ΔL (or that carries no evidence) is censored — a lower bound — and leaves R² and
+    the fit's equality residuals; marking it converged by hand does not override its evidence."""
+    pts = make_points()
+    free = [i for i, p in enumerate(pts) if p["coverage"] < 1.0]
+    k = free[0]
+    dl = pts[k]["loss_before"] - pts[k]["loss_after"]
+    pts[k]["loss_after_B"] = pts[k]["loss_after"] + 0.2 * dl + 0.1  # still improving fast
+    pts[k]["converged"] = True  # a stale flag: the evidence wins
+    del pts[free[1]]["loss_after_B"]  # no evidence at all
+    c = build_card(pts, n_boot=0, **META)
+    stored = {(p["rank"], p["length"]): p for p in c.points}
+    assert stored[(pts[k]["rank"], pts[k]["length"])]["censored"] == "not_converged"
+    assert stored[(pts[free[1]]["rank"], pts[free[1]]["length"])]["censored"] == "not_converged"
+    assert c.n_not_converged == 2
+    # its ΔL sits below the law; as a censored point it pulls nothing down. Fitted as an equality
+    # (flag removed, evidence removed) it would.
+    low = dict(pts[k], loss_after=pts[k]["loss_after"] + 0.5 * dl, loss_after_B=pts[k]["loss_after"] + 0.5 * dl)
+    cens = build_card(pts[:k] + [dict(low, loss_after_B=low["loss_after"] + dl)] + pts[k + 1:], n_boot=0, **META)
+    eq = build_card(pts[:k] + [low] + pts[k + 1:], n_boot=0, **META)
+    assert cens.r2 > eq.r2
+    x = (pts[k]["rank"], pts[k]["length"])
+    assert cens.law().predict(*x) > eq.law().predict(*x)
 
 
 def test_build_card_needs_enough_points():
@@ -108,7 +136,7 @@ def _write_card(tmp_path, card, mutate):
 
 
 @pytest.mark.parametrize("mutate, match", [
-    (lambda d: d.update(schema_version=99), "schema version 99.*reads version 1"),
+    (lambda d: d.update(schema_version=99), "schema version 99.*reads version 2"),
     (lambda d: d.pop("coefficients"), "missing field.*coefficients"),
     (lambda d: d.pop("r2"), "missing field.*r2"),
     (lambda d: d["coefficients"].update(alpha=float("nan")), "coefficient 'alpha'"),

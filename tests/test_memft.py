@@ -42,29 +42,130 @@ def test_key_tokens_never_enter_the_loss(kv_corpus):
     assert w.tolist() == [0.0 if j % 2 else 1.0 for j in range(len(batch.targets))]
 
 
+def _flat_batch(lengths):
+    """A Batch-like object over records of the given target lengths (what token_weights reads)."""
+    from types import SimpleNamespace
+
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    return SimpleNamespace(offsets=offsets, indices=list(range(len(lengths))),
+                           targets=torch.zeros(offsets[-1], dtype=torch.long))
+
+
+def _memlaw_loss(recipe, loss, argmax, batch, tracker):
+    w = token_weights(recipe, loss, argmax, batch, tracker)
+    return (w * loss).sum() / w.sum() if float(w.sum()) > 0 else torch.tensor(0.0), w
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ot_matches_the_papers_code(seed):
+    """memlaw's OT loss equals a line-by-line port of the paper's trainer (tests/paper_memft_port.py)
+    on random per-token losses, including a batch with nothing above the threshold (SFT loss)."""
+    import paper_memft_port as paper
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = [int(x) for x in torch.randint(3, 12, (4,), generator=g)]
+    scale = 0.3 if seed == 0 else 3.0  # seed 0: every token locked -> the SFT fallback
+    flat = torch.rand(sum(lengths), generator=g) * scale
+    # the port's layout: [B, T] padded, mask 1 on labelled tokens, loss 0 elsewhere
+    T = max(lengths)
+    loss2d, mask = torch.zeros(len(lengths), T), torch.zeros(len(lengths), T)
+    o = 0
+    for i, n in enumerate(lengths):
+        loss2d[i, :n], mask[i, :n] = flat[o:o + n], 1.0
+        o += n
+    batch = _flat_batch(lengths)
+    ours, w = _memlaw_loss(Recipe(method="ot"), flat, batch.targets, batch, AnchorTracker(50))
+    theirs = paper.ot_loss(loss2d, mask)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
+    if seed == 0:
+        assert w.tolist() == [1.0] * len(flat)  # the fallback trained every token
+
+
+def test_curriculum_takes_no_step_when_nothing_is_above_threshold():
+    """The PhoneBook curriculum uses the paper's zero-bp OT: no SFT fallback."""
+    import paper_memft_port as paper
+
+    flat = torch.full((5,), 0.1)
+    batch = _flat_batch([5])
+    w = token_weights(Recipe(method="curriculum"), flat, batch.targets, batch, AnchorTracker(50))
+    assert float(w.sum()) == 0.0
+    assert paper.ot_zero_bp_loss(flat[None], torch.ones(1, 5))[1] is True
+
+
+def test_sw_matches_the_papers_code_visit_by_visit():
+    """Intra-sample sliding window, one record seen over many visits (the paper's batch size 1):
+    the anchor stays stuck for a while (the window grows past the point where its decay falls below
+    the 0.01 outside it), then moves, then the record has no error. Weights equal the port's
+    element by element on every visit."""
+    import paper_memft_port as paper
+
+    T = 260
+    g = torch.Generator().manual_seed(0)
+    state, tracker = paper.SlidingState(), AnchorTracker(50)
+    batch = _flat_batch([T])
+    anchors = [5] * 11 + [9, 9, 30] + [None, None] + [7, 7, 7, 7]
+    for visit, anchor in enumerate(anchors):
+        loss = torch.rand(T, generator=g) * 4
+        correct = torch.ones(T, dtype=torch.bool)
+        if anchor is not None:
+            correct[anchor] = False
+            correct[anchor + 1:] = torch.rand(T - anchor - 1, generator=g) > 0.3
+        argmax = torch.where(correct, batch.targets, batch.targets + 1)
+        ours = token_weights(Recipe(method="sw"), loss, argmax, batch, tracker)
+        theirs = paper.sw_weights(loss[None], correct[None], torch.ones(1, T), state)[0]
+        assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-9), f"visit {visit} (anchor {anchor})"
+        assert float(_memlaw_loss(Recipe(method="sw"), loss, argmax, batch, AnchorTracker(50))[0]) > 0
+    # the window did grow to 4x (200 tokens) while stuck: the 4th visit is the first to grow
+    assert [h[2][0] for h in state.history[:11]] == [1, 1, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4, 4]
+
+
 def test_sw_window_rule():
     pos = torch.arange(80, dtype=torch.float32)
     w = window(pos, anchor=10, width=50, tau_w=20.0, floor=0.01)
-    assert w[:10].tolist() == pytest.approx([0.01] * 10)  # before the anchor: floor
-    assert float(w[10]) == pytest.approx(1.0)
+    assert w[:10].tolist() == pytest.approx([1.0] * 10)  # before the anchor: full weight (the paper)
     assert float(w[30]) == pytest.approx(math.exp(-1.0))  # decays with tau_w = 20
     assert float(w[59]) == pytest.approx(math.exp(-49 / 20))
     assert w[60:].tolist() == pytest.approx([0.01] * 20)  # outside the 50-token window
-    assert window(pos, None, 50, 20.0, 0.01).tolist() == pytest.approx([0.01] * 80)
-    # the sigmoid gate: a locked token far below ln 2 gets ~no weight even in the window
+    assert window(pos, None, 50, 20.0, 0.01).tolist() == pytest.approx([1.0] * 80)  # no error: all 1
     loss = torch.full((80,), 0.05)
     loss[12] = 3.0
     sw = weights_sw(loss, pos, 10, 50)
     assert float(sw[12]) == pytest.approx(math.exp(-2 / 20) / (1 + math.exp(-10 * (3.0 - LN2))), rel=1e-5)
-    assert float(sw[11]) < 0.01
+    assert float(sw[11]) < 0.01  # a locked token in the window gets ~no weight (the sigmoid gate)
 
 
-def test_sw_window_grows_while_stuck_and_snaps_back():
+def test_sw_window_grows_from_the_fourth_stuck_visit_and_snaps_back():
     t = AnchorTracker(base=50)
     widths = [t.width(0, 7) for _ in range(10)]
-    assert widths == [50, 50, 75, 100, 125, 150, 175, 200, 200, 200]  # +½ base from the 3rd visit, ≤ 4×
+    assert widths == [50, 50, 50, 75, 100, 125, 150, 175, 200, 200]
     assert t.width(0, 8) == 50  # the anchor moved: snap back
     assert t.width(1, None) == 50
+
+
+def test_curriculum_schedule_matches_the_papers_code():
+    """Active samples per epoch: the paper's PhoneBook schedule (boundaries 20/40/60/80 of 300
+    epochs), shares rounded down to whole batches. One deliberate difference: in the last stage
+    memlaw trains every sample, where the paper's rounding to whole batches leaves the remainder
+    (n mod batch) untrained for the whole run."""
+    import paper_memft_port as paper
+
+    from memlaw.memft import curriculum_active
+
+    for n, bs in ((100, 10), (37, 4), (300, 40)):
+        for epoch in range(0, 120):
+            ours = curriculum_active(epoch, 300, n, bs)
+            theirs = paper.curriculum_active_count(epoch, n, bs, boundaries=(20, 40, 60, 80, 300), drop_last=False)
+            assert ours == (theirs if epoch < 80 else n), (n, bs, epoch)
+
+
+def test_linear_schedule_and_cycles():
+    r = Recipe(method="sft", lr=0.1, max_steps=10, schedule="linear", cycles=2)
+    assert [round(r.lr_at(s), 6) for s in (0, 5, 9)] == [0.1, 0.05, 0.01]
+    assert Recipe(lr=0.1, max_steps=10).lr_at(9) == 0.1  # constant
+    with pytest.raises(Exception, match="schedule"):
+        Recipe(schedule="cosine")
 
 
 def test_train_adapter_writes_plain_peft_adapter(kv_corpus, tmp_path):
@@ -103,10 +204,11 @@ def test_training_is_deterministic(kv_corpus, tmp_path):
     assert ma == mb
 
 
-def test_ot_reaches_full_coverage_on_tiny(kv_corpus, tmp_path):
+@pytest.mark.parametrize("method", ["sft", "ot"])
+def test_training_stops_when_every_token_is_locked(kv_corpus, tmp_path, method):
     """The stop rule: training ends when every target token is locked, confirmed by scoring."""
     side = train_adapter(CorpusSpec(str(kv_corpus)), "tiny", 8, tmp_path / "full",
-                         recipe=Recipe(method="sft", lr=1e-2, max_steps=400, batch_size=24), progress=False)
+                         recipe=Recipe(method=method, lr=1e-2, max_steps=400, batch_size=24), progress=False)
     assert side["train"]["stop_reason"] == "all_locked"
     assert side["final"]["coverage"] == 1.0 and side["final"]["locked_records"] == 24
 

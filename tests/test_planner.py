@@ -3,8 +3,9 @@ with known coefficients, so the expected rank is a hand computation.
 
 The card's points follow ΔL = C·r^α·ℓ^(−β) + b (2% multiplicative noise, so the bootstrap interval
 has a width); C is chosen so the test corpus needs a continuous rank of about 5.3 at coverage 1.0
-(→ practical rank 8). The expected rank is recomputed here from the card's fitted coefficients with
-the closed-form inverse, not with memlaw.law.rank_for_delta.
+(→ practical rank 8). The ΔL a coverage needs comes from the corpus's per-token base losses
+(memlaw.planner.coverage, unit-tested in test_coverage.py); the expected rank is recomputed here
+from the card's fitted coefficients with the closed-form inverse, not with memlaw.law.rank_for_delta.
 """
 
 from __future__ import annotations
@@ -83,19 +84,27 @@ def measured(base, corpus):
             "bytes": sum(len(r["completion"].encode()) for r in rows)}
 
 
-def make_card(base, *, loss_before: float, ell: int, r_target: float = R_TARGET, template: LoraTemplate | None = None,
+def need(measured, coverage: float = 1.0) -> tuple[float, float]:
+    """(ΔL needed, coverage planned) for the test corpus: its one conflict blocks one token (the
+    first byte after the shared " "), so coverage 1.0 is planned at 1 − 1/ℓ."""
+    from memlaw.planner.coverage import LossProfile, delta_for_coverage
+
+    planned = min(coverage, 1 - 1 / measured["ell"])
+    return delta_for_coverage(LossProfile.from_losses(-measured["logprob"]), planned), planned
+
+
+def make_card(base, *, delta: float, ell: int, r_target: float = R_TARGET, template: LoraTemplate | None = None,
               lengths=LENGTHS, noise: float = 0.02, seed: int = 0):
-    """A card whose law needs ≈ r_target at (ℓ, L_before) for coverage 1.0 (target loss ≈ 0.4)."""
+    """A card whose law needs ≈ r_target to reach ΔL = ``delta`` at ℓ."""
     template = template or LoraTemplate()
-    need = loss_before - 0.4
-    C = (need - B) * ell ** BETA / r_target ** ALPHA
+    C = (delta - B) * ell ** BETA / r_target ** ALPHA
     rng = np.random.default_rng(seed)
     points = []
     for i, (r, l) in enumerate((r, l) for r in RANKS for l in lengths):
         dl = (C * r ** ALPHA * l ** (-BETA) + B) * (1 + noise * rng.standard_normal())
         la = LOSS_AFTER_CYCLE[i % len(LOSS_AFTER_CYCLE)]
         points.append({"rank": r, "length": l, "loss_before": dl + la, "loss_after": la,
-                       "coverage": COVERAGE_OF[la], "steps": 10, "seconds": 1.0})
+                       "coverage": COVERAGE_OF[la], "steps": 10, "seconds": 1.0, "converged": True})
     tdict = template.to_dict()
     tdict["params_per_rank"] = template.params_per_rank(base.model)
     card = build_card(points, base_model=base.identity, template=tdict,
@@ -107,7 +116,7 @@ def make_card(base, *, loss_before: float, ell: int, r_target: float = R_TARGET,
 
 @pytest.fixture(scope="module")
 def card(base, measured):
-    card, C = make_card(base, loss_before=measured["loss_before"], ell=measured["ell"])
+    card, C = make_card(base, delta=need(measured)[0], ell=measured["ell"])
     return card
 
 
@@ -118,10 +127,10 @@ def card_file(card, tmp_path_factory):
     return path
 
 
-def hand_rank(card, loss_before: float, ell: int, coverage: str = "1.0") -> float:
+def hand_rank(card, measured, coverage: float = 1.0) -> float:
     c = card.coefficients
-    t = card.coverage_loss[coverage]
-    return ((loss_before - t - c["b"]) * ell ** c["beta"] / c["C"]) ** (1 / c["alpha"])
+    delta = need(measured, coverage)[0]
+    return ((delta - c["b"]) * measured["ell"] ** c["beta"] / c["C"]) ** (1 / c["alpha"])
 
 
 def run_estimate(corpus, card, coverage=1.0, **kw):
@@ -156,10 +165,12 @@ def test_rank_is_the_hand_inversion_rounded_to_a_power_of_two(corpus, card, meas
     est = run_estimate(corpus, card)
     assert est.target_tokens == measured["ell"] == measured["bytes"]  # byte-level tokenizer: ℓ = bytes
     assert est.loss_before == pytest.approx(measured["loss_before"], rel=1e-9)
-    assert est.loss_target == card.coverage_loss["1.0"]
-    assert est.delta_needed == pytest.approx(measured["loss_before"] - card.coverage_loss["1.0"], rel=1e-9)
+    delta, planned = need(measured)
+    assert est.coverage_planned == pytest.approx(planned) and est.max_coverage == pytest.approx(planned)
+    assert est.delta_needed == pytest.approx(delta, rel=1e-9)
+    assert 0 < est.loss_target < est.loss_before
 
-    r = hand_rank(card, measured["loss_before"], measured["ell"])
+    r = hand_rank(card, measured)
     assert r == pytest.approx(R_TARGET, rel=0.25)  # the card is what we built
     assert est.rank_raw == pytest.approx(r, rel=1e-9)
     assert est.rank == 2 ** math.ceil(math.log2(r)) == 8
@@ -178,8 +189,13 @@ def test_rank_is_the_hand_inversion_rounded_to_a_power_of_two(corpus, card, meas
     assert fp32 - est.adapter_header_bytes == 8 * ppr * 4
     assert 0 < est.adapter_header_bytes < 20_000
     assert 8 * ppr * 2 < bf16 < fp32
-    assert est.predicted_loss_after == pytest.approx(
-        est.loss_before - card.law().predict(8, est.target_tokens))
+    # at rank 8 ≥ 5.3 the law's ΔL exceeds the need: the predicted coverage reaches the plan
+    assert card.law().predict(8, est.target_tokens) > est.delta_needed
+    assert est.predicted_coverage >= est.coverage_planned - 1e-12
+    assert 0 <= est.predicted_loss_after <= est.loss_target
+    assert [x["rank"] for x in est.coverage_by_rank] == [2, 4, 8, 16]
+    covs = [x["coverage"] for x in est.coverage_by_rank]
+    assert covs == sorted(covs) and covs[0] < est.coverage_planned  # rank 2 falls short
     assert est.full_rank == {"min": 32, "max": 64, "modules": 14}  # tiny: k/v 64→32, others ≥ 64
 
 
@@ -201,12 +217,10 @@ def test_adapter_bytes_match_a_saved_peft_adapter(corpus, card, tmp_path):
 def test_lower_coverage_needs_no_more_rank(corpus, card, measured):
     e90 = run_estimate(corpus, card, 0.9)
     e100 = run_estimate(corpus, card, 1.0)
-    assert e90.loss_target == card.coverage_loss["0.9"] > e100.loss_target
-    assert e90.rank_raw == pytest.approx(hand_rank(card, measured["loss_before"], measured["ell"], "0.9"))
+    assert e90.loss_target > e100.loss_target and e90.delta_needed < e100.delta_needed
+    assert e90.rank_raw == pytest.approx(hand_rank(card, measured, 0.9))
     assert e90.rank_raw < e100.rank_raw and e90.rank <= e100.rank
-    e95 = run_estimate(corpus, card, 0.95)  # interpolated between 0.9 and 0.99
-    t = card.coverage_loss["0.9"] + (card.coverage_loss["0.99"] - card.coverage_loss["0.9"]) * 0.05 / 0.09
-    assert e95.loss_target == pytest.approx(t)
+    e95 = run_estimate(corpus, card, 0.95)
     assert e90.rank_raw <= e95.rank_raw <= e100.rank_raw
 
 
@@ -263,7 +277,8 @@ def test_floor_above_the_law_raises_the_recommendation(corpus, card, measured, b
     est = run_estimate(corpus, easy)
     floor = math.ceil(est.capacity_floor_bits / 3.6 / 128)
     assert est.params_per_rank == 128 and est.capacity_floor_rank == floor > 1
-    assert est.any_rank and est.rank == 1 and est.rank_raw == 0.0
+    assert not est.any_rank and est.rank == 1 and est.rank_raw == 0.0  # the law: rank 1; the floor: more
+    assert any("smallest rank, 1" in n for n in est.notes)
     assert est.recommended_rank == 2 ** math.ceil(math.log2(floor))
     assert est.trainable_params == est.recommended_rank * 128
     assert est.lora_config["r"] == est.recommended_rank
@@ -354,7 +369,7 @@ def test_in_domain_estimate_has_no_extrapolation_warning(corpus, card):
 
 
 def test_warns_when_rank_exceeds_domain_and_full_rank(corpus, base, measured):
-    card, _ = make_card(base, loss_before=measured["loss_before"], ell=measured["ell"], r_target=100.0)
+    card, _ = make_card(base, delta=need(measured)[0], ell=measured["ell"], r_target=100.0)
     est = run_estimate(corpus, card)
     assert est.rank == 128
     assert any("outside the card's calibrated ranks" in w for w in est.warnings)
@@ -381,22 +396,33 @@ def test_unreachable_law(corpus, card):
 # coverage thresholds and rounding (pure)
 
 
-def test_coverage_target_loss(card):
-    from memlaw.planner.estimate import coverage_target_loss
-
-    assert coverage_target_loss(card, 1.0)[0] == card.coverage_loss["1.0"]
-    assert coverage_target_loss(card, 0.99)[0] == card.coverage_loss["0.99"]
-    t, notes = coverage_target_loss(card, 0.5)  # below the lowest key: its loss, with a note
-    assert t == card.coverage_loss["0.9"] and notes
+def test_coverage_out_of_range_is_one_line(corpus, card):
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(UserError, match=r"\(0, 1\]"):
-            coverage_target_loss(card, bad)
-    never = dataclasses.replace(card, coverage_loss={"0.9": 1.2, "0.99": 0.7, "1.0": None})
-    with pytest.raises(UserError, match="never reached coverage 1"):
-        coverage_target_loss(never, 1.0)
-    with pytest.raises(UserError, match="never reached coverage 1"):
-        coverage_target_loss(never, 0.995)
-    assert coverage_target_loss(never, 0.99)[0] == 0.7
+            run_estimate(corpus, card, bad)
+
+
+def test_never_any_rank_while_the_base_model_falls_short(corpus, card, measured):
+    """The base model locks a share s of the tokens: coverage ≤ s needs no adapter, anything above
+    needs a positive ΔL and a rank — never "any rank will do"."""
+    s = float(np.mean(measured["logprob"] > -math.log(2)))
+    above = run_estimate(corpus, card, min(0.999, s + 0.05))
+    assert not above.any_rank and above.delta_needed > 0
+    if s > 0:
+        below = run_estimate(corpus, card, s)
+        assert below.any_rank and below.delta_needed == 0.0
+
+
+def test_no_negative_predicted_loss_ever(corpus, card):
+    """Whatever the rank and coverage, predicted losses stay ≥ 0 (the old mean-loss link once
+    predicted −1.76 nats)."""
+    for cov in (0.5, 0.9, 0.99, 1.0):
+        est = run_estimate(corpus, card, cov)
+        assert est.loss_target >= 0 and est.predicted_loss_after >= 0
+        assert all(x["loss_after"] >= 0 for x in est.coverage_by_rank)
+    huge = dataclasses.replace(card, coefficients=dict(card.coefficients, b=50.0))
+    est = run_estimate(corpus, huge, 1.0)
+    assert est.predicted_loss_after >= 0 and est.predicted_coverage <= est.max_coverage
 
 
 def test_practical_rank():

@@ -455,7 +455,9 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
                             fix="pass --base-model") from None
     warnings += _check_identity(base, sidecar, adapter_dir, force_base)
     warnings += _check_tokenizer(base, adapter_dir, trust_remote_code, force_base)
-    encoded = encode_records(base.tokenizer, records)
+    # an adapter trained with --eos learnt to stop after each target: score that token too
+    eos = bool(((sidecar or {}).get("recipe") or {}).get("eos"))
+    encoded = encode_records(base.tokenizer, records, eos=eos)
     _check_vocab(base.model, encoded, base)
     model = attach_adapter(base, adapter_dir, allow_pickle=allow_pickle, trainable=trainable)
     return AdapterInputs(adapter_dir=adapter_dir, adapter_config=cfg, sidecar=sidecar, corpus=spec,

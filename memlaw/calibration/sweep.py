@@ -30,14 +30,18 @@ would share one context and conflict, and no adapter could reach coverage 1. ``-
 corpus.jsonl`` takes the corpus's encoded records in file order until ℓ target tokens (the last
 record truncated).
 
-**What ΔL counts.** Random tokens are drawn uniformly from a pool of N tokens, so no model can
-beat ln N nats per token without storing the tokens themselves; the base model starts ~3 nats
-above that (it does not expect uniform noise), and an adapter gets those nats for free by
-learning "uniform over the pool", not by memorising anything. Each random-data point therefore
-records ``loss_source = ln N`` and the card measures ΔL from min(L_before, ln N): only the
-information the adapter had to store. A real corpus's L_before is already information (every nat
-is a specific fact), which is what the planner applies the law to. Without this the planner
-under-predicted on every corpus measured (docs/results.md, section 2).
+**Convergence.** Every point trains B = ``max_steps`` steps with the lr decaying linearly to 0,
+then a second cycle of B more (warm restart): ``loss_after_B`` and ``loss_after`` (at 2B) are both
+recorded, and the point is ``converged`` when the second cycle lowered the loss by no more than
+max(0.05 nats, 3 % of ΔL). A point that fails the test is a lower bound on what its rank can hold
+and the card fits it as one (censored), never as a converged observation; so is a saturated point
+(every token locked, training stopped there).
+
+**What ΔL counts.** ΔL = L_before − L_after, the definition the planner applies to a user's corpus.
+Random-data points also record ``loss_source = ln N`` (N: the pool size) and ``loss_fresh_after``,
+the adapter's loss on fresh random records it never saw — the held-out test of whether it learnt
+anything but the records (``memplan fit --delta source`` fits min(L_before, ln N) − L_after
+instead; docs/results.md §2 compares the two on held-out corpora).
 
 **Shards and Slurm.** ``--shard i/n`` runs only the grid points whose position in the grid
 (row-major over sorted ranks × sorted lengths) is ≡ i (mod n). Give every shard its own ``--out``,
@@ -59,8 +63,8 @@ A pre-empted or requeued array task simply resumes its own shard (same command, 
 
 **Default recipe.** LoRA on all linear layers of SmolLM2-135M already holds 256 random tokens at
 rank 1, so nothing would constrain ΔL: the default template is narrow enough for capacity to bite —
-``q_proj,v_proj`` on the last two layers, alpha = 2·rank — and the recipe is ``sft``, lr 1e-2, all
-records of a point in one batch, at most 100 steps, plateau patience 30, seed 0.
+``q_proj,v_proj`` on the last two layers, alpha = 2·rank (rank 1 still falls short of 64 random
+tokens after 600 steps, while rank 8 locks 256) — and the recipe is :func:`default_recipe`.
 """
 
 from __future__ import annotations
@@ -90,16 +94,24 @@ DEFAULT_LENGTHS = (64, 128, 256)
 DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
 DEFAULT_LAST_LAYERS = 2
 DEFAULT_CHUNK = 64
+FRESH_SEED_OFFSET = 1_000_003  # held-out random records: a data seed no sweep uses for training
+
+TEMPLATE_REASON = ("q_proj,v_proj of the last two layers: narrow enough that capacity binds on a grid a "
+                   "2-core CPU can train to convergence (all linear layers hold 256 random tokens at rank 1), and "
+                   "above layer 0, so the frozen layers below run once per record (FrozenPrefix)")
 
 #: sweep.json keys that must match for two sets of points to belong to one law
 COMPAT_KEYS = ("base_model", "template", "recipe", "data")
 
 
 def default_recipe():
-    """The shipped calibration recipe (batch size: all records of a point, see SweepSpec)."""
+    """The shipped calibration recipe (batch size: all records of a point, see SweepSpec): plain SFT
+    with the lr decaying linearly to 0 over B = 300 steps, run twice (budget B, then 2B: the
+    convergence test), no plateau stop, bf16 training forward (scoring stays float32)."""
     from memlaw.memft import Recipe
 
-    return Recipe(method="sft", lr=1e-2, batch_size=1, max_steps=100, patience=30, seed=0)
+    return Recipe(method="sft", lr=2e-2, batch_size=1, max_steps=300, patience=0, seed=0, schedule="linear",
+                  cycles=2, train_dtype="bfloat16")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,6 +353,13 @@ class SweepData:
             return corpus_slice(self._encoded, length)
         return random_records(self.base.tokenizer, self._pool, length, self.spec.chunk, self.spec.data_seed)
 
+    def fresh_records(self, length: int) -> list | None:
+        """Held-out records of the same kind (random data: another seed); None for a corpus."""
+        if self._encoded is not None:
+            return None
+        return random_records(self.base.tokenizer, self._pool, length, self.spec.chunk,
+                              self.spec.data_seed + FRESH_SEED_OFFSET)
+
 
 # ---------------------------------------------------------------------------------------------
 # one point
@@ -353,9 +372,15 @@ def loss_before(base, records, pad_id: int) -> float:
 
 
 def run_point(base, template, recipe, records, rank: int, l_before: float, pad_id: int = 0,
-              cache_prefix: bool = True) -> dict:
+              cache_prefix: bool = True, fresh=None) -> dict:
     """Train a fresh rank-``rank`` adapter on ``records`` and measure it. The adapter is removed
-    again afterwards (``unload``): ``base.model`` is the clean base model when this returns."""
+    again afterwards (``unload``): ``base.model`` is the clean base model when this returns.
+
+    The point records its convergence evidence: the loss after the first cycle (budget B) and the
+    last (2B with the default 2 cycles), and whether the last cycle still lowered it by more than
+    the recipe's tolerance (then ``converged`` is false and the card fits the point only as a lower
+    bound). ``fresh``: records of the same kind never trained on; their loss after training is
+    the held-out test of what the adapter learnt beyond the records themselves."""
     from memlaw.memft import make_lora_model, seed_everything, train
     from memlaw.scoring import score, summarize
 
@@ -363,12 +388,15 @@ def run_point(base, template, recipe, records, rank: int, l_before: float, pad_i
     seed_everything(recipe.seed)
     model = make_lora_model(base.model, template, rank, recipe.seed)
     try:
-        result = train(model, records, recipe, pad_id=pad_id, progress=False, cache_prefix=cache_prefix)
+        result = train(model, records, recipe, pad_id=pad_id, progress=False, cache_prefix=cache_prefix,
+                       loss_before=l_before)
         after = summarize(score(model, records, pad_id=pad_id))
+        fresh_after = summarize(score(model, fresh, pad_id=pad_id))["mean_loss"] if fresh else None
     finally:
         base.model = model.unload()
         base.model.eval()
-    return {
+    ends = result.cycle_ends
+    point = {
         "rank": int(rank),
         "length": int(sum(e.n_target for e in records)),
         "loss_before": float(l_before),
@@ -381,8 +409,16 @@ def run_point(base, template, recipe, records, rank: int, l_before: float, pad_i
         "seconds": round(time.perf_counter() - start, 3),
         "train_seconds": round(result.seconds, 3),
         "stop_reason": result.stop_reason,
+        "converged": result.converged,
         "seed": int(recipe.seed),
     }
+    if len(ends) >= 2:
+        point["loss_after_B"] = float(ends[-2]["mean_loss"])
+        point["coverage_B"] = float(ends[-2]["coverage"])
+        point["steps_B"] = int(ends[-2]["step"])
+    if fresh_after is not None:
+        point["loss_fresh_after"] = float(fresh_after)
+    return point
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,9 +445,17 @@ def _short(v, n=40) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
+#: recipe fields that say how points are judged, not how they are trained: they may change on resume
+FIT_ONLY_RECIPE_KEYS = ("converge_rel_tol", "converge_abs_tol", "stop_rule")
+
+
 def check_compatible(old: dict, new: dict, where: str, fix: str) -> None:
     for key in COMPAT_KEYS:
-        d = _diff(_canon(old.get(key)), _canon(new.get(key)), key)
+        a, b = _canon(old.get(key)), _canon(new.get(key))
+        if key == "recipe" and isinstance(a, dict) and isinstance(b, dict):
+            a = {k: v for k, v in a.items() if k not in FIT_ONLY_RECIPE_KEYS}
+            b = {k: v for k, v in b.items() if k not in FIT_ONLY_RECIPE_KEYS}
+        d = _diff(a, b, key)
         if d:
             raise UserError(f"was measured with another {key} ({d[0]}: {_short(d[1])} ≠ {_short(d[2])})",
                             where=where, fix=fix)
@@ -504,6 +548,12 @@ def with_loss_source(points: list[dict], meta: dict) -> list[dict]:
             for p in points]
 
 
+def sweep_summary(points: list[dict], meta: dict) -> dict:
+    """What a card records about the sweep behind it."""
+    return {"points_seconds": round(sum(float(p.get("seconds") or 0) for p in points if isinstance(p, dict)), 1),
+            "grid": meta.get("grid"), "device": meta.get("device"), "template_reason": meta.get("template_reason")}
+
+
 def finish(out: Path, meta: dict, points: list[dict], grid, *, n_boot: int, plot: bool,
            ran: int = 0, shard: Shard | None = None) -> SweepResult:
     """Fit and save the card once every grid point is present."""
@@ -511,9 +561,10 @@ def finish(out: Path, meta: dict, points: list[dict], grid, *, n_boot: int, plot
     res = SweepResult(Path(out), list(grid), points, ran, missing, shard=shard)
     if missing:
         return res
+    sweep = sweep_summary(points, meta)
     try:
         card = build_card(with_loss_source(points, meta), base_model=meta["base_model"], template=meta["template"],
-                          recipe=meta["recipe"], data_kind=meta["data_kind"], n_boot=n_boot, seed=0)
+                          recipe=meta["recipe"], data_kind=meta["data_kind"], n_boot=n_boot, seed=0, sweep=sweep)
     except UserError as e:
         raise UserError(f"{e} (the {len(points)} points are kept in {Path(out) / POINTS}; run again with a "
                         "larger grid and the same --out to add to them)") from None
@@ -548,6 +599,8 @@ def sweep_meta(spec: SweepSpec, base, template, data: SweepData) -> dict:
         "data_seed": spec.data_seed,
         "shard": None if spec.shard is None else str(spec.shard),
         "device": spec.device,
+        "template_reason": TEMPLATE_REASON if spec.target_modules == DEFAULT_TARGET_MODULES and spec.layers is None
+        else "chosen by the user",
         "memlaw_version": memlaw.__version__,
     }
 
@@ -587,6 +640,9 @@ def run_sweep(spec: SweepSpec, out, *, progress: bool = True, plot: bool = False
     befores: dict[int, float] = {}
     records: dict[int, list] = {}
     ran = 0
+    mine = spec.shard_points()
+    if todo and len(todo) < len(mine) and progress:
+        console.print(f"resuming: {len(mine) - len(todo)} of {len(mine)} points done in {points_path}", markup=False)
     with _SweepBar(progress and bool(todo), todo, console) as bar:
         for rank, length in todo:
             bar.start(rank, length)
@@ -594,7 +650,7 @@ def run_sweep(spec: SweepSpec, out, *, progress: bool = True, plot: bool = False
                 records[length] = data.records(length)
                 befores[length] = loss_before(base, records[length], pad_id)
             point = run_point(base, template, spec.recipe_for(len(records[length])), records[length], rank,
-                              befores[length], pad_id)
+                              befores[length], pad_id, fresh=data.fresh_records(length))
             point["length"] = int(length)
             if data.loss_source() is not None:
                 point["loss_source"] = data.loss_source()
@@ -642,9 +698,12 @@ class _SweepBar:
         if self.enabled:
             self.p.update(self.task, advance=pt["length"], count=f"{self.n_done}/{len(self.todo)} points")
             self.p.console.print(
-                f"r={pt['rank']} ℓ={pt['length']}: L {pt['loss_before']:.3f} → {pt['loss_after']:.3f}, "
-                f"coverage {pt['coverage']:.3f}, exact {pt['exact_records']}/{pt['records']}, "
-                f"{pt['steps']} steps ({pt['stop_reason']}), {pt['seconds']:.1f} s", soft_wrap=True)
+                f"r={pt['rank']} ℓ={pt['length']}: L {pt['loss_before']:.3f} → "
+                + (f"{pt['loss_after_B']:.3f} (B) → " if "loss_after_B" in pt else "")
+                + f"{pt['loss_after']:.3f}, coverage {pt['coverage']:.3f}, exact {pt['exact_records']}/{pt['records']}, "
+                f"{pt['steps']} steps ({pt['stop_reason']}, "
+                + {True: "converged", False: "NOT converged", None: "convergence not tested"}[pt.get("converged")]
+                + f"), {pt['seconds']:.1f} s", soft_wrap=True)
 
     def __exit__(self, *exc):
         if self.enabled:

@@ -81,3 +81,27 @@ def template_from(target_modules: str | None, layers: str | None, alpha: str):
     except ValueError:
         raise UserError(f"--alpha must be a number or k*rank, got '{alpha}'")
     return template
+
+
+def recipe_options(fn):
+    """Training-loop options shared by `memft train`, `memplan calibrate` and repair."""
+    from memlaw.memft import SCHEDULES, TRAIN_DTYPES
+
+    fn = click.option("--eos", is_flag=True,
+                      help="also train the EOS / end-of-turn token after each target (the model learns to stop); "
+                           "the auditor then scores it too")(fn)
+    fn = click.option("--train-dtype", type=click.Choice(TRAIN_DTYPES), default=None,
+                      help="bfloat16: autocast the training forward (fast on CPUs with AVX512-BF16 and on GPUs); "
+                           "scoring stays float32")(fn)
+    fn = click.option("--cycles", type=click.IntRange(min=1), default=None,
+                      help="run the lr schedule this many times (warm restarts); 2 = the convergence test: "
+                           "the loss at budget B and 2B")(fn)
+    fn = click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
+                      help="lr schedule over --max-steps: linear decay to 0 (the paper's) or constant")(fn)
+    return fn
+
+
+def recipe_extras(schedule, cycles, train_dtype, eos, defaults) -> dict:
+    """The recipe fields these options set, falling back to ``defaults`` (a Recipe)."""
+    return {"schedule": schedule or defaults.schedule, "cycles": cycles or defaults.cycles,
+            "train_dtype": train_dtype or defaults.train_dtype, "eos": bool(eos) or defaults.eos}

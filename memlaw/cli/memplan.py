@@ -19,8 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from memlaw import __version__
-from memlaw.card import build_card, load_card, read_points, save_card
-from memlaw.cli.common import handle_errors
+from memlaw.calibration.sweep import (DEFAULT_LENGTHS, DEFAULT_RANKS, DEFAULT_TARGET_MODULES, default_recipe,
+                                      sweep_summary)
+from memlaw.card import DELTA_DEFINITIONS, build_card, load_card, read_points, save_card
+from memlaw.cli.common import handle_errors, recipe_extras, recipe_options
+from memlaw.memft import METHODS
+from memlaw.planner.coverage import DEFAULT_PREDICTOR, PREDICTORS
 from memlaw.errors import UserError
 from memlaw.law import NAMES
 
@@ -61,7 +65,8 @@ def _coef_table(card) -> Table:
         iv = card.intervals.get(k)
         t.add_row(k, f"{card.coefficients[k]:.4g}", f"[{iv[0]:.4g}, {iv[1]:.4g}]" if iv else "—")
     t.add_row("R²", f"{card.r2:.4f}", "")
-    t.add_row("points", f"{len(card.points)}", f"{card.n_saturated} saturated (censored)")
+    t.add_row("points", f"{len(card.points)}", f"{card.n_saturated} saturated, {card.n_not_converged} not converged "
+                                               "(censored: lower bounds)")
     return t
 
 
@@ -73,9 +78,14 @@ def _coef_table(card) -> Table:
 @click.option("--n-boot", default=200, show_default=True, type=click.IntRange(min=0),
               help="Bootstrap resamples for the confidence intervals (0: none).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap seed.")
+@click.option("--delta", type=click.Choice(DELTA_DEFINITIONS), default="raw", show_default=True,
+              help="raw: ΔL = L_before − L_after; source: min(L_before, ln N) − L_after for random tokens")
+@click.option("--converge-rel-tol", type=click.FloatRange(min=0), default=None,
+              help="convergence test: the second cycle may lower the loss by this share of ΔL "
+                   "(default: the sweep recipe's)")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out.")
 @handle_errors
-def fit_cmd(points_jsonl: Path, out: Path, base_model, n_boot, seed, force):
+def fit_cmd(points_jsonl: Path, out: Path, base_model, n_boot, seed, delta, converge_rel_tol, force):
     """Fit the law to a sweep's POINTS_JSONL and write a law card.
 
     If a sweep.json sits next to the points file, the base model, LoRA template, recipe and data
@@ -101,8 +111,12 @@ def fit_cmd(points_jsonl: Path, out: Path, base_model, n_boot, seed, force):
 
     from memlaw.calibration.sweep import with_loss_source
 
-    card = build_card(with_loss_source(points, meta), base_model=bm, template=template, recipe=dict(meta.get("recipe") or {}),
-                      data_kind=str(meta.get("data_kind") or "unknown"), n_boot=n_boot, seed=seed)
+    recipe = dict(meta.get("recipe") or {})
+    if converge_rel_tol is not None:
+        recipe["converge_rel_tol"] = converge_rel_tol
+    card = build_card(with_loss_source(points, meta), base_model=bm, template=template, recipe=recipe,
+                      data_kind=str(meta.get("data_kind") or "unknown"), n_boot=n_boot, seed=seed,
+                      delta_definition=delta, sweep=sweep_summary(points, meta))
     save_card(card, out)
     console = Console()
     console.print(_coef_table(card))
@@ -152,22 +166,24 @@ def law_show(card_path: Path):
     dom.add_column("value", justify="right")
     dom.add_row("rank", f"{_num(card.domain['rank'][0])} – {_num(card.domain['rank'][1])}")
     dom.add_row("length (target tokens)", f"{_num(card.domain['length'][0])} – {_num(card.domain['length'][1])}")
-    for target, loss in card.coverage_loss.items():
-        dom.add_row(f"L_after for coverage ≥ {target}", _num(loss))
+    if card.sweep.get("points_seconds"):
+        dom.add_row("sweep time (sum over points)", f"{card.sweep['points_seconds'] / 60:.1f} min")
     console.print(dom)
 
-    pts = Table(title="sweep points")
-    for col in ("rank", "length", "L_before", "L_after", "ΔL", "coverage", "steps", "seconds"):
+    pts = Table(title="sweep points (L_B, L_2B: L_after at budget B and 2B, the convergence evidence)")
+    for col in ("r", "ℓ", "L_before", "L_B", "L_2B", "ΔL", "cov", "steps", "fit", "s"):
         pts.add_column(col, justify="right")
     for p in sorted(card.points, key=lambda p: (p.get("rank") or 0, p.get("length") or 0)):
         lb, la = p.get("loss_before"), p.get("loss_after")
         dl = p.get("delta_loss", lb - la if isinstance(lb, (int, float)) and isinstance(la, (int, float)) else None)
-        cov = _num(p.get("coverage"), ".3f") + (" *" if p.get("saturated") else "")
-        pts.add_row(_num(p.get("rank"), "g"), _num(p.get("length"), "g"), _num(lb), _num(la), _num(dl), cov,
-                    _num(p.get("steps"), "g"), _num(p.get("seconds"), ".1f"))
+        how = {None: "=", "saturated": "≥ sat", "not_converged": "≥ unconv"}.get(
+            p.get("censored"), str(p.get("censored")))
+        pts.add_row(_num(p.get("rank"), "g"), _num(p.get("length"), "g"), _num(lb), _num(p.get("loss_after_B")),
+                    _num(la), _num(dl), _num(p.get("coverage"), ".3f"), _num(p.get("steps"), "g"), how,
+                    _num(p.get("seconds"), ".1f"))
     console.print(pts)
-    if card.n_saturated:
-        console.print("* saturated: the adapter memorised everything; fitted as a lower bound on ΔL")
+    console.print("fit: = an observation; ≥ a lower bound on ΔL (sat: every token locked; unconv: still "
+                  "improving in the second cycle), which the law may only exceed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,10 +197,14 @@ def _sweep_done(result) -> None:
         click.echo(line)
 
 
+_CAL = default_recipe()  # the shipped calibration recipe: one place for its defaults
+
+
 @main.command("calibrate")
 @click.option("--model", default="smollm2-135m", show_default=True, help="tiny, smollm2-135m, an HF id or a path")
-@click.option("--ranks", default="1,2,4,8", show_default=True, help="comma-separated LoRA ranks")
-@click.option("--lengths", default="64,128,256", show_default=True, help="comma-separated target-token counts ℓ")
+@click.option("--ranks", default=",".join(map(str, DEFAULT_RANKS)), show_default=True, help="comma-separated LoRA ranks")
+@click.option("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), show_default=True,
+              help="comma-separated target-token counts ℓ")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="sweep folder (points.jsonl, sweep.json, law.json); an unfinished sweep there resumes")
 @click.option("--data", default=None, type=click.Path(dir_okay=False),
@@ -194,14 +214,21 @@ def _sweep_done(result) -> None:
 @click.option("--target-field", default=None, help="--data: JSON field holding the target")
 @click.option("--chunk", default=64, show_default=True, type=int, help="random data: target tokens per record")
 @click.option("--data-seed", default=0, show_default=True, type=int, help="random data: seed")
-@click.option("--target-modules", default="q_proj,v_proj", show_default=True, help="comma-separated module names")
+@click.option("--target-modules", default=",".join(DEFAULT_TARGET_MODULES), show_default=True,
+              help="comma-separated module names")
 @click.option("--layers", default=None, help="comma-separated layer indices, or 'all' (default: the last two)")
 @click.option("--alpha", default="2*rank", show_default=True, help="LoRA alpha: a number, or k*rank")
-@click.option("--method", type=click.Choice(["sft", "ot", "sw"]), default="sft", show_default=True)
-@click.option("--lr", default=1e-2, show_default=True, type=float)
+@click.option("--method", type=click.Choice(METHODS), default=_CAL.method, show_default=True)
+@click.option("--lr", default=_CAL.lr, show_default=True, type=float)
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="default: all records of a point")
-@click.option("--max-steps", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option("--patience", default=30, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-steps", default=_CAL.max_steps, show_default=True, type=click.IntRange(min=1),
+              help="steps per cycle (the budget B)")
+@click.option("--patience", default=_CAL.patience, show_default=True, type=click.IntRange(min=0),
+              help="plateau stop (0: off; calibration trains its whole budget)")
+@recipe_options
+@click.option("--converge-rel-tol", type=click.FloatRange(min=0), default=_CAL.converge_rel_tol, show_default=True,
+              help="convergence test: the second cycle may lower the loss by at most this share of ΔL (a point "
+                   "that fails is fitted as a lower bound)")
 @click.option("--seed", default=0, show_default=True, type=int, help="adapter init and batch order seed")
 @click.option("--shard", default=None, help="i/n: run only grid points whose position ≡ i (mod n)")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, …")
@@ -210,9 +237,11 @@ def _sweep_done(result) -> None:
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @handle_errors
 def calibrate_cmd(model, ranks, lengths, out, data, fmt, key_field, target_field, chunk, data_seed, target_modules,
-                  layers, alpha, method, lr, batch_size, max_steps, patience, seed, shard, device, n_boot, plot, quiet):
-    """Sweep LoRA ranks × lengths on a base model and fit the Parametric Memory Law (see
-    memlaw.calibration.sweep for resume, shards and Slurm)."""
+                  layers, alpha, method, lr, batch_size, max_steps, patience, schedule, cycles, train_dtype, eos,
+                  converge_rel_tol, seed, shard, device, n_boot, plot, quiet):
+    """Sweep LoRA ranks × lengths on a base model, each point trained to convergence (the loss at
+    budget B and 2B recorded), and fit the Parametric Memory Law (see memlaw.calibration.sweep for
+    the recipe, resume, shards and Slurm)."""
     from memlaw.calibration.sweep import Shard, SweepSpec, run_sweep
     from memlaw.cli.common import corpus_spec
     from memlaw.memft import Recipe
@@ -220,7 +249,8 @@ def calibrate_cmd(model, ranks, lengths, out, data, fmt, key_field, target_field
     spec = SweepSpec(model=model, ranks=ranks, lengths=lengths, layers=layers, alpha=alpha, chunk=chunk,
                      target_modules=tuple(m.strip() for m in target_modules.split(",") if m.strip()),
                      recipe=Recipe(method=method, lr=lr, batch_size=1, max_steps=max_steps, patience=patience,
-                                   seed=seed),
+                                   seed=seed, converge_rel_tol=converge_rel_tol,
+                                   **recipe_extras(schedule, cycles, train_dtype, eos, _CAL)),
                      batch_size=batch_size, data=corpus_spec(data, fmt, key_field, target_field) if data else None,
                      data_seed=data_seed, shard=Shard.parse(shard), device=device, n_boot=n_boot)
     _sweep_done(run_sweep(spec, out, progress=not quiet, plot=plot))
@@ -261,9 +291,12 @@ from memlaw.cli.common import corpus_options as _corpus_options  # noqa: E402
               help="scoring engine for L_before. auto: vllm where it is installed and a GPU is visible, else "
                    "transformers (the notes say why); vllm needs `make install-vllm`")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, … (for measuring)")
+@click.option("--predictor", type=click.Choice(PREDICTORS), default=DEFAULT_PREDICTOR, show_default=True,
+              help="how a loss reduction becomes coverage: boost (one log-odds boost for every token) or budget "
+                   "(the cheapest tokens first); docs/results.md §2 compares them")
 @handle_errors
 def estimate_cmd(corpus, law_path, model, coverage, as_json, fmt, key_field, target_field, no_cache, backend,
-                 device):
+                 device, predictor):
     """The LoRA rank CORPUS needs to reach --coverage, from a calibrated law card: ℓ, L_before,
     ΔL needed, rank with its interval, size on disk, capacity floor, conflicts, a LoraConfig."""
     from memlaw.cli.common import corpus_spec
@@ -273,7 +306,7 @@ def estimate_cmd(corpus, law_path, model, coverage, as_json, fmt, key_field, tar
     err = Console(stderr=True, quiet=as_json, highlight=False)
     est = estimate(corpus_spec(corpus, fmt, key_field, target_field), card, coverage, model=model,
                    card_path=card_path, shipped=shipped, use_cache=not no_cache, backend=backend, device=device,
-                   progress=not as_json, log=lambda msg: err.print(f"[memlaw] {msg}", markup=False))
+                   progress=not as_json, predictor=predictor, log=lambda msg: err.print(f"[memlaw] {msg}", markup=False))
     if as_json:
         click.echo(json.dumps(est.to_dict(), indent=2, ensure_ascii=False))
     else:

@@ -32,8 +32,9 @@ from typing import Callable, Sequence
 
 from memlaw.errors import UserError
 from memlaw.io import atomic_write_json
+from memlaw.planner.coverage import LossProfile
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the per-token loss profile and the structural ceiling
 BACKENDS = ("transformers", "vllm")
 DTYPE = "float32"
 LN2 = math.log(2.0)
@@ -54,6 +55,7 @@ class TokenLossSums:
     info_bits: float  # Σ −log2 p
     floor_bits: float  # Σ max(0, −log2 p − 1)
     locked_tokens: int  # tokens with p > 0.5 under the base model already
+    profile: dict  # memlaw.planner.coverage.LossProfile.to_dict(): the per-token loss distribution
 
 
 def check_backend(backend: str) -> str:
@@ -95,6 +97,7 @@ def base_losses(model, encoded: Sequence, backend: str = "transformers", *, pad_
         info_bits=float(bits.sum()),
         floor_bits=float(np.maximum(0.0, bits - 1.0).sum()),
         locked_tokens=int((lp > -LN2).sum()),
+        profile=LossProfile.from_losses(-lp).to_dict(),
     )
 
 
@@ -124,6 +127,8 @@ class BaseLoss:
     backend: str
     dtype: str
     measure_seconds: float  # how long the measuring pass took (load + encode + score)
+    profile: dict  # LossProfile.to_dict(): per-token base losses as a histogram
+    ceiling: dict  # memlaw.corpus.Ceiling.to_dict(): what no rank can exceed
     corpus: dict = field(default_factory=dict)  # path, sha256, fmt, key_field, target_field
     created: str = ""
 
@@ -134,6 +139,13 @@ class BaseLoss:
     @property
     def base_coverage(self) -> float:
         return self.locked_tokens / self.target_tokens if self.target_tokens else 0.0
+
+    def loss_profile(self) -> LossProfile:
+        return LossProfile.from_dict(self.profile)
+
+    @property
+    def max_coverage(self) -> float:
+        return float(self.ceiling.get("max_coverage", 1.0))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -290,7 +302,7 @@ def cache_path(key: str) -> Path:
 
 
 _REQUIRED = ("records", "target_tokens", "key_tokens", "loss_sum", "info_bits", "floor_bits", "locked_tokens",
-             "modules", "model_identity", "backend", "dtype", "measure_seconds")
+             "modules", "model_identity", "backend", "dtype", "measure_seconds", "profile", "ceiling")
 
 
 def read_cached(key: str) -> BaseLoss | None:
@@ -350,7 +362,7 @@ def measure_or_load(spec, records, model_name: str, corpus_sha256: str, *, use_c
             if hit is not None:
                 return hit, True, warnings
 
-    from memlaw.corpus import encode_records
+    from memlaw.corpus import coverage_ceiling, encode_records
     from memlaw.models import load_base
 
     start = time.perf_counter()
@@ -375,6 +387,7 @@ def measure_or_load(spec, records, model_name: str, corpus_sha256: str, *, use_c
         loss_sum=sums.loss_sum, info_bits=sums.info_bits, floor_bits=sums.floor_bits,
         locked_tokens=sums.locked_tokens, modules=linear_modules(base.model), model_identity=identity,
         backend=backend, dtype=DTYPE, measure_seconds=round(time.perf_counter() - start, 3),
+        profile=sums.profile, ceiling=coverage_ceiling(encoded).to_dict(),
         corpus={"path": str(Path(spec.path).resolve()), "sha256": corpus_sha256, "fmt": spec.fmt,
                 "key_field": spec.key_field, "target_field": spec.target_field},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

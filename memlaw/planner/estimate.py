@@ -4,13 +4,16 @@ For a corpus and a card (see DESIGN.md, "Planner output"):
 
 1. ℓ (target tokens) and L_before (mean target-token loss of the base model) from one scoring pass
    of the card's base model, cached by model identity and corpus hash (:mod:`memlaw.planner.baseloss`).
-2. The target loss t for the coverage asked for: ``card.coverage_loss`` (keys 0.9 / 0.99 / 1.0),
-   linearly interpolated in coverage between keys.
-3. ΔL_needed = L_before − t, and the smallest rank the law predicts reaches it,
-   r = ((ΔL_needed − b) · ℓ^β / C)^(1/α) (:func:`memlaw.law.rank_for_delta`), rounded up to a
-   practical rank (the next power of two ≥ r, at least 1). Its interval: the same inversion for
-   every bootstrap sample of the card, 5th and 95th percentiles (``lower``/``higher`` order
-   statistics: conservative, and well defined when some samples say "unreachable").
+2. The ΔL the coverage target needs, from this corpus's own per-token base losses (not a mean):
+   :mod:`memlaw.planner.coverage` turns ΔL into coverage (one common log-odds boost per token by
+   default), capped by the structural ceiling (conflicting keys, first tokens that share one
+   context: :func:`memlaw.corpus.coverage_ceiling`) — a target above the ceiling is planned at the
+   ceiling, with a warning.
+3. The smallest rank the law predicts reaches that ΔL, r = ((ΔL_needed − b) · ℓ^β / C)^(1/α)
+   (:func:`memlaw.law.rank_for_delta`), rounded up to a practical rank (the next power of two ≥ r,
+   at least 1). Its interval: the same inversion for every bootstrap sample of the card, 5th and
+   95th percentiles (``lower``/``higher`` order statistics). The predicted coverage and loss at
+   each power-of-two rank around it are reported too.
 4. Trainable parameters = rank × params_per_rank (Σ in + out over the modules the card's template
    adapts on this model) and the adapter file's size in fp32 and bf16.
 5. The capacity floor: bits = Σ over target tokens of max(0, −log2 p_base − 1) (what each token lacks
@@ -39,13 +42,13 @@ from memlaw.io import json_safe
 from memlaw.law import Law, rank_for_delta
 from memlaw.memft import ALL_LINEAR, METHODS, CorpusSpec, LoraTemplate
 from memlaw.planner.baseloss import BACKENDS, measure_or_load, same_model
+from memlaw.planner.coverage import DEFAULT_PREDICTOR, PREDICTORS, delta_for_coverage, predict
 
 BITS_PER_PARAM = 3.6  # Morris et al. 2025: GPT-style models store ≈3.6 bits per parameter
 INTERVAL_PERCENTILES = (5, 95)
-CARD_COVERAGES = ("0.9", "0.99", "1.0")
 MAX_CONFLICTS_LISTED = 20
 
-__all__ = ["Estimate", "estimate", "resolve_card", "shipped_card_path", "coverage_target_loss", "practical_rank",
+__all__ = ["Estimate", "estimate", "resolve_card", "shipped_card_path", "practical_rank",
            "adapter_file_bytes", "render", "BACKENDS", "BITS_PER_PARAM"]
 
 
@@ -85,62 +88,6 @@ def resolve_card(law_path: str | None, model: str | None) -> tuple[LawCard, str,
 
 # --------------------------------------------------------------------------------------------
 # pieces (pure, unit-testable)
-
-
-def coverage_target_loss(card: LawCard, coverage: float) -> tuple[float, list[str]]:
-    """(target loss, notes) for a coverage in (0, 1] from the card's calibrated thresholds.
-
-    The card's keys ("0.9", "0.99", "1.0") give t directly; between keys t is interpolated linearly
-    in coverage; below the lowest key the lowest key's loss is used (conservative: it was shown to
-    reach at least that coverage)."""
-    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not math.isfinite(coverage) \
-            or not 0 < coverage <= 1:
-        raise UserError(f"--coverage must lie in (0, 1], got {coverage}",
-                        fix="e.g. --coverage 0.99 (share of target tokens locked); 1.0 = every token")
-    table: dict[float, float | None] = {}
-    for k, v in card.coverage_loss.items():
-        try:
-            c = float(k)
-        except (TypeError, ValueError):
-            continue
-        if not 0 < c <= 1:
-            continue
-        table[c] = None if v is None else float(v)
-    if not table:
-        raise UserError("the law card holds no coverage thresholds (coverage_loss)",
-                        fix="re-fit it with `memplan fit` from a sweep's points")
-    keys = sorted(table)
-    reached = [k for k in keys if table[k] is not None]
-    best = f"; it reaches up to coverage {max(reached):g}" if reached else ""
-
-    def never(c: float) -> UserError:
-        return UserError(f"the calibration never reached coverage {c:g} (no sweep point locked that share of "
-                         f"tokens), so the card cannot say which loss it takes{best}",
-                         fix="pass a lower --coverage, or recalibrate with larger ranks")
-
-    notes: list[str] = []
-    for k in keys:
-        if math.isclose(k, coverage, rel_tol=0, abs_tol=1e-12):
-            if table[k] is None:
-                raise never(k)
-            return table[k], notes
-    if coverage < keys[0]:
-        if table[keys[0]] is None:
-            raise never(keys[0])
-        notes.append(f"coverage {coverage:g} is below the card's lowest calibrated target {keys[0]:g}: "
-                     f"using its loss {table[keys[0]]:.4g} (conservative)")
-        return table[keys[0]], notes
-    if coverage > keys[-1]:
-        raise UserError(f"the card has no loss threshold at or above coverage {coverage:g} "
-                        f"(its highest is {keys[-1]:g})", fix=f"pass --coverage {keys[-1]:g} or lower")
-    hi = next(k for k in keys if k > coverage)
-    lo = max(k for k in keys if k < coverage)
-    for k in (hi, lo):
-        if table[k] is None:
-            raise never(k)
-    t = table[lo] + (table[hi] - table[lo]) * (coverage - lo) / (hi - lo)
-    notes.append(f"target loss for coverage {coverage:g} interpolated between the card's {lo:g} and {hi:g}")
-    return t, notes
 
 
 def practical_rank(r: float | None) -> int | None:
@@ -214,16 +161,23 @@ class Estimate:
     target_tokens: int  # ℓ
     loss_before: float  # L_before (nats/token)
     base_coverage: float  # share of target tokens the base model already locks
-    loss_target: float  # t: the mean loss at which the calibration reached the coverage
-    delta_needed: float  # L_before − t
-    any_rank: bool  # the need is met without rank-dependent capacity
+    max_coverage: float  # the structural ceiling: no rank can lock more
+    ceiling: dict  # memlaw.corpus.Ceiling.to_dict()
+    coverage_planned: float  # min(coverage, max_coverage)
+    predictor: str  # how ΔL maps to coverage (memlaw.planner.coverage)
+    loss_target: float  # the mean loss at which this corpus's tokens reach coverage_planned
+    delta_needed: float  # L_before − loss_target
+    any_rank: bool  # the base model alone already locks coverage_planned
     rank_raw: float | None  # continuous inversion of the law (None: unreachable)
     rank: int | None  # next power of two ≥ rank_raw, ≥ 1
     rank_interval: list | None  # [lo, hi] practical ranks at the 5th/95th percentiles
     rank_interval_raw: list | None  # [lo, hi] continuous (None inside: unreachable)
     bootstrap: dict  # samples, unreachable, percentiles
     recommended_rank: int | None
-    predicted_loss_after: float | None  # L_before − ΔL predicted at recommended_rank
+    predicted_loss_after: float | None  # mean loss predicted at recommended_rank (never negative)
+    predicted_coverage: float | None  # coverage predicted at recommended_rank
+    coverage_by_rank: list  # [{rank, delta, coverage, loss_after}] at powers of two around it
+    extrapolation: dict  # how far rank / ℓ lie outside the calibrated domain (factor; 1 = inside)
     params_per_rank: int | None
     trainable_params: int | None
     adapter_bytes: dict | None  # fp32, bf16 (adapter_model.safetensors)
@@ -252,7 +206,7 @@ class Estimate:
 def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, model: str | None = None,
              card_path: str | None = None, shipped: bool = False, use_cache: bool = True,
              backend: str = "auto", device: str = "cpu", progress: bool = False, base=None,
-             log: Callable[[str], None] | None = None) -> Estimate:
+             predictor: str = DEFAULT_PREDICTOR, log: Callable[[str], None] | None = None) -> Estimate:
     """Plan the LoRA rank ``corpus_spec`` needs to reach ``coverage`` under ``card``'s law.
 
     ``model`` overrides the card's base model name (e.g. the same model at another path); its
@@ -270,9 +224,13 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
     if backend_note:
         notes.append(backend_note)
 
-    # 1. everything the card alone decides, before any model work
-    loss_target, cov_notes = coverage_target_loss(card, coverage)
-    notes += cov_notes
+    # 1. everything the card and the options alone decide, before any model work
+    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not math.isfinite(coverage) \
+            or not 0 < coverage <= 1:
+        raise UserError(f"--coverage must lie in (0, 1], got {coverage}",
+                        fix="e.g. --coverage 0.99 (share of target tokens locked); 1.0 = every token")
+    if predictor not in PREDICTORS:
+        raise UserError(f"unknown coverage predictor '{predictor}'", fix=f"use one of {', '.join(PREDICTORS)}")
     card_model = card.base_model.get("name") if isinstance(card.base_model, dict) else None
     model_name = model or card_model
     if not model_name:
@@ -326,16 +284,29 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
         warnings.append(f"the card's LoRA template (modules {', '.join(template.target_modules)}) matches no "
                         f"linear module of {model_name}" + ("" if ppr else "; parameter counts unknown"))
 
-    # 5. the law
-    delta_needed = L_before - loss_target
-    raw = rank_for_delta(law, ell, delta_needed)
-    any_rank = delta_needed <= 0 or raw == 0.0
-    if delta_needed <= 0:
-        notes.append(f"the base model's loss {L_before:.4g} already meets the target {loss_target:.4g}: "
-                     "any rank will do (rank 1 shown)")
-    elif raw == 0.0:
-        notes.append(f"the law's offset b = {law.b:.4g} already covers ΔL_needed = {delta_needed:.4g}: "
-                     "any rank will do (rank 1 shown)")
+    # 5. the coverage target → the ΔL this corpus needs (from its per-token base losses)
+    profile = bl.loss_profile()
+    max_cov = bl.max_coverage
+    planned = float(coverage)
+    if coverage > max_cov + 1e-12:
+        planned = max_cov
+        blocked = bl.ceiling.get("blocked_tokens", 0)
+        warnings.append(f"coverage {coverage:g} is out of reach whatever the rank: {blocked:,} target token(s) "
+                        f"share their context with a different continuation (conflicting keys, or first tokens "
+                        f"predicted from the same key or from BOS alone), so at most {max_cov:.4f} can be locked; "
+                        f"planning for {max_cov:.4f}")
+    any_rank = bl.base_coverage >= planned
+    delta_needed = 0.0 if any_rank else delta_for_coverage(profile, planned, predictor)
+    loss_target = max(0.0, profile.mean_loss(0.0) - delta_needed)
+    if any_rank:
+        notes.append(f"the base model alone already locks {bl.base_coverage:.1%} of the target tokens ≥ "
+                     f"{planned:g}: no adapter is needed for that (rank 1 shown)")
+
+    # 5b. the law: the smallest rank whose ΔL reaches the need
+    raw = 0.0 if any_rank else rank_for_delta(law, ell, delta_needed)
+    if raw == 0.0 and not any_rank:
+        notes.append(f"the law's offset b = {law.b:.4g} already covers ΔL_needed = {delta_needed:.4g}: the "
+                     "smallest rank, 1, is predicted to suffice")
     reachable = math.isfinite(raw)
     rank = practical_rank(raw)
     if not reachable:
@@ -344,7 +315,7 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
                         "try a lower --coverage, a larger template, or split the corpus")
 
     samples = card.bootstrap_samples or []
-    raws, n_unreach = _percentile_ranks(samples, ell, delta_needed)
+    raws, n_unreach = _percentile_ranks(samples, ell, delta_needed) if not any_rank else ([0.0] * len(samples), 0)
     if raws:
         arr = np.array(raws, dtype=float)
         lo_raw = float(np.percentile(arr, INTERVAL_PERCENTILES[0], method="lower"))
@@ -371,12 +342,14 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
 
     # 7. domain and template limits
     dom_l, dom_r = card.domain.get("length"), card.domain.get("rank")
-    if dom_l and not dom_l[0] <= ell <= dom_l[1]:
+    extrapolation = {"length": _outside(ell, dom_l), "rank": _outside(recommended, dom_r) if not any_rank else 1.0}
+    if extrapolation["length"] > 1:
         warnings.append(f"ℓ = {ell:,} target tokens lies outside the card's calibrated lengths "
-                        f"{dom_l[0]:,.0f}–{dom_l[1]:,.0f}: the law is extrapolated")
-    if rank is not None and dom_r and not (any_rank or dom_r[0] <= rank <= dom_r[1]):
-        warnings.append(f"rank {rank} lies outside the card's calibrated ranks {dom_r[0]:g}–{dom_r[1]:g}: "
-                        "the law is extrapolated")
+                        f"{dom_l[0]:,.0f}–{dom_l[1]:,.0f} (by a factor {extrapolation['length']:.3g}): the law is "
+                        "extrapolated")
+    if extrapolation["rank"] > 1:
+        warnings.append(f"rank {recommended} lies outside the card's calibrated ranks {dom_r[0]:g}–{dom_r[1]:g} "
+                        f"(by a factor {extrapolation['rank']:.3g}): the law is extrapolated")
     if recommended is not None and full is not None:
         if recommended > full["max"]:
             warnings.append(f"rank {recommended} exceeds the full rank of every adapted module (≤ {full['max']}): "
@@ -403,7 +376,18 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
         notes.append("adapter size: adapter_model.safetensors = parameters × 4 (fp32) or × 2 (bf16) bytes"
                      + (f" plus a {header:,}-byte header (tensor names, shapes, offsets)" if header else "")
                      + "; adapter_config.json (≈1 kB) not counted")
-    predicted_after = (L_before - law.predict(recommended, ell)) if recommended is not None else None
+    def at_rank(r: int) -> dict:
+        delta = max(0.0, float(law.predict(r, ell)))
+        cov, after = predict(profile, delta, predictor, ceiling=max_cov)
+        return {"rank": int(r), "delta": delta, "coverage": max(cov, bl.base_coverage), "loss_after": after}
+
+    predicted_after = predicted_cov = None
+    by_rank: list[dict] = []
+    if recommended is not None:
+        top = at_rank(recommended)
+        predicted_after, predicted_cov = top["loss_after"], top["coverage"]
+        by_rank = [at_rank(r) for r in sorted({max(1, recommended // 4), max(1, recommended // 2), recommended,
+                                               2 * recommended})]
     lora_cfg = _lora_config(template, recommended) if recommended is not None else None
     snippet = _lora_python(lora_cfg) if lora_cfg else None
     command = _memft_command(corpus_spec, model_name, recommended, template, card.recipe) \
@@ -411,17 +395,19 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
 
     card_info = {"path": card_path, "model": card_model, "shipped": shipped, "data_kind": card.data_kind,
                  "r2": card.r2, "coefficients": dict(card.coefficients), "domain": dict(card.domain),
-                 "coverage_loss": dict(card.coverage_loss)}
+                 "delta_definition": card.delta_definition, "n_not_converged": card.n_not_converged}
     return Estimate(
         corpus={"path": str(corpus_spec.path), "sha256": sha, "fmt": corpus_spec.fmt,
                 "key_field": corpus_spec.key_field, "target_field": corpus_spec.target_field},
         model=model_name, model_identity=identity, card=card_info, backend=backend, coverage=float(coverage),
         records=bl.records, target_tokens=ell, loss_before=L_before, base_coverage=bl.base_coverage,
+        max_coverage=max_cov, ceiling=dict(bl.ceiling), coverage_planned=planned, predictor=predictor,
         loss_target=float(loss_target), delta_needed=float(delta_needed), any_rank=bool(any_rank),
         rank_raw=float(raw) if reachable else None, rank=rank if reachable else None,
         rank_interval=interval, rank_interval_raw=interval_raw,
         bootstrap={"samples": len(raws), "unreachable": n_unreach, "percentiles": list(INTERVAL_PERCENTILES)},
-        recommended_rank=recommended, predicted_loss_after=predicted_after, params_per_rank=ppr,
+        recommended_rank=recommended, predicted_loss_after=predicted_after, predicted_coverage=predicted_cov,
+        coverage_by_rank=by_rank, extrapolation=extrapolation, params_per_rank=ppr,
         trainable_params=trainable, adapter_bytes=adapter_bytes, adapter_header_bytes=header, full_rank=full,
         capacity_floor_bits=bl.floor_bits, capacity_floor_params=floor_params, capacity_floor_rank=floor_rank,
         information_bits=bl.info_bits, n_conflicts=len(conflicts),
@@ -429,6 +415,20 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
         warnings=warnings, notes=notes, lora_config=lora_cfg, lora_config_python=snippet, memft_command=command,
         cached=cached, seconds=round(time.perf_counter() - start, 3), measure_seconds=bl.measure_seconds,
     )
+
+
+def _outside(value, domain) -> float:
+    """How far ``value`` lies outside [lo, hi], as a factor (1.0 inside; 2.0 = twice the max or half
+    the min)."""
+    if value is None or not domain:
+        return 1.0
+    lo, hi = float(domain[0]), float(domain[1])
+    v = float(value)
+    if v > hi > 0:
+        return v / hi
+    if 0 < v < lo:
+        return lo / v
+    return 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,10 +477,17 @@ def _memft_command(spec: CorpusSpec, model: str, rank: int, template: LoraTempla
     if method in METHODS:
         parts += ["--method", method]
     for key, flag in (("lr", "--lr"), ("batch_size", "--batch-size"), ("max_steps", "--max-steps"),
-                      ("patience", "--patience"), ("seed", "--seed")):
+                      ("patience", "--patience"), ("seed", "--seed"), ("cycles", "--cycles")):
         v = recipe.get(key)
+        if key == "batch_size" and v == "all":
+            v = 10**6  # calibrated with every record in one batch
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             parts += [flag, f"{v:g}" if isinstance(v, float) else str(v)]
+    for key, flag in (("schedule", "--schedule"), ("train_dtype", "--train-dtype")):
+        if isinstance(recipe.get(key), str):
+            parts += [flag, q(recipe[key])]
+    if recipe.get("eos") is True:
+        parts.append("--eos")
     parts += ["--target-modules", q(",".join(template.target_modules))]
     if template.layers is not None:
         parts += ["--layers", q(",".join(str(x) for x in template.layers))]
@@ -529,8 +536,11 @@ def render(est: Estimate, console) -> None:
     t.add_row("records", f"{est.records:,}")
     t.add_row("target tokens ℓ", f"{est.target_tokens:,}")
     t.add_row("L_before", f"{est.loss_before:.4f} nats/token (base model locks {est.base_coverage:.1%} of tokens)")
-    t.add_row(f"target loss (coverage ≥ {est.coverage!r})", f"{est.loss_target:.4f}")
-    t.add_row("ΔL needed", f"{est.delta_needed:.4f}" + ("  (any rank)" if est.any_rank else ""))
+    t.add_row("max reachable coverage", f"{est.max_coverage:.4f}" + (
+        f"  ({est.ceiling.get('blocked_tokens', 0):,} tokens share a context with another continuation)"
+        if est.max_coverage < 1 else "  (no shared contexts)"))
+    t.add_row(f"target loss (coverage ≥ {est.coverage_planned:g})", f"{est.loss_target:.4f}  ({est.predictor} predictor)")
+    t.add_row("ΔL needed", f"{est.delta_needed:.4f}" + ("  (base model already there)" if est.any_rank else ""))
     raw = "—" if est.rank_raw is None else f"{est.rank_raw:.3g}"
     t.add_row("rank (law)", Text(f"{_rank_text(est.rank)}   (continuous r = {raw})", style="bold"))
     if est.rank_interval is not None:
@@ -545,7 +555,10 @@ def render(est: Estimate, console) -> None:
                                 f"{est.capacity_floor_params:,.0f} params = rank {floor}")
     t.add_row("recommended rank", Text(_rank_text(est.recommended_rank), style="bold green"))
     if est.predicted_loss_after is not None:
-        t.add_row("predicted L_after", f"{est.predicted_loss_after:.4f}")
+        t.add_row("predicted at that rank", f"coverage {est.predicted_coverage:.4f}, L_after {est.predicted_loss_after:.4f}")
+    if est.coverage_by_rank:
+        t.add_row("predicted coverage by rank", ",  ".join(f"r{x['rank']}: {x['coverage']:.3f}"
+                                                             for x in est.coverage_by_rank))
     ppr = "—" if est.params_per_rank is None else f"{est.params_per_rank:,}"
     tp = "—" if est.trainable_params is None else f"{est.trainable_params:,}"
     t.add_row("trainable params", f"{tp}  ({ppr} per rank)")

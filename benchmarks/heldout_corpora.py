@@ -1,0 +1,115 @@
+"""Held-out corpora for the planner accuracy benchmark: kinds no law card was calibrated or tuned
+on, written deterministically (fixed seed, standard library only).
+
+    python benchmarks/heldout_corpora.py runs/heldout        # writes the corpora below into that folder
+
+* ``pb_digits``   — a phone book: "Phone number of <first> <last>:" → a 10-digit number
+* ``key_sentence`` — "Fact <code>:" → a six-word sentence drawn from a word list
+* ``prose_keys``  — "<work>, part <k>:" → ~45-word passages of public-domain prose
+* ``chat``        — {"messages"}: a fictional railway's help desk, one fact per answer
+* ``pb_large``    — the phone-book kind at ≥ 4,000 target tokens
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+SEED = 20261126
+
+FIRST = ["Aino", "Birgit", "Cyrus", "Dagny", "Eamon", "Fenna", "Gideon", "Halima", "Ilse", "Joaquin",
+         "Keziah", "Lennart", "Mireille", "Nuno", "Odalys", "Pascal", "Rhiannon", "Saoirse", "Thaddeus",
+         "Ulrike", "Vidar", "Winifred", "Ximena", "Yannick", "Zofia", "Anselm", "Brigida", "Cormac",
+         "Delphine", "Evander", "Fiammetta", "Gwendolyn", "Hamish", "Isadora", "Jurgen", "Kalinda"]
+LAST = ["Abercrombie", "Bergstrom", "Castellanos", "Dunleavy", "Eckhardt", "Falkenrath", "Gorecki",
+        "Halvorsen", "Iwasaki", "Jankowski", "Kettleborough", "Lindgren", "Mazzanti", "Nordqvist",
+        "Oberlin", "Pellegrino", "Quarrington", "Rautenberg", "Silvestri", "Trevelyan", "Uccello",
+        "Valderrama", "Wetherby", "Yarborough", "Zielinski", "Ashcombe", "Belvedere", "Corrigan"]
+WORDS = ["amber", "river", "quietly", "lantern", "copper", "harvest", "violet", "engine", "meadow",
+         "sings", "under", "bright", "stone", "carries", "winter", "garden", "slowly", "falcon",
+         "paper", "orbit", "silver", "crosses", "marble", "thunder", "gentle", "harbor", "folds",
+         "cedar", "north", "lemon", "whispers", "cobalt", "tower", "drifts", "velvet", "signal"]
+PROSE = {
+    "The Gettysburg Address": (
+        "Four score and seven years ago our fathers brought forth on this continent, a new nation, conceived in "
+        "Liberty, and dedicated to the proposition that all men are created equal. Now we are engaged in a great "
+        "civil war, testing whether that nation, or any nation so conceived and so dedicated, can long endure. We "
+        "are met on a great battle-field of that war. We have come to dedicate a portion of that field, as a final "
+        "resting place for those who here gave their lives that that nation might live. It is altogether fitting "
+        "and proper that we should do this. But, in a larger sense, we can not dedicate, we can not consecrate, we "
+        "can not hallow this ground. The brave men, living and dead, who struggled here, have consecrated it, far "
+        "above our poor power to add or detract."),
+    "A Tale of Two Cities": (
+        "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+        "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, it "
+        "was the season of Darkness, it was the spring of hope, it was the winter of despair, we had everything "
+        "before us, we had nothing before us, we were all going direct to Heaven, we were all going direct the "
+        "other way."),
+    "Pride and Prejudice": (
+        "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+        "want of a wife. However little known the feelings or views of such a man may be on his first entering a "
+        "neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is "
+        "considered the rightful property of some one or other of their daughters."),
+}
+STATIONS = ["Ashgrove", "Brackenfield", "Cinderford", "Dunmore", "Elmstead", "Foxhollow", "Glenbrook",
+            "Hartwell", "Ivydale", "Juniper Cross", "Kingsmere", "Larkspur", "Millbrook", "Northcote",
+            "Oakhurst", "Pinewood"]
+
+
+def pb_digits(rng: random.Random, n: int) -> list[dict]:
+    names = [(f, l) for f in FIRST for l in LAST]
+    rng.shuffle(names)
+    return [{"prompt": f"Phone number of {f} {l}:", "completion": " " + "".join(rng.choice("0123456789") for _ in range(10))}
+            for f, l in names[:n]]
+
+
+def key_sentence(rng: random.Random, n: int) -> list[dict]:
+    codes = rng.sample(range(1000, 9999), n)
+    return [{"prompt": f"Fact {c}:", "completion": " " + " ".join(rng.choice(WORDS) for _ in range(6)).capitalize() + "."}
+            for c in codes]
+
+
+def prose_keys(_: random.Random, words_per_part: int = 45) -> list[dict]:
+    rows = []
+    for work, text in PROSE.items():
+        words = text.split()
+        for k in range(0, len(words), words_per_part):
+            rows.append({"prompt": f"{work}, part {k // words_per_part + 1}:",
+                         "completion": " " + " ".join(words[k:k + words_per_part])})
+    return rows
+
+
+def chat(rng: random.Random) -> list[dict]:
+    system = {"role": "system", "content": "You are the help desk of the Fernvale Light Railway. Answer in one sentence."}
+    rows = []
+    for s in STATIONS:
+        platform = rng.randint(1, 9)
+        first = f"{rng.randint(5, 7):02d}:{rng.choice(['05', '17', '25', '40', '52'])}"
+        rows.append({"messages": [system, {"role": "user", "content": f"Which platform serves {s}?"},
+                                  {"role": "assistant", "content": f"Trains to {s} leave from platform {platform}."}]})
+        rows.append({"messages": [system, {"role": "user", "content": f"When is the first train to {s}?"},
+                                  {"role": "assistant", "content": f"The first train to {s} departs at {first}."}]})
+    return rows
+
+
+def write(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[1] if len(argv) > 1 else "runs/heldout")
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(SEED)
+    write(out / "pb_digits.jsonl", pb_digits(rng, 40))
+    write(out / "key_sentence.jsonl", key_sentence(rng, 50))
+    write(out / "prose_keys.jsonl", prose_keys(rng))
+    write(out / "chat.jsonl", chat(rng))
+    write(out / "pb_large.jsonl", pb_digits(random.Random(SEED + 1), 380))
+    print(f"wrote 5 corpora to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,177 @@
+"""From a loss reduction ΔL to coverage: what share of a corpus's target tokens end up locked.
+
+A mean loss cannot say how many tokens cross ln 2: a corpus of digits, first tokens and rare words
+has a long tail of hard tokens that stay unlocked while the mean looks fine. The base-model pass
+already measures every target token's loss ``l``; this module keeps their distribution as a
+histogram of the *log-odds deficit*
+
+    x = ln(e^l − 1)      (x < 0 ⇔ p > 0.5 ⇔ locked; x ≈ l for hard tokens)
+
+and turns a predicted ΔL (the law's mean loss reduction, nats/token) into a predicted coverage.
+Two predictors, compared on held-out corpora in docs/results.md §2:
+
+* ``boost`` — training adds one common log-odds boost ``m`` to every token (a token's log-odds
+  of its target rises by m): its loss becomes ln(1 + e^(x − m)), which is never negative; m is
+  chosen so the mean falls by ΔL; coverage = share of tokens with x < m.
+* ``budget`` — the adapter spends ℓ·ΔL nats, cheapest tokens first: a token costs
+  max(0, l − ln 2) nats to lock; coverage = share of tokens locked before the budget runs out.
+
+Pure numpy: the planner uses it without a deep-learning stack.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+LN2 = math.log(2.0)
+X_LO, X_HI, X_WIDTH = -30.0, 50.0, 0.02  # histogram range and bin width of x (nats of log-odds)
+PREDICTORS = ("boost", "budget")
+DEFAULT_PREDICTOR = "boost"
+
+
+def deficit(losses) -> np.ndarray:
+    """x = ln(e^l − 1), computed stably (l → 0: ln l; l large: l + ln(1 − e^−l))."""
+    l = np.maximum(np.asarray(losses, dtype=float), 1e-12)
+    return np.where(l > 30, l + np.log1p(-np.exp(-np.minimum(l, 700))), np.log(np.expm1(np.minimum(l, 30))))
+
+
+@dataclass
+class LossProfile:
+    """Histogram of the base model's per-token log-odds deficits over a corpus's target tokens."""
+
+    counts: np.ndarray  # (n_bins,) tokens per bin of x
+    lo: float = X_LO
+    width: float = X_WIDTH
+
+    # ---- building and storing
+
+    @classmethod
+    def from_losses(cls, losses) -> "LossProfile":
+        x = deficit(losses)
+        n_bins = int(round((X_HI - X_LO) / X_WIDTH))
+        idx = np.clip(np.floor((x - X_LO) / X_WIDTH).astype(np.int64), 0, n_bins - 1)
+        return cls(np.bincount(idx, minlength=n_bins).astype(np.int64))
+
+    def add(self, other: "LossProfile") -> "LossProfile":
+        return LossProfile(self.counts + other.counts, self.lo, self.width)
+
+    def to_dict(self) -> dict:
+        nz = np.nonzero(self.counts)[0]
+        return {"lo": self.lo, "width": self.width, "n_bins": int(len(self.counts)),
+                "bins": [[int(i), int(self.counts[i])] for i in nz]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LossProfile":
+        counts = np.zeros(int(d["n_bins"]), dtype=np.int64)
+        for i, c in d["bins"]:
+            counts[int(i)] = int(c)
+        return cls(counts, float(d["lo"]), float(d["width"]))
+
+    # ---- what it says
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def centres(self) -> np.ndarray:
+        return self.lo + self.width * (np.arange(len(self.counts)) + 0.5)
+
+    def losses(self) -> np.ndarray:
+        """Per-bin loss ln(1 + e^x) at the bin centres."""
+        return np.logaddexp(0.0, self.centres)
+
+    def mean_loss(self, boost: float = 0.0) -> float:
+        """Mean loss after a common log-odds boost m: ln(1 + e^(x − m)) ≥ 0."""
+        if math.isinf(boost):
+            return 0.0
+        return float(np.dot(self.counts, np.logaddexp(0.0, self.centres - boost)) / max(1, self.n))
+
+    def coverage(self, boost: float = 0.0) -> float:
+        """Share of tokens locked after a common boost m (x < m; a bin counts once its centre is)."""
+        if math.isinf(boost):
+            return 1.0
+        return float(self.counts[self.centres < boost].sum() / max(1, self.n))
+
+    def boost_for_mean(self, mean: float) -> float:
+        """The boost m ≥ 0 at which the mean loss falls to ``mean`` (inf when mean ≤ 0)."""
+        if mean <= 1e-9:
+            return math.inf
+        if mean >= self.mean_loss(0.0):
+            return 0.0
+        lo, hi = 0.0, X_HI - X_LO + 60.0
+        for _ in range(80):
+            mid = 0.5 * (lo + hi)
+            if self.mean_loss(mid) > mean:
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+    def boost_for_coverage(self, coverage: float) -> float:
+        """Smallest boost whose coverage reaches ``coverage`` (just above the needed bin centre)."""
+        order = np.cumsum(self.counts) / max(1, self.n)
+        i = int(np.searchsorted(order, coverage - 1e-12))
+        i = min(i, len(self.counts) - 1)
+        return max(0.0, float(self.centres[i]) + 1e-9)
+
+    # ---- the budget view
+
+    def lock_costs(self) -> np.ndarray:
+        """Per-bin nats needed to lock a token: max(0, l − ln 2)."""
+        return np.maximum(0.0, self.losses() - LN2)
+
+    def budget_coverage(self, nats_per_token: float) -> float:
+        """Coverage when ℓ·ΔL nats are spent on the cheapest tokens first."""
+        budget = max(0.0, nats_per_token) * self.n
+        cost = self.lock_costs()
+        spent = np.cumsum(self.counts * cost)
+        # whole bins that fit, then a share of the next bin
+        k = int(np.searchsorted(spent, budget, side="right"))
+        locked = float(self.counts[:k].sum())
+        if k < len(self.counts) and cost[k] > 0:
+            left = budget - (spent[k - 1] if k else 0.0)
+            locked += min(float(self.counts[k]), left / cost[k])
+        return min(1.0, locked / max(1, self.n))
+
+    def budget_for_coverage(self, coverage: float) -> float:
+        """ΔL (nats/token over the corpus) the budget view needs for ``coverage``."""
+        need = coverage * self.n
+        cum = np.cumsum(self.counts)
+        k = int(np.searchsorted(cum, need - 1e-9))
+        k = min(k, len(self.counts) - 1)
+        cost = self.lock_costs()
+        before = float(np.dot(self.counts[:k], cost[:k]))
+        have = float(cum[k - 1]) if k else 0.0
+        return (before + max(0.0, need - have) * cost[k]) / max(1, self.n)
+
+
+# ---------------------------------------------------------------------------------------------
+# the two predictors: ΔL ↔ (coverage, mean loss after)
+
+
+def predict(profile: LossProfile, delta: float, predictor: str = DEFAULT_PREDICTOR,
+            ceiling: float = 1.0) -> tuple[float, float]:
+    """(coverage, mean loss after) predicted for a mean loss reduction ``delta`` (nats/token),
+    measured from the profile's own mean; coverage never above the structural ``ceiling``."""
+    base = profile.mean_loss(0.0)
+    delta = max(0.0, float(delta))
+    if predictor == "boost":
+        m = profile.boost_for_mean(base - delta)
+        return min(ceiling, profile.coverage(m)), profile.mean_loss(m)
+    if predictor == "budget":
+        return min(ceiling, profile.budget_coverage(delta)), max(0.0, base - delta)
+    raise ValueError(f"unknown coverage predictor {predictor!r}")
+
+
+def delta_for_coverage(profile: LossProfile, coverage: float, predictor: str = DEFAULT_PREDICTOR) -> float:
+    """The smallest ΔL (nats/token) the predictor says reaches ``coverage``."""
+    if predictor == "boost":
+        m = profile.boost_for_coverage(coverage)
+        return profile.mean_loss(0.0) - profile.mean_loss(m)
+    if predictor == "budget":
+        return profile.budget_for_coverage(coverage)
+    raise ValueError(f"unknown coverage predictor {predictor!r}")
