@@ -99,7 +99,7 @@ def test_fit_rejects_undeterminable_points():
         fit([8, 8, 8, 8], [100, 200, 400, 800], [1, 0.8, 0.6, 0.5])
     with pytest.raises(FitError, match="at least 4"):
         fit([1, 2, 4], [100, 200, 400], [0.1, 0.2, 0.3])
-    with pytest.raises(FitError, match="unsaturated"):
+    with pytest.raises(FitError, match="uncensored"):
         fit([1, 2, 4, 8], [100, 200, 100, 200], [1, 1, 1, 1], saturated=[True, True, True, False])
     with pytest.raises(FitError, match="finite"):
         fit([1, 2, 4, 8], [100, 200, 100, 200], [1, float("nan"), 1, 1])
