@@ -359,6 +359,13 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
             small = sorted({n.split(".")[-1] for n, i, o in matched if min(i, o) < recommended})
             warnings.append(f"rank {recommended} exceeds the full rank {full['min']} of some adapted modules "
                             f"({', '.join(small)}): beyond it they gain nothing, though their parameters still count")
+    card_lb = [float(p["loss_before"]) for p in card.points if isinstance(p, dict)
+               and isinstance(p.get("loss_before"), (int, float))]
+    if card_lb and not any_rank and L_before < 0.5 * min(card_lb):
+        warnings.append(f"the card was calibrated on {card.data_kind} data (L_before {min(card_lb):.1f}–"
+                        f"{max(card_lb):.1f} nats/token), far above this corpus's {L_before:.2f}: on such corpora a "
+                        "random-token law over-predicted coverage at low ranks in held-out tests (docs/results.md §2); "
+                        "prefer 2× the rank, or calibrate on your kind of data (memplan calibrate --data)")
     if conflicts:
         warnings.append(f"{len(conflicts)} key(s) have conflicting targets: no adapter can lock all of them, "
                         "so coverage 1.0 is out of reach for those records")
