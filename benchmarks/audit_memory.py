@@ -3,11 +3,12 @@
     OMP_NUM_THREADS=1 python benchmarks/audit_memory.py                      # 10k, 100k, 1M target tokens
     OMP_NUM_THREADS=1 python benchmarks/audit_memory.py --tokens 10000,100000
     python benchmarks/audit_memory.py --reports none                          # the scoring pass alone
+    python benchmarks/audit_memory.py --reports json --tokens 1000000         # one report's share
 
 Trains one tiny adapter (memft, 1 step) once, builds corpora of random-word records (about 100
 target tokens each; tiny's tokenizer is byte-level) with at least N target tokens, then runs
-`memaudit ADAPTER --corpus C --quiet --json --markdown --html --junit` as a separate process under
-/usr/bin/time and prints its max RSS. The floor row is the same command on a one-record corpus:
+`memaudit ADAPTER --corpus C --quiet --json --markdown --html --junit` (or the --reports given) as a
+separate process under /usr/bin/time and prints its max RSS. The floor row is the same command on a one-record corpus:
 imports, the model and the adapter, so "above floor" is what the corpus itself costs.
 """
 
@@ -57,7 +58,8 @@ def peak(cmd: list[str], log: Path) -> tuple[float, int, int]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", default="10000,100000,1000000")
-    ap.add_argument("--reports", default="all", choices=["all", "none"])
+    ap.add_argument("--reports", default="json,markdown,html,junit",
+                    help="comma-separated reports to write, or none (the scoring pass alone)")
     ap.add_argument("--keep", default=None, help="work folder (default: a temporary one)")
     args = ap.parse_args(argv)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -80,10 +82,12 @@ def main(argv=None) -> None:
             n_rec, total = build_corpus(corpus, n_tok)
             out = work / f"r{n_tok}"
             out.mkdir(exist_ok=True)
+            for old in out.glob("a.*"):
+                old.unlink()
             cmd = [bin_of("memaudit"), str(adapter), "--corpus", str(corpus), "--quiet"]
-            if args.reports == "all":
-                cmd += ["--json", str(out / "a.json"), "--markdown", str(out / "a.md"),
-                        "--html", str(out / "a.html"), "--junit", str(out / "a.xml")]
+            suffix = {"json": "json", "markdown": "md", "html": "html", "junit": "xml"}
+            for rep in (r for r in args.reports.split(",") if r in suffix):
+                cmd += [f"--{rep}", str(out / f"a.{suffix[rep]}")]
             secs, mib, rc = peak(cmd, out / "log.txt")
             if rc not in (0, 1):
                 sys.exit(f"memaudit failed (exit {rc}), see {out / 'log.txt'}:\n{(out / 'log.txt').read_text()[-2000:]}")
