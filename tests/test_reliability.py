@@ -159,3 +159,137 @@ def test_a_torn_last_line_is_dropped_said_and_measured_again(tmp_path):
     assert res.exit_code == 0, res.output
     assert "skipped its truncated last line" in res.output, res.output
     assert path.read_bytes() == torn
+
+
+# ---------------------------------------------------------------------------------------------
+# a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """make(kib) → (folder, preexec): a real tmpfs of that size where `mount` works (root), else a
+    plain folder and an RLIMIT_FSIZE for the child process (every file it writes is capped)."""
+    mounts = []
+
+    def make(kib: int):
+        mnt = tmp_path / f"disk{len(mounts)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "memlaw-test", str(mnt)],
+                           capture_output=True)
+        if r.returncode == 0:
+            mounts.append(mnt)
+            return mnt, None
+        import resource
+
+        return mnt, lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, kib * 1024))
+
+    yield make
+    for m in mounts:
+        subprocess.run(["umount", "-l", str(m)], check=False)
+
+
+def run_limited(preexec, module, *args):
+    p = subprocess.run([sys.executable, "-m", f"memlaw.cli.{module}", *map(str, args)], env=ENV,
+                       capture_output=True, text=True, timeout=600, preexec_fn=preexec)
+    return p.returncode, p.stdout, p.stderr
+
+
+def snapshot(*paths):
+    """Every file under ``paths`` with its bytes: to show an input is untouched."""
+    out = {}
+    for p in paths:
+        p = Path(p)
+        for f in ([p] if p.is_file() else sorted(p.rglob("*"))):
+            if f.is_file():
+                out[str(f)] = f.read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory):
+    """A tiny adapter (1 step) and a 300-record corpus: its JSON report is ~3 MB."""
+    from memlaw.memft import CorpusSpec, Recipe, train_adapter
+
+    d = tmp_path_factory.mktemp("adapter")
+    corpus = d / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"prompt": f"id {i}:", "completion": f" {i * 7919 % 100000:05d} " * 12})
+                              + "\n" for i in range(300)))
+    train_adapter(CorpusSpec(str(corpus)), "tiny", 4, d / "adapter", recipe=Recipe(max_steps=1), progress=False)
+    return d / "adapter", corpus
+
+
+def test_a_full_disk_while_writing_a_report(tiny_adapter, small_disk):
+    adapter, corpus = tiny_adapter
+    disk, preexec = small_disk(256)
+    report = disk / "audit.json"
+    report.write_text("the previous report\n")
+    before = snapshot(adapter, corpus)
+    code, _, err = run_limited(preexec, "memaudit", adapter, "--quiet", "--json", report)
+    assert code == 2, err
+    line = one_error_line(err)
+    assert str(report) in line and ("No space left on device" in line or "File too large" in line), line
+    assert report.read_text() == "the previous report\n"  # the old file is whole, no partial new one
+    assert sorted(p.name for p in disk.iterdir()) == ["audit.json"]  # no temporary file left
+    assert snapshot(adapter, corpus) == before
+
+
+def test_a_full_disk_while_saving_an_adapter_leaves_no_folder(tiny_adapter, small_disk):
+    adapter, corpus = tiny_adapter
+    disk, preexec = small_disk(16)  # smaller than a tiny rank-4 adapter (~60 kB)
+    before = snapshot(adapter, corpus)
+    code, _, err = run_limited(preexec, "memft", "train", corpus, "--model", "tiny", "--rank", "4",
+                               "--max-steps", "1", "--out", disk / "new", "--quiet")
+    assert code == 2, err
+    line = one_error_line(err)
+    assert str(disk / "new") in line and ("No space left" in line or "File too large" in line), line
+    # a repair writes into a new folder too: same line, and the adapter it starts from is untouched
+    code, _, err = run_limited(preexec, "memaudit", adapter, "--quiet", "--repair-out", disk / "fixed",
+                               "--repair-steps", "1")
+    assert code == 2, err
+    assert str(disk / "fixed") in one_error_line(err)
+    assert list(disk.iterdir()) == []  # no half-written adapter, no temporary folder
+    assert snapshot(adapter, corpus) == before
+
+
+def test_a_full_disk_while_writing_points_or_a_card(small_disk, tmp_path):
+    disk, preexec = small_disk(8)  # room for the lock file and sweep.json, not for a point
+    code, _, err = run_limited(preexec, "memplan", "calibrate", *ARGS, "--out", disk / "cal")
+    assert code == 2, err
+    assert "points.jsonl" in one_error_line(err)
+    points = disk / "cal" / "points.jsonl"
+    assert not points.exists() or points.read_bytes() == b""  # no partial line
+    # the card: a sweep done elsewhere, fitted onto a full disk; its points are untouched
+    cal = tmp_path / "cal"
+    assert CliRunner().invoke(memplan, ["calibrate", *ARGS, "--out", str(cal)]).exit_code == 0
+    before = snapshot(cal)
+    disk2, preexec = small_disk(4)
+    code, _, err = run_limited(preexec, "memplan", "fit", cal / "points.jsonl", "--out", disk2 / "law.json")
+    assert code == 2, err
+    assert "law.json" in one_error_line(err)
+    assert list(disk2.iterdir()) == []
+    assert snapshot(cal) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# poisoned adapters (the one-line errors themselves are rows of tests/bad_inputs.py)
+
+
+def test_a_header_claiming_a_huge_tensor_is_refused_before_anything_is_allocated(tiny_adapter, tmp_path):
+    import shutil
+
+    from bad_inputs import huge_claim
+
+    adapter, corpus = tiny_adapter
+    bad = tmp_path / "bad"
+    shutil.copytree(adapter, bad)
+    huge_claim(bad, gib=3.0)  # a 3 GiB file that takes no disk (sparse)
+    assert (bad / "adapter_model.safetensors").stat().st_size > 3 * 2**30
+    proc = subprocess.Popen([sys.executable, "-m", "memlaw.cli.memaudit", str(bad), "--corpus", str(corpus),
+                             "--quiet"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert os.waitstatus_to_exitcode(status) == 2, err
+    assert "more than the whole base model" in one_error_line(err)
+    assert usage.ru_maxrss < 1.5 * 2**20, usage.ru_maxrss  # KiB: far below the 3 GiB claimed
