@@ -467,8 +467,8 @@ def repair_points_file(path: Path) -> str | None:
                 f.write(b"\n")
                 return None
             f.truncate(start)
-        return (f"{path}: dropped a truncated last line ({len(raw) - start} bytes, a writer killed mid-line); "
-                "that point will be measured again")
+        return (f"{path}: dropped a truncated last line ({len(raw) - start} bytes, left by a writer killed "
+                "mid-line); its point is measured again")
     return None
 
 
