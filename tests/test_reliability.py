@@ -293,3 +293,98 @@ def test_a_header_claiming_a_huge_tensor_is_refused_before_anything_is_allocated
     assert os.waitstatus_to_exitcode(status) == 2, err
     assert "more than the whole base model" in one_error_line(err)
     assert usage.ru_maxrss < 1.5 * 2**20, usage.ru_maxrss  # KiB: far below the 3 GiB claimed
+
+
+# ---------------------------------------------------------------------------------------------
+# scale: the audit streams (the memory curve itself is benchmarks/audit_memory.py, docs/performance.md)
+
+
+@pytest.fixture(scope="module")
+def big_corpus(tmp_path_factory):
+    """~60,000 target tokens (600 records of 100 bytes; tiny's tokenizer is byte-level)."""
+    p = tmp_path_factory.mktemp("big") / "big.jsonl"
+    p.write_text("".join(json.dumps({"prompt": f"Entry {i}:", "completion": f" {i * 7919 % 99991:05d}" * 16 + " " * 4})
+                         + "\n" for i in range(600)))
+    return p
+
+
+def test_the_audit_and_its_json_report_cost_little_python_memory_per_token(tiny_adapter, big_corpus, tmp_path):
+    """Before: a dict per token (~0.5 kB) and the whole report as one string, twice over: ~1.3 GiB
+    above the model at 1M tokens. Now arrays and a report streamed record by record."""
+    import tracemalloc
+
+    from memlaw.auditor.audit import audit_inputs, load_adapter_inputs
+    from memlaw.auditor.reports import to_json
+
+    adapter, _ = tiny_adapter
+    inputs = load_adapter_inputs(adapter, big_corpus)
+    tokens = sum(len(e.target_ids) for e in inputs.encoded)
+    assert tokens >= 50_000
+    tracemalloc.start()
+    try:
+        result = audit_inputs(inputs, backend="transformers")
+        assert to_json(result, tmp_path / "a.json") is None  # streamed to the file
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak / tokens < 250, f"{peak / tokens:.0f} bytes of Python memory per target token"
+    # what was streamed is the report: same bytes as the in-memory text, every token in it
+    text = (tmp_path / "a.json").read_text()
+    assert text == to_json(result)
+    data = json.loads(text)
+    assert sum(len(r["tokens"]) for r in data["records"]) == tokens == result.summary["target_tokens"]
+    assert data["records"][0]["tokens"][0] == result.records[0].tokens[0]
+
+
+def test_json_without_token_detail_and_a_capped_html_report(tiny_adapter, big_corpus, tmp_path):
+    from memlaw.auditor.audit import DISPLAY_MAX_TOKENS
+
+    adapter, _ = tiny_adapter
+    j, h = tmp_path / "a.json", tmp_path / "a.html"
+    code, _, err = cli("memaudit", adapter, "--corpus", big_corpus, "--quiet", "--no-json-tokens", "--json", j,
+                       "--html", h)
+    assert code in (0, 1), err
+    data = json.loads(j.read_text())
+    assert data["summary"]["target_tokens"] > DISPLAY_MAX_TOKENS
+    assert all("tokens" not in r and "spans" in r and "stubborn" in r for r in data["records"])
+    assert len(data["records"]) == 600
+    page = h.read_text()
+    shown = page.count('<span class="t b')  # one heat-map span per token shown
+    assert 0 < shown <= DISPLAY_MAX_TOKENS
+    assert "showing the" in page and "worst of 600 records" in page and "--json" in page
+    assert f"{data['summary']['target_tokens']:,}" in page  # the summary still counts every token
+
+
+# ---------------------------------------------------------------------------------------------
+# determinism across runs and threads (docs/performance.md says what may differ)
+
+TIMINGS = {"seconds", "train_seconds", "created"}
+
+
+def without_timings(obj):
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMINGS}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+def test_one_and_two_threads_give_the_same_card_and_report_but_for_timings(tiny_adapter, tmp_path):
+    adapter, corpus = tiny_adapter
+    out = {}
+    for t in (1, 2):
+        env = dict(ENV, OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
+        for args in (["memplan", "calibrate", *ARGS, "--out", tmp_path / f"cal{t}"],
+                     ["memaudit", adapter, "--quiet", "--json", tmp_path / f"a{t}.json", "--markdown",
+                      tmp_path / f"a{t}.md"]):
+            p = subprocess.run([sys.executable, "-m", f"memlaw.cli.{args[0]}", *map(str, args[1:])], env=env,
+                               capture_output=True, text=True, timeout=600)
+            assert p.returncode in (0, 1), p.stderr
+        out[t] = {"card": json.loads((tmp_path / f"cal{t}" / "law.json").read_text()),
+                  "report": json.loads((tmp_path / f"a{t}.json").read_text()),
+                  "markdown": (tmp_path / f"a{t}.md").read_bytes(),
+                  "points": [without_timings(json.loads(ln)) for ln in
+                             (tmp_path / f"cal{t}" / "points.jsonl").read_text().splitlines()]}
+    assert out[1]["markdown"] == out[2]["markdown"]  # byte-identical
+    for k in ("card", "report", "points"):
+        assert without_timings(out[1][k]) == without_timings(out[2][k]), k
