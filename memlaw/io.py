@@ -6,29 +6,70 @@ then rename over the destination (rename is atomic on POSIX within one filesyste
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 
+from memlaw.errors import UserError
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+#: errors that mean "the disk (or the quota, or the file-size limit) is full"
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def disk_full(e: BaseException) -> bool:
+    """Is ``e`` a full disk? Also recognises safetensors' Rust IoError, which has no errno."""
+    if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
+        return True
+    text = str(e)
+    return any(m in text for m in ("No space left on device", "StorageFull", "Disk quota exceeded",
+                                   "File too large", "FileTooLarge"))
+
+
+def full_disk_error(path, e: BaseException) -> UserError:
+    """The one line a user sees when writing ``path`` ran out of space."""
+    text = str(e)
+    why = (os.strerror(e.errno) if isinstance(e, OSError) and e.errno in FULL_ERRNOS
+           else "File too large" if "File too large" in text or "FileTooLarge" in text
+           else "Disk quota exceeded" if "Disk quota exceeded" in text else "No space left on device")
+    return UserError(f"cannot write {path}: {why} (nothing was written there; your inputs are untouched)",
+                     fix="free some space on that disk, or write the output elsewhere")
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, binary: bool = False):
+    """``with atomic_writer(p) as f: f.write(...)`` — write a file piece by piece (a large report
+    never has to fit in memory as one string), yet atomically: a temporary file in the same folder,
+    fsynced, renamed over ``p`` only when the block ends without error. On any error the temporary
+    file is removed and ``p`` is as it was; a full disk becomes a :class:`UserError`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise full_disk_error(path, e) if disk_full(e) else e
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a report should read like any file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if disk_full(e):
+            raise full_disk_error(path, e) from None
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_writer(path, binary=True) as f:
+        f.write(data)
 
 
 def _umask() -> int:
@@ -67,9 +108,16 @@ def append_jsonl(path: str | os.PathLike, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(obj, allow_nan=False) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    size = os.fstat(fd).st_size
     try:
-        os.write(fd, line)
+        if os.write(fd, line) != len(line):  # a short write is the disk filling up mid-line
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         os.fsync(fd)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        os.ftruncate(fd, size)  # no half line left behind
+        raise full_disk_error(path, e) from None
     finally:
         os.close(fd)
 

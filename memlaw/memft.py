@@ -663,8 +663,12 @@ def save_adapter(model, out: str | Path, base_name: str, sidecar: dict) -> Path:
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        from memlaw.io import disk_full, full_disk_error
+
+        if disk_full(e):  # safetensors' own write error has no errno: recognised by its text
+            raise full_disk_error(out, e) from None
         raise
     return out
 

@@ -324,7 +324,11 @@ def attach_adapter(base: Base, adapter_dir: str | os.PathLike, *, allow_pickle: 
     if cfg.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{adapter_dir}: adapter type {cfg.get('peft_type')} is not LoRA",
                         fix="memlaw audits LoRA adapters")
+    if weights.suffix == ".safetensors":
+        _check_safetensors_header(weights, base)  # before anything reads a tensor
     _check_adapter_shapes(base.model, weights, adapter_dir)
+    if weights.suffix == ".safetensors":
+        _check_finite(weights, _safetensors_tensors(weights))  # before PEFT injects anything into the base
     try:
         model = PeftModel.from_pretrained(base.model, str(adapter_dir), is_trainable=trainable,
                                           use_safetensors=weights.suffix == ".safetensors")
@@ -332,8 +336,92 @@ def attach_adapter(base: Base, adapter_dir: str | os.PathLike, *, allow_pickle: 
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"adapter {adapter_dir} does not fit base model '{base.name}': {first[:300]}",
                         fix="pass the base model the adapter was trained on (--base-model)")
+    if weights.suffix != ".safetensors":
+        _check_finite(weights, ((n, p) for n, p in model.named_parameters() if "lora_" in n))
     model.eval()
     return model
+
+
+# safetensors dtype → bytes per element (the format's full list)
+_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_ST_HEADER_MAX = 100_000_000  # the safetensors library's own limit on a header
+
+
+def _check_safetensors_header(weights: Path, base: Base) -> None:
+    """Read the header ourselves (8-byte little-endian length, then JSON) and refuse, before any
+    tensor is read or allocated, a file whose tensors claim more bytes than the file holds, more
+    than the whole base model (a sparse file can be "huge" on a small disk), or a dtype that is not
+    a floating-point type this base model computes in."""
+    import math
+
+    def bad(what, fix="the file is damaged or not an adapter for this model; pass the adapter's own folder"):
+        return UserError(f"{weights}: {what}", fix=fix)
+
+    size = weights.stat().st_size
+    with open(weights, "rb") as f:
+        raw = f.read(8)
+        n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+        if n < 2 or n > min(size - 8, _ST_HEADER_MAX):
+            raise bad(f"not a safetensors file: its header length field says {n:,} bytes, the file has {size:,}")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+            if not isinstance(header, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise bad(f"not a safetensors file: unreadable header ({e})") from None
+    data = size - 8 - n
+    torch_names = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
+    allowed = {"F16", "BF16", "F32"} | {torch_names.get(str(p.dtype).removeprefix("torch."), "") for p in
+                                         base.model.parameters()}
+    allowed.discard("")
+    model_bytes = sum(p.numel() * p.element_size() for p in base.model.parameters())
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (a, b) = info["dtype"], info["shape"], info["data_offsets"]
+            if not all(isinstance(x, int) and x >= 0 for x in (*shape, a, b)) or dtype not in _ST_ITEMSIZE:
+                raise ValueError
+        except (TypeError, KeyError, ValueError):
+            raise bad(f"tensor {name!r} has a malformed header entry") from None
+        if dtype not in allowed:
+            raise bad(f"tensor {name} has dtype {dtype}, which base model '{base.name}' does not compute in "
+                      f"(LoRA weights must be one of {', '.join(sorted(allowed))})",
+                      fix="convert the adapter's weights to the base model's floating-point dtype")
+        nbytes = math.prod(shape) * _ST_ITEMSIZE[dtype]
+        if nbytes != b - a or b > data:
+            raise bad(f"tensor {name} claims shape {shape} ({nbytes:,} bytes) but the file holds "
+                      f"{max(0, min(b, data) - a):,} bytes for it")
+        total += nbytes
+    if total > model_bytes:
+        raise bad(f"its tensors claim {total:,} bytes, more than the whole base model '{base.name}' "
+                  f"({model_bytes:,} bytes): not a LoRA adapter of it; nothing was loaded",
+                  fix="pass the adapter's own folder, or the base model it was trained on (--base-model)")
+
+
+def _safetensors_tensors(weights: Path):
+    """(name, tensor) one at a time: only one tensor in memory (its size was checked above)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        for k in f.keys():
+            yield k, f.get_tensor(k)
+
+
+def _check_finite(weights: Path, tensors) -> None:
+    """NaN or Inf in a LoRA weight poisons every score: a clear error, not a coverage number."""
+    import torch
+
+    for name, t in tensors:
+        if t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                kinds = "/".join(k for k, m in (("NaN", torch.isnan(t)), ("Inf", torch.isinf(t))) if bool(m.any()))
+                raise UserError(f"{weights}: tensor {name} holds {bad:,} {kinds} value(s) out of {t.numel():,}: "
+                                "the adapter is broken (its training diverged?) and cannot be audited",
+                                fix="retrain it (e.g. with a lower --lr) or pass an earlier checkpoint")
 
 
 def _check_adapter_shapes(model, weights: Path, adapter_dir) -> None:

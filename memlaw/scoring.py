@@ -207,19 +207,29 @@ def score(model, encoded: Sequence, *, pad_id: int = 0, max_tokens: int = 8192, 
 
     check_context(model, encoded)
     device = next(model.parameters()).device
-    out: dict[int, RecordScores] = {}
+    # Results go into four corpus-wide arrays allocated up front, each record a view of its slice:
+    # per-batch arrays kept alive between each batch's temporaries fragmented the heap (~90 MB of
+    # resident memory at 1M target tokens on tiny).
+    ends = np.cumsum([len(e.target_ids) for e in encoded])
+    span = {e.index: (int(end) - len(e.target_ids), int(end)) for e, end in zip(encoded, ends)}
+    total = int(ends[-1]) if len(ends) else 0
+    flat = {"tg": np.empty(total, np.int64), "lp": np.empty(total, np.float64), "am": np.empty(total, np.int64),
+            "mg": np.empty(total, np.float64)}
     batches = length_batches(encoded, max_tokens=max_tokens, max_batch=max_batch)
     with torch.inference_mode(), _progress(progress, description, sum(e.n_target for e in encoded)) as bar:
         for chunk in batches:
             batch = make_batch(chunk, pad_id, device)
             lp, am, mg = token_stats(target_log_softmax(model, batch), batch.targets)
-            lp, am, mg, tg = (t.double().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
-                              for t in (lp, am, mg, batch.targets))
+            got = {k: (t.double().cpu().numpy() if t.is_floating_point() else t.cpu().numpy())
+                   for k, t in (("lp", lp), ("am", am), ("mg", mg), ("tg", batch.targets))}
             for i, idx in enumerate(batch.indices):
                 a, b = batch.offsets[i], batch.offsets[i + 1]
-                out[idx] = RecordScores(idx, tg[a:b], lp[a:b], am[a:b], mg[a:b])
+                s0, s1 = span[idx]
+                for k, arr in flat.items():
+                    arr[s0:s1] = got[k][a:b]
             bar(batch.offsets[-1])
-    return [out[e.index] for e in encoded]
+    return [RecordScores(e.index, *(flat[k][span[e.index][0]:span[e.index][1]] for k in ("tg", "lp", "am", "mg")))
+            for e in encoded]
 
 
 class _progress:

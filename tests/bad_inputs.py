@@ -73,6 +73,58 @@ def _other_arch(d: Path):
               str(d / "adapter_model.safetensors"))
 
 
+def _poison(value):
+    """One LoRA weight set to ``value`` (NaN, Inf): what a diverged training run saves."""
+    def m(d: Path):
+        from safetensors.torch import load_file, save_file
+
+        t = load_file(str(d / "adapter_model.safetensors"))
+        k = next(k for k in t if ".lora_B." in k)
+        t[k][0, 0] = value
+        save_file(t, str(d / "adapter_model.safetensors"))
+    return m
+
+
+def _int_dtype(d: Path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(d / "adapter_model.safetensors"))
+    save_file({k: v.to(torch.int64) for k, v in t.items()}, str(d / "adapter_model.safetensors"))
+
+
+def huge_claim(d: Path, gib: float = 2.0):
+    """Rewrite the adapter as a safetensors file whose first lora_A claims ``gib`` GiB (rank
+    ~millions, the right input width), stored sparse: the file really is that long, yet takes no
+    disk. Loading it would allocate all of it."""
+    import struct
+
+    from safetensors import safe_open
+
+    path = d / "adapter_model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    k = next(k for k in tensors if ".lora_A." in k)
+    width = tensors[k].shape[1]
+    rows = int(gib * 2**30) // (4 * width)
+    header, offset = {}, 0
+    for name, t in tensors.items():
+        shape = [rows, width] if name == k else list(t.shape)
+        n = 4 * shape[0] * shape[1]
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+
+
+def _header_length(d: Path):
+    p = d / "adapter_model.safetensors"
+    p.write_bytes((2**62).to_bytes(8, "little") + p.read_bytes()[8:])
+
+
 def _set(key, value):
     def m(d):
         d[key] = value
@@ -134,6 +186,12 @@ CASES = [
     ("adapter: pickle weights only", "memaudit", adapter(_pickle_only), 2, "--allow-pickle"),
     ("adapter: rank/shape mismatch with the base", "memaudit", adapter(_wrong_shape), 2, "does not fit"),
     ("adapter: made for another architecture", "memaudit", adapter(_other_arch), 2, "lacks"),
+    ("adapter: NaN in a LoRA weight", "memaudit", adapter(_poison(float("nan"))), 2, "NaN"),
+    ("adapter: Inf in a LoRA weight", "memaudit", adapter(_poison(float("inf"))), 2, "Inf"),
+    ("adapter: integer weights (a dtype the base does not use)", "memaudit", adapter(_int_dtype), 2, "dtype I64"),
+    ("adapter: header claims a 2 GiB tensor (sparse file)", "memaudit", adapter(huge_claim), 2,
+     "more than the whole base model"),
+    ("adapter: header length field of 2^62 bytes", "memaudit", adapter(_header_length), 2, "header length"),
     ("adapter: config names a local path as base", "memaudit",
      adapter(lambda d: (d / "adapter_config.json").write_text(json.dumps(
          {**json.loads((d / "adapter_config.json").read_text()), "base_model_name_or_path": "/etc"}))),

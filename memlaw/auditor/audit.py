@@ -26,7 +26,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence as SequenceABC
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -34,10 +35,44 @@ from memlaw.errors import UserError
 
 SCHEMA = "memlaw.audit/1"
 SIDECAR = "memlaw.json"
+#: the HTML heat map shows at most this many target tokens (~100 bytes of HTML each), worst records first
+DISPLAY_MAX_TOKENS = 50_000
 
 
 # --------------------------------------------------------------------------------------------
 # results
+
+
+class TokenDetail(SequenceABC):
+    """A record's per-token detail as a read-only sequence of dicts (see :class:`RecordAudit`),
+    built on demand from the scoring pass's arrays: a dict per token would cost ~0.5 GB per million
+    target tokens, the arrays cost ~32 bytes a token. ``texts`` maps token id → text, shared by all
+    records (bounded by the vocabulary)."""
+
+    __slots__ = ("ids", "p", "argmax", "margin", "texts")
+
+    def __init__(self, ids, p, argmax, margin, texts: dict):
+        self.ids, self.p, self.argmax, self.margin, self.texts = ids, p, argmax, margin, texts
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return [self[i] for i in range(*j.indices(len(self)))]
+        n = len(self.ids)
+        if not -n <= j < n:
+            raise IndexError(j)
+        j %= n
+        i, a = int(self.ids[j]), int(self.argmax[j])
+        return {"id": i, "text": self.texts[i], "p": _finite(self.p[j]), "argmax": a,
+                "argmax_text": self.texts[a], "margin": _finite(self.margin[j])}
+
+    def __eq__(self, other):
+        return isinstance(other, SequenceABC) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"TokenDetail({len(self)} tokens)"
 
 
 @dataclass
@@ -62,7 +97,7 @@ class RecordAudit:
     mean_loss: float
     coverage: float
     anchor: int | None
-    tokens: list[dict]
+    tokens: Sequence[dict]  # a list, or a TokenDetail built on demand
     spans: list[dict]
     stubborn: list[int]
 
@@ -70,8 +105,15 @@ class RecordAudit:
     def n_tokens(self) -> int:
         return len(self.tokens)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, tokens: bool = True) -> dict:
+        """As JSON-ready data; ``tokens=False`` leaves the per-token list out (spans, stubborn
+        positions and the anchor stay)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if tokens or f.name != "tokens"}
+        if tokens:
+            d["tokens"] = list(self.tokens)
+        d["spans"] = [dict(s) for s in self.spans]
+        d["stubborn"] = list(self.stubborn)
+        return d
 
 
 def _badness(r: RecordAudit):
@@ -98,13 +140,38 @@ class AuditResult:
     backend_note: str | None = None  # why --backend auto chose what it chose
     repair: dict | None = None  # set on the audit of a repaired adapter: where from, how, the before summary
 
+    def for_display(self, max_tokens: int = None) -> "AuditResult":
+        """This result, or when its records hold more than ``max_tokens`` target tokens (default
+        :data:`DISPLAY_MAX_TOKENS`) a copy with only the worst records that fit and a warning
+        saying what was left out. The summary still counts every record."""
+        import dataclasses
+
+        cap = DISPLAY_MAX_TOKENS if max_tokens is None else max_tokens
+        total = sum(r.n_tokens for r in self.records)
+        if total <= cap:
+            return self
+        keep, n = [], 0
+        for r in sorted(self.records, key=_badness):
+            if keep and n + r.n_tokens > cap:
+                break
+            keep.append(r)
+            n += r.n_tokens
+        note = (f"showing the {len(keep):,} worst of {len(self.records):,} records ({n:,} of {total:,} target "
+                f"tokens): a page with every token would be too large to open; the JSON report (--json) has them all")
+        return dataclasses.replace(self, records=sorted(keep, key=lambda r: r.index), warnings=[*self.warnings, note])
+
     def worst(self, n: int = 5, failing_only: bool = True) -> list[RecordAudit]:
         """The ``n`` worst records (not exact first, then not locked, then lowest coverage); with
         ``failing_only`` only records that are not locked."""
         pool = [r for r in self.records if not r.locked] if failing_only else list(self.records)
         return sorted(pool, key=_badness)[: max(0, n)]
 
-    def to_dict(self) -> dict:
+    def to_dict(self, tokens: bool = True) -> dict:
+        """Everything, as JSON-ready data (``tokens=False``: without the per-token lists)."""
+        return {**self.head_dict(), "records": [r.to_dict(tokens) for r in self.records]}
+
+    def head_dict(self) -> dict:
+        """:meth:`to_dict` without the records (a streamed report writes those one at a time)."""
         return {
             "schema": SCHEMA,
             "adapter": self.adapter,
@@ -117,7 +184,6 @@ class AuditResult:
             "backend": self.backend,
             "backend_note": self.backend_note,
             "repair": self.repair,
-            "records": [r.to_dict() for r in self.records],
         }
 
 
@@ -248,19 +314,16 @@ def audit(model, base, encoded: Sequence, records: Sequence, *, pad_id: int | No
     out: list[RecordAudit] = []
     for s, e in zip(scores, encoded):
         rec = records[e.index]
-        ids = [int(i) for i in s.target_ids]
-        p = s.p
+        ids = s.target_ids
         locked = s.locked_mask
-        tokens = [{"id": ids[j], "text": texts[ids[j]], "p": _finite(p[j]), "argmax": int(s.argmax[j]),
-                   "argmax_text": texts[int(s.argmax[j])], "margin": _finite(s.margin[j])}
-                  for j in range(len(ids))]
-        spans = [{"start": a, "end": b, "text": tok.decode(ids[a:b])} for a, b in s.failing_spans]
+        tokens = TokenDetail(ids, s.p, s.argmax, s.margin, texts)
+        spans = [{"start": a, "end": b, "text": tok.decode([int(i) for i in ids[a:b]])} for a, b in s.failing_spans]
         ll = float(s.logprob.sum())
         out.append(RecordAudit(
             index=e.index, where=rec.where, key=_display_key(rec), target=rec.target,
             exact=s.exact, locked=s.locked, log_likelihood=_finite(ll, 10),
-            mean_loss=_finite(-ll / len(ids)) if ids else 0.0,
-            coverage=float(locked.sum()) / len(ids) if ids else 1.0,
+            mean_loss=_finite(-ll / len(ids)) if len(ids) else 0.0,
+            coverage=float(locked.sum()) / len(ids) if len(ids) else 1.0,
             anchor=s.anchor, tokens=tokens, spans=spans,
             stubborn=[int(j) for j in (~locked).nonzero()[0]],
         ))

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from memlaw.auditor.audit import AuditResult, Gate, RecordAudit
-from memlaw.io import atomic_write_text
+from memlaw.io import atomic_write_text, atomic_writer
 
 
 def _gate_block(result: AuditResult, gate: Gate | None) -> dict:
@@ -81,20 +81,32 @@ COMPARE_ROWS = (("coverage", "coverage", "{:.4f}"), ("exact records", "exact_rec
 # JSON
 
 
-def to_json(result: AuditResult, path=None, *, gate: Gate | None = None) -> str:
+def to_json(result: AuditResult, path=None, *, gate: Gate | None = None, tokens: bool = True) -> str | None:
     """Full per-token detail: ``summary``, ``gate``, ``records`` (each with ``index``, ``where``,
     ``exact``, ``locked``, ``log_likelihood``, ``anchor``, ``tokens`` [{id, text, p, argmax,
-    margin, …}], ``spans`` [{start, end, text}], …), plus where the audit came from."""
-    d = result.to_dict()
-    d["gate"] = _gate_block(result, gate)
+    margin, …}], ``spans`` [{start, end, text}], …), plus where the audit came from.
+    ``tokens=False`` leaves out the per-token lists (spans, stubborn positions and anchors stay).
+    Given a ``path`` the report is streamed there one record at a time (a million-token audit never
+    sits in memory as one string) and None is returned; else the text is."""
+    chunks = _json_chunks(result, gate, tokens)
+    if path is None:
+        return "".join(chunks)
+    with atomic_writer(path) as f:
+        for chunk in chunks:
+            f.write(chunk)
+    return None
+
+
+def _json_chunks(result: AuditResult, gate: Gate | None, tokens: bool):
+    head = {**result.head_dict(), "gate": _gate_block(result, gate)}
     keys = ["schema", "adapter", "base_model", "corpus", "summary", "gate", "repair", "conflicts", "warnings",
-            "backend", "backend_note", "seconds", "records"]
-    head = {k: d[k] for k in keys if k in d and k != "records"}
+            "backend", "backend_note", "seconds"]
     # Readable head, one compact line per record (a corpus of thousands stays a manageable file).
-    text = json.dumps(head, indent=1, ensure_ascii=False, allow_nan=False)
-    records = ",\n".join("  " + json.dumps(r, ensure_ascii=False, allow_nan=False) for r in d["records"])
-    text = text[:-1].rstrip() + ',\n "records": [\n' + records + ("\n" if records else "") + " ]\n}\n"
-    return _write(path, text)
+    text = json.dumps({k: head[k] for k in keys if k in head}, indent=1, ensure_ascii=False, allow_nan=False)
+    yield text[:-1].rstrip() + ',\n "records": [\n'
+    for i, r in enumerate(result.records):
+        yield ("  " if i == 0 else ",\n  ") + json.dumps(r.to_dict(tokens), ensure_ascii=False, allow_nan=False)
+    yield ("\n" if result.records else "") + " ]\n}\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,6 +303,7 @@ def to_html(result: AuditResult, path=None, *, gate: Gate | None = None) -> str:
     """A self-contained page (inline CSS, no script, no external resource): the summary, the gate,
     and every record as a per-token heat map (red p → 0, green p → 1; wavy underline: p ≤ 0.5;
     outline: not the greedy choice). Hover a token for p, the greedy choice and the margin."""
+    result = result.for_display()  # capped, worst records first, with a note: 1M tokens ≈ 100 MB of HTML
     e = html.escape
     g = _gate_block(result, gate)
     name = Path(result.adapter).name if result.adapter else "model"
@@ -521,10 +534,11 @@ def print_comparison(console, before: AuditResult, after: AuditResult, *, title:
 
 
 def write_reports(result: AuditResult, *, json_path=None, markdown=None, html_path=None, junit=None,
-                  gate: Gate | None = None, worst: int = 10, fail_on: str = "exact") -> list[Path]:
+                  gate: Gate | None = None, worst: int = 10, fail_on: str = "exact",
+                  json_tokens: bool = True) -> list[Path]:
     """Write every report given a path; returns the paths written."""
     written = []
-    for p, fn in ((json_path, lambda p: to_json(result, p, gate=gate)),
+    for p, fn in ((json_path, lambda p: to_json(result, p, gate=gate, tokens=json_tokens)),
                   (markdown, lambda p: to_markdown(result, p, gate=gate, worst=worst)),
                   (html_path, lambda p: to_html(result, p, gate=gate)),
                   (junit, lambda p: to_junit(result, p, gate=gate, fail_on=fail_on))):

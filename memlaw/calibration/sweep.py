@@ -83,6 +83,7 @@ import numpy as np
 from memlaw.card import MIN_POINTS, LawCard, build_card, read_points, save_card
 from memlaw.errors import UserError
 from memlaw.io import append_jsonl, atomic_write_json, atomic_write_text
+from memlaw.lock import locks_folder
 
 POINTS = "points.jsonl"
 SWEEP = "sweep.json"
@@ -491,14 +492,28 @@ def load_points(out: Path) -> list[dict]:
     return unique_points(read_points(path)) if path.exists() else []
 
 
-def repair_points_file(path: Path) -> None:
-    """Drop a truncated last line (a writer killed mid-line) so appended points stay readable."""
+def repair_points_file(path: Path) -> str | None:
+    """Drop a truncated last line (a writer killed mid-line) so appended points stay readable;
+    returns a note saying so (None when the file was whole). A last line that is a whole point but
+    lacks its newline is kept."""
     if not path.exists():
-        return
+        return None
     raw = path.read_bytes()
     if raw and not raw.endswith(b"\n"):
+        start = raw.rfind(b"\n") + 1
+        try:
+            whole = isinstance(json.loads(raw[start:]), dict)
+        except ValueError:
+            whole = False
         with open(path, "r+b") as f:
-            f.truncate(raw.rfind(b"\n") + 1)
+            if whole:
+                f.seek(0, 2)
+                f.write(b"\n")
+                return None
+            f.truncate(start)
+        return (f"{path}: dropped a truncated last line ({len(raw) - start} bytes, left by a writer killed "
+                "mid-line); its point is measured again")
+    return None
 
 
 def missing_points(grid, points) -> list[tuple[int, int]]:
@@ -605,6 +620,7 @@ def sweep_meta(spec: SweepSpec, base, template, data: SweepData) -> dict:
     }
 
 
+@locks_folder("out")  # one writer per folder: a second run is refused, naming the first
 def run_sweep(spec: SweepSpec, out, *, progress: bool = True, plot: bool = False, console=None,
               base=None) -> SweepResult:
     """Run (or resume) a sweep into folder ``out``; fit and save the card when the grid is complete."""
@@ -629,7 +645,7 @@ def run_sweep(spec: SweepSpec, out, *, progress: bool = True, plot: bool = False
         meta["created"] = old_meta.get("created")
     meta["created"] = meta.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(meta_path, meta)
-    repair_points_file(points_path)
+    torn = repair_points_file(points_path)
 
     done = load_points(out)
     have = {(p.get("rank"), p.get("length")) for p in done}
@@ -660,7 +676,9 @@ def run_sweep(spec: SweepSpec, out, *, progress: bool = True, plot: bool = False
             ran += 1
             bar.done(point)
     points = load_points(out)
-    return finish(out, meta, points, spec.grid(), n_boot=spec.n_boot, plot=plot, ran=ran, shard=spec.shard)
+    res = finish(out, meta, points, spec.grid(), n_boot=spec.n_boot, plot=plot, ran=ran, shard=spec.shard)
+    res.notes[:0] = [torn] if torn else []
+    return res
 
 
 def _console():
@@ -715,6 +733,7 @@ class _SweepBar:
 # merging shards
 
 
+@locks_folder("out")
 def merge_sweeps(dirs: Sequence, out, *, n_boot: int = 200, plot: bool = False) -> SweepResult:
     """Merge sweep folders (shards of one sweep, or sweeps with the same settings) into ``out``:
     points concatenated (first of each (rank, length) kept), settings checked, card fitted when the
@@ -750,7 +769,21 @@ def merge_sweeps(dirs: Sequence, out, *, n_boot: int = 200, plot: bool = False) 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / POINTS, "".join(json.dumps(p, allow_nan=False) + "\n" for p in points))
     atomic_write_json(out / SWEEP, meta)
-    return finish(out, meta, points, grid, n_boot=n_boot, plot=plot)
+    res = finish(out, meta, points, grid, n_boot=n_boot, plot=plot)
+    res.notes[:0] = [f"{d / POINTS}: skipped its truncated last line (a writer killed mid-line; the file is left "
+                     "as it is)" for d in dirs if _torn(d / POINTS)]
+    return res
+
+
+def _torn(path: Path) -> bool:
+    """Does ``path`` end in a partial line that is not a whole point (read_points skips it)?"""
+    try:
+        tail = path.read_bytes().rsplit(b"\n", 1)[-1]
+        return bool(tail.strip()) and not isinstance(json.loads(tail), dict)
+    except ValueError:
+        return True
+    except OSError:  # no points file
+        return False
 
 
 # ---------------------------------------------------------------------------------------------

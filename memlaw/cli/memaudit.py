@@ -62,6 +62,8 @@ def _check_outputs(adapter_dir: Path, corpus: str | None, reports: dict) -> None
 @click.option("--max-mean-loss", type=float, default=None, help="gate: mean target-token loss (nats)")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="write the full per-token audit as JSON")
+@click.option("--json-tokens/--no-json-tokens", default=True, show_default=True,
+              help="per-token detail in the JSON report (off: records, spans and anchors only, ~10x smaller)")
 @click.option("--markdown", type=click.Path(path_type=Path), default=None, help="write a Markdown report (PR comment)")
 @click.option("--html", "html_out", type=click.Path(path_type=Path), default=None,
               help="write a self-contained HTML heat map")
@@ -87,8 +89,8 @@ def _check_outputs(adapter_dir: Path, corpus: str | None, reports: dict) -> None
 @click.pass_context
 @handle_errors
 def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, force_base, allow_pickle,
-         trust_remote_code, min_coverage, min_exact, min_locked, max_mean_loss, json_out, markdown, html_out, junit,
-         worst, repair_out, method, repair_steps, lr, batch_size, backend, vllm_mode, quiet):
+         trust_remote_code, min_coverage, min_exact, min_locked, max_mean_loss, json_out, json_tokens, markdown,
+         html_out, junit, worst, repair_out, method, repair_steps, lr, batch_size, backend, vllm_mode, quiet):
     """Audit the PEFT LoRA adapter in ADAPTER_DIR token by token against its corpus: coverage
     (tokens with p > 0.5), exact and locked records, failing spans. Exit 0 when every given
     threshold holds, 1 when one fails, 2 on bad input. With --repair-out, continue training it
@@ -157,7 +159,7 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
         console.print(f"note: {result.backend_note}", markup=False, style="dim")
     written = write_reports(result, json_path=json_out, markdown=markdown, html_path=html_out, junit=junit,
                             gate=gate, worst=max(worst * 2, 10),
-                            fail_on="locked" if min_locked is not None else "exact")
+                            fail_on="locked" if min_locked is not None else "exact", json_tokens=json_tokens)
     if not quiet:
         for p in written:
             console.print(f"wrote {p}", markup=False)
