@@ -414,8 +414,9 @@ def token_weights(recipe: Recipe, loss_tok, argmax, batch, tracker: AnchorTracke
 
 
 class _Bar:
-    """Progress over steps with the live coverage: a rich bar on a terminal, a plain line every
-    ~10 s otherwise (logs, CI); silent when disabled."""
+    """Progress over steps with the live coverage and an ETA: a rich bar on a terminal, a plain line
+    every ~10 s otherwise (logs, CI); silent when disabled. The ETA is for all max_steps at the
+    mean step time so far: an upper bound, as training stops early once every token is locked."""
 
     def __init__(self, enabled: bool, total: int):
         import sys
@@ -425,12 +426,19 @@ class _Bar:
         self.last_print = 0.0
         self.start = time.perf_counter()
         if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
 
-            self.p = Progress("train", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                              TextColumn("{task.fields[info]}"), transient=False)
+            self.p = Progress("train", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA ≤"),
+                              TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
             self.p.start()
             self.task = self.p.add_task("train", total=total, info="")
+
+    def eta(self, step: int) -> float | None:
+        """Seconds left if every remaining step takes the mean time of the steps so far."""
+        if step <= 0:
+            return None
+        return (time.perf_counter() - self.start) / step * max(0, self.total - step)
 
     def update(self, step, *_):
         if self.live:
@@ -443,8 +451,11 @@ class _Bar:
             import sys
 
             self.last_print = time.perf_counter()
+            eta = self.eta(entry["step"])
+            eta_text = "" if eta is None else f", ETA ≤ {eta:.0f} s"
             print(f"train step {entry['step']}/{self.total}: loss {entry['mean_loss']:.3f} "
-                  f"coverage {entry['coverage']:.3f} ({entry['seconds']:.0f} s)", file=sys.stderr, flush=True)
+                  f"coverage {entry['coverage']:.3f} ({entry['seconds']:.0f} s{eta_text})", file=sys.stderr,
+                  flush=True)
 
     def close(self):
         if self.live:
@@ -502,7 +513,7 @@ def save_adapter(model, out: str | Path, base_name: str, sidecar: dict) -> Path:
     import shutil
     import tempfile
 
-    from memlaw.io import atomic_write_json
+    from memlaw.io import atomic_write_json, follow_umask
 
     out = check_new_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -519,6 +530,7 @@ def save_adapter(model, out: str | Path, base_name: str, sidecar: dict) -> Path:
         cfg["base_model_name_or_path"] = base_name
         atomic_write_json(cfg_file, cfg)
         atomic_write_json(tmp / "memlaw.json", sidecar)
+        follow_umask(tmp)  # mkdtemp made it 0700: readable by others as the umask allows
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)
