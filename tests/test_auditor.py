@@ -531,14 +531,3 @@ def test_repair_library_on_a_foreign_adapter(env, tmp_path):
     side = json.loads((tmp_path / "plain-fixed" / "memlaw.json").read_text())
     assert side["template"]["target_modules"] == ["q_proj", "v_proj"] and side["rank"] == 16
     assert side["repaired_from"]["method"] == "sw"
-
-
-def test_ci_example_workflow_runs_memaudit_with_a_gate():
-    yaml = pytest.importorskip("yaml")
-    path = Path(__file__).resolve().parent.parent / "examples" / "ci" / "gate-adapter.yml"
-    wf = yaml.safe_load(path.read_text(encoding="utf-8"))
-    steps = wf["jobs"]["audit"]["steps"]
-    scripts = "\n".join(s.get("run", "") for s in steps)
-    assert "pip install memlaw" in scripts
-    assert "memaudit" in scripts and "--junit" in scripts and "--min-coverage" in scripts
-    assert any(s.get("uses", "").startswith("actions/upload-artifact") and s.get("if") == "always()" for s in steps)

@@ -246,7 +246,24 @@ white-space:pre-wrap;margin:.3rem 0}
 .b8{background:#a2d07f}.b9{background:#63be7b}
 .legend span{display:inline-block;padding:.1rem .45rem;font-size:.8rem;font-family:ui-monospace,monospace}
 details{margin:.6rem 0}summary{cursor:pointer}
+h1,h3,.meta,.key,table.sum td,li,.warn{overflow-wrap:anywhere}
+.legend{line-height:1.9}.help{color:#444;font-size:.85rem;max-width:46rem}.help dt{font-weight:600;margin-top:.3rem}
+.help dd{margin:0 0 0 1rem}
+@media (max-width:600px){body{margin:1rem auto;padding:0 .6rem}table.sum td{padding:.2rem .4rem}}
 """
+
+# What the marks on the page mean, in the design brief's words (docs/DESIGN.md, "Definitions").
+_HELP = (
+    ("p", "the probability the model gives the target token, reading the key and the true preceding "
+          "target tokens (teacher forcing). Hover a token to see it."),
+    ("locked (p > 0.5)", "a token with p > 0.5 is the greedy choice whatever the other tokens' scores; a record "
+                         "whose tokens are all locked is reproduced verbatim, robustly."),
+    ("wavy underline: p ≤ 0.5", "not locked: the token may or may not come out of greedy decoding."),
+    ("outline: not greedy", "greedy decoding (always taking the most probable next token) would write a "
+                            "different token here: the record does not come out verbatim."),
+    ("anchor", "the first not-greedy token of a record: where greedy decoding derails, and everything after it "
+               "is at risk."),
+)
 
 
 def _bucket(p) -> int:
@@ -275,7 +292,8 @@ def _record_html(r: RecordAudit) -> str:
     locked_n = sum(1 for t in r.tokens if t["p"] is not None and t["p"] > 0.5)
     meta = [f"#{r.index}", e(r.where), status, f"coverage {locked_n}/{r.n_tokens}"]
     if r.anchor is not None:
-        meta.append(f"anchor at token {r.anchor}")
+        meta.append(f'<span title="first not-greedy token: greedy decoding derails here">anchor at token '
+                    f"{r.anchor}</span>")
     if r.log_likelihood is not None:
         meta.append(f"log-likelihood {r.log_likelihood:.3f}")
     spans = ", ".join(f"[{s['start']}, {s['end']}) {e(repr(s['text']))}" for s in r.spans)
@@ -328,16 +346,20 @@ def to_html(result: AuditResult, path=None, *, gate: Gate | None = None) -> str:
     for w in result.warnings:
         out.append(f'<div class="warn">{e(w)}</div>')
     out.append('<p class="legend">p: ' + "".join(f'<span class="b{i}">{i / 10:.1f}</span>' for i in range(10))
-               + ' <span class="t s">p ≤ 0.5</span> <span class="t w">not greedy</span></p>')
+               + ' <span class="t s">p ≤ 0.5</span> <span class="t w">not greedy</span>'
+               + ' <a href="#help">what these mean</a></p>')
     ordered = sorted(result.records, key=lambda r: (r.locked, r.exact, r.coverage, r.index))
     failing = [r for r in ordered if not r.locked]
     locked = [r for r in ordered if r.locked]
     out.append(f"<h2>Records not locked ({len(failing)})</h2>")
     out += [_record_html(r) for r in failing] or ["<p>None: every target token has p &gt; 0.5.</p>"]
     if locked:
-        out.append(f"<details><summary>Locked records ({len(locked)})</summary>")
+        # Open when nothing fails: a passing adapter's page is its heat map, not an empty page.
+        out.append(f"<details{'' if failing else ' open'}><summary>Locked records ({len(locked)})</summary>")
         out += [_record_html(r) for r in locked]
         out.append("</details>")
+    out.append('<h2 id="help">Reading this page</h2><dl class="help">'
+               + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _HELP) + "</dl>")
     out.append("</body></html>\n")
     return _write(path, "\n".join(out))
 

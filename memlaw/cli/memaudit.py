@@ -5,7 +5,9 @@
         --min-coverage 0.99 --min-exact 1.0 --json audit.json --markdown audit.md --html audit.html --junit audit.xml
     memaudit runs/pb-r2 --repair-out runs/pb-r2-fixed --method ot
 
-Exit codes: 0 every given threshold holds, 1 a threshold fails, 2 bad input or usage.
+Exit codes: 0 every given threshold holds, 1 a threshold fails, 2 bad input or usage,
+130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM): an interrupted audit is never read as a
+failed gate.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import click
 from click.core import ParameterSource
 
 from memlaw import __version__
-from memlaw.cli.common import corpus_options, corpus_spec, handle_errors
+from memlaw.cli.common import corpus_options, corpus_spec, handle_errors, quiet_libraries
 from memlaw.errors import UserError
 from memlaw.memft import METHODS, Recipe
 
@@ -91,11 +93,15 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
          worst, repair_out, method, repair_steps, lr, batch_size, backend, vllm_mode, quiet):
     """Audit the PEFT LoRA adapter in ADAPTER_DIR token by token against its corpus: coverage
     (tokens with p > 0.5), exact and locked records, failing spans. Exit 0 when every given
-    threshold holds, 1 when one fails, 2 on bad input. With --repair-out, continue training it
-    with MemFT into a new folder and audit that (the exit code is the repaired adapter's gate)."""
+    threshold holds, 1 when one fails, 2 on bad input, 130 on Ctrl-C, 143 on SIGTERM. With
+    --repair-out, continue training it with MemFT into a new folder and audit that (the exit code
+    is the repaired adapter's gate)."""
     import warnings
 
     from rich.console import Console
+
+    if quiet:
+        quiet_libraries()
 
     # PEFT calls a transformers property that warns about its own deprecation: noise for our users.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

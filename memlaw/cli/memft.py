@@ -110,11 +110,11 @@ def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, 
         layers = layers if "layers" in given else defaults["layers"]
         alpha = alpha if "alpha" in given else defaults["alpha"]
         lr = lr if "lr" in given else defaults["lr"]
-        if not quiet:
-            click.echo(f"[memlaw] defaults from the law card {defaults['card']}: --target-modules {target_modules} "
-                       f"--layers {layers} --alpha {alpha} --lr {lr:g} (pass them to change)", err=True)
     template = template_from(target_modules, layers, alpha)
     check_layers(model, layers)
+    if defaults and not quiet:
+        click.echo(f"[memlaw] defaults from the law card {defaults['card']}: --target-modules {target_modules} "
+                   f"--layers {layers} --alpha {alpha} --lr {lr:g} (pass them to change)", err=True)
     recipe = Recipe(method=method, lr=lr, batch_size=batch_size, max_steps=max_steps, patience=patience, seed=seed)
     side = train_adapter(corpus_spec(corpus, fmt, key_field, target_field), model, rank, out,
                          template=template, recipe=recipe, progress=not quiet)

@@ -214,8 +214,11 @@ def calibrate_cmd(model, ranks, lengths, out, data, fmt, key_field, target_field
     """Sweep LoRA ranks × lengths on a base model and fit the Parametric Memory Law (see
     memlaw.calibration.sweep for resume, shards and Slurm)."""
     from memlaw.calibration.sweep import Shard, SweepSpec, run_sweep
-    from memlaw.cli.common import corpus_spec
+    from memlaw.cli.common import corpus_spec, quiet_libraries
     from memlaw.memft import Recipe
+
+    if quiet:
+        quiet_libraries()
 
     spec = SweepSpec(model=model, ranks=ranks, lengths=lengths, layers=layers, alpha=alpha, chunk=chunk,
                      target_modules=tuple(m.strip() for m in target_modules.split(",") if m.strip()),
