@@ -49,9 +49,15 @@ def card_defaults(model: str) -> dict | None:
         return None
     card = json.loads(path.read_text(encoding="utf-8"))
     t = card["template"]
+    batch = card["recipe"].get("batch_size")
     return {"target_modules": ",".join(t["target_modules"]),
             "layers": ",".join(str(i) for i in t["layers"]) if t.get("layers") is not None else None,
-            "alpha": str(t.get("alpha", "2*rank")), "lr": float(card["recipe"]["lr"]), "card": path.name}
+            "alpha": str(t.get("alpha", "2*rank")), "lr": float(card["recipe"]["lr"]),
+            "batch_size": batch if isinstance(batch, int) else None, "card": path.name}
+
+
+# The card's "all records per step" up to this many: more would cost memory, not speed.
+MAX_DEFAULT_BATCH = 64
 
 
 def check_layers(model: str, layers: str | None) -> None:
@@ -78,7 +84,8 @@ def check_layers(model: str, layers: str | None) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="new adapter folder")
 @click.option("--lr", type=float, default=Recipe.lr, show_default=True,
               help="learning rate (default: the shipped law card's, for a model that has one)")
-@click.option("--batch-size", type=int, default=Recipe.batch_size, show_default=True)
+@click.option("--batch-size", type=int, default=Recipe.batch_size, show_default=True,
+              help="records per step (default: the card's, all records up to 64, for a model that has one)")
 @click.option("--max-steps", type=int, default=Recipe.max_steps, show_default=True)
 @click.option("--patience", type=int, default=Recipe.patience, show_default=True,
               help="stop after this many steps without 1% loss improvement")
@@ -94,30 +101,34 @@ def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, 
     plateaus, or --max-steps. Writes a PEFT adapter folder plus memlaw.json.
 
     For a model with a shipped law card (smollm2-135m, tiny) the template (--target-modules,
-    --layers, --alpha) and --lr default to the card's: the calibrated template, and the fast one on
-    a CPU. Other models default to every linear layer of every layer."""
+    --layers, --alpha), --lr and --batch-size default to the card's (all records per step, at most
+    64): the calibrated template, and the fast one on a CPU. Other models default to every linear
+    layer of every layer, lr 2e-3, batch 32."""
     from memlaw.models import check_model_name
 
     if quiet:
         quiet_libraries()
     check_recipe_flags(rank, lr, batch_size, max_steps, patience)
     check_model_name(model)
-    given = {p for p in ("target_modules", "layers", "alpha", "lr")
-             if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE}
-    defaults = card_defaults(model) if given != {"target_modules", "layers", "alpha", "lr"} else None
+    fields = ("target_modules", "layers", "alpha", "lr", "batch_size")
+    given = {p for p in fields if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE}
+    defaults = card_defaults(model) if given != set(fields) else None
+    spec = corpus_spec(corpus, fmt, key_field, target_field)
     if defaults:
         target_modules = target_modules if "target_modules" in given else defaults["target_modules"]
         layers = layers if "layers" in given else defaults["layers"]
         alpha = alpha if "alpha" in given else defaults["alpha"]
         lr = lr if "lr" in given else defaults["lr"]
+        if "batch_size" not in given:  # the card trains on all records per step
+            batch_size = defaults["batch_size"] or min(MAX_DEFAULT_BATCH, max(1, len(spec.read())))
     template = template_from(target_modules, layers, alpha)
     check_layers(model, layers)
     if defaults and not quiet:
         click.echo(f"[memlaw] defaults from the law card {defaults['card']}: --target-modules {target_modules} "
-                   f"--layers {layers} --alpha {alpha} --lr {lr:g} (pass them to change)", err=True)
+                   f"--layers {layers} --alpha {alpha} --lr {lr:g} --batch-size {batch_size} (pass them to change)",
+                   err=True)
     recipe = Recipe(method=method, lr=lr, batch_size=batch_size, max_steps=max_steps, patience=patience, seed=seed)
-    side = train_adapter(corpus_spec(corpus, fmt, key_field, target_field), model, rank, out,
-                         template=template, recipe=recipe, progress=not quiet)
+    side = train_adapter(spec, model, rank, out, template=template, recipe=recipe, progress=not quiet)
     f, t = side["final"], side["train"]
     click.echo(f"{out}: coverage {f['coverage']:.4f}, exact {f['exact_records']}/{f['records']}, "
                f"locked {f['locked_records']}/{f['records']}, mean loss {f['mean_loss']:.4f} "
