@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from memlaw import __version__
-from memlaw.card import build_card, load_card, read_points, save_card
+# memlaw.card and memlaw.law import scipy (~1 s): loaded in the commands that use them, so that
+# --help, --version and a typo'd --model answer at once.
 from memlaw.cli.common import handle_errors
 from memlaw.errors import UserError
-from memlaw.law import NAMES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,6 +52,8 @@ def _read_sweep_meta(points_path: Path) -> dict | None:
 
 
 def _coef_table(card) -> Table:
+    from memlaw.law import NAMES
+
     level = f"{card.interval_level:.0%} interval"
     t = Table(title=f"Parametric Memory Law  ΔL = C·r^α·ℓ^(−β) + b   ({card.base_model.get('name', '?')})")
     t.add_column("coefficient")
@@ -83,6 +85,8 @@ def fit_cmd(points_jsonl: Path, out: Path, base_model, n_boot, seed, force):
     """
     if out.exists() and not force:
         raise UserError("the output file exists", where=str(out), fix="pass --force to overwrite it")
+    from memlaw.card import build_card, read_points, save_card
+
     points = read_points(points_jsonl)
     meta = _read_sweep_meta(points_jsonl) or {}
 
@@ -136,6 +140,8 @@ def _num(x, fmt=".4g") -> str:
 @handle_errors
 def law_show(card_path: Path):
     """Show a law card: model, template, recipe, coefficients, domain, coverage, points."""
+    from memlaw.card import load_card
+
     card = load_card(card_path)
     console = Console()
 
@@ -213,6 +219,9 @@ def calibrate_cmd(model, ranks, lengths, out, data, fmt, key_field, target_field
                   layers, alpha, method, lr, batch_size, max_steps, patience, seed, shard, device, n_boot, plot, quiet):
     """Sweep LoRA ranks × lengths on a base model and fit the Parametric Memory Law (see
     memlaw.calibration.sweep for resume, shards and Slurm)."""
+    from memlaw.models import check_model_name
+
+    check_model_name(model)  # a typo fails in a second, before the sweep's imports
     from memlaw.calibration.sweep import Shard, SweepSpec, run_sweep
     from memlaw.cli.common import corpus_spec, quiet_libraries
     from memlaw.memft import Recipe
@@ -269,6 +278,10 @@ def estimate_cmd(corpus, law_path, model, coverage, as_json, fmt, key_field, tar
                  device):
     """The LoRA rank CORPUS needs to reach --coverage, from a calibrated law card: ℓ, L_before,
     ΔL needed, rank with its interval, size on disk, capacity floor, conflicts, a LoraConfig."""
+    from memlaw.models import check_model_name
+
+    if model is not None:
+        check_model_name(model)  # "did you mean", not "no law card ships for" a typo
     from memlaw.cli.common import corpus_spec
     from memlaw.planner.estimate import estimate, render, resolve_card
 
