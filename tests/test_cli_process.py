@@ -61,7 +61,8 @@ def test_signal_exit_codes(hard_corpus, tmp_path, sig, code, word):
     def read():
         for line in proc.stderr:
             lines.append(line)
-            if line.startswith("train step"):  # training is under way (the plain progress line)
+            # training is under way, and its progress line (every ~10 s off a terminal) has an ETA
+            if line.startswith("train step") and "ETA ≤" in line:
                 started.set()
 
     reader = threading.Thread(target=read, daemon=True)
@@ -91,12 +92,19 @@ def test_signal_exit_codes(hard_corpus, tmp_path, sig, code, word):
     (["--lr", "-1"], "--lr must be > 0, got -1"),
     (["--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
     (["--model", "tiny", "--layers", "99"], "--layers 99: tiny has 2 layers"),
+    (["memplan", "estimate", "--model", "smollm-135m"], "did you mean smollm2-135m"),
+    (["memplan", "calibrate", "--model", "smollm-135m"], "did you mean smollm2-135m"),
 ])
 def test_typo_errors_under_two_seconds(tmp_path, args, phrase):
     c = tmp_path / "c.jsonl"
     c.write_text('{"prompt": "a", "completion": " b"}\n')
+    if args[0] == "memplan":
+        cmd = cli("memplan") + [args[1], *([str(c)] if args[1] == "estimate" else ["--out", str(tmp_path / "o")]),
+                                *args[2:]]
+    else:
+        cmd = cli("memft") + ["train", str(c), "--out", str(tmp_path / "o"), *args]
     t0 = time.perf_counter()
-    r = run(cli("memft") + ["train", str(c), "--out", str(tmp_path / "o"), *args])
+    r = run(cmd)
     seconds = time.perf_counter() - t0
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: ")
