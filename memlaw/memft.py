@@ -425,6 +425,7 @@ class _Bar:
         self.live = enabled and sys.stderr.isatty()
         self.last_print = 0.0
         self.start = time.perf_counter()
+        self.mark: tuple[float, int] | None = None  # (time, step) at the end of the first epoch
         if self.live:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
@@ -435,23 +436,29 @@ class _Bar:
             self.task = self.p.add_task("train", total=total, info="")
 
     def eta(self, step: int) -> float | None:
-        """Seconds left if every remaining step takes the mean time of the steps so far."""
-        if step <= 0:
+        """Seconds left if every remaining step takes the mean time of the steps since the first
+        epoch (which also pays one-off costs: the frozen-prefix cache, warm-up)."""
+        now = time.perf_counter()
+        if self.mark is None:
+            self.mark = (now, step)
             return None
-        return (time.perf_counter() - self.start) / step * max(0, self.total - step)
+        t0, s0 = self.mark
+        if step <= s0:
+            return None
+        return (now - t0) / (step - s0) * max(0, self.total - step)
 
     def update(self, step, *_):
         if self.live:
             self.p.update(self.task, completed=step)
 
     def epoch(self, entry):
+        eta = self.eta(entry["step"])
         if self.live:
             self.p.update(self.task, info=f"loss {entry['mean_loss']:.3f} coverage {entry['coverage']:.3f}")
         elif self.enabled and time.perf_counter() - self.last_print > 10:
             import sys
 
             self.last_print = time.perf_counter()
-            eta = self.eta(entry["step"])
             eta_text = "" if eta is None else f", ETA ≤ {eta:.0f} s"
             print(f"train step {entry['step']}/{self.total}: loss {entry['mean_loss']:.3f} "
                   f"coverage {entry['coverage']:.3f} ({entry['seconds']:.0f} s{eta_text})", file=sys.stderr,
