@@ -35,10 +35,10 @@ def run(args, timeout=120, **kw):
 
 @pytest.fixture
 def hard_corpus(tmp_path):
-    """400 random strings: the tiny model cannot lock them for a long time."""
+    """200 random strings: the tiny model cannot lock them for a long time."""
     rng = random.Random(3)
     rows = [{"prompt": f"k{i}:", "completion": " " + "".join(rng.choice("abcdefghij") for _ in range(12))}
-            for i in range(400)]
+            for i in range(200)]
     p = tmp_path / "hard.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
@@ -68,7 +68,7 @@ def test_signal_exit_codes(hard_corpus, tmp_path, sig, code, word):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        assert started.wait(120), "".join(lines)
+        assert started.wait(600), "".join(lines)  # generous: on a shared machine imports alone can take minutes
         proc.send_signal(sig)
         rc = proc.wait(60)
     finally:
@@ -83,6 +83,18 @@ def test_signal_exit_codes(hard_corpus, tmp_path, sig, code, word):
 
 # --------------------------------------------------------------------------------------------
 # errors come fast, before anything heavy loads
+
+
+def _timed(cmd) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run a command; return it with its wall-clock seconds and the CPU seconds it used."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    r = run(cmd)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 @pytest.mark.parametrize("args, phrase", [
@@ -103,13 +115,18 @@ def test_typo_errors_under_two_seconds(tmp_path, args, phrase):
                                 *args[2:]]
     else:
         cmd = cli("memft") + ["train", str(c), "--out", str(tmp_path / "o"), *args]
-    t0 = time.perf_counter()
-    r = run(cmd)
-    seconds = time.perf_counter() - t0
+    # The wait a starved machine adds to any process start: the same CLI saying only its version.
+    _, base_wall, base_cpu = _timed(cmd[:3] + ["--version"])
+    r, wall, cpu = _timed(cmd)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: ")
     assert phrase in r.stderr
-    assert seconds < 2.0, f"{seconds:.2f} s to say: {r.stderr}"
+    # Under 2 s of wall clock; on a machine so busy that merely starting the CLI takes longer, under
+    # 2 s beyond that start (a retry loop or a model load would still blow it), and under 2 s of CPU.
+    waiting = max(0.0, base_wall - base_cpu)
+    assert cpu < 2.0 and wall < 2.0 + waiting, (f"{wall:.2f} s wall, {cpu:.2f} s CPU (CLI start: {base_wall:.2f} s "
+                                                 f"wall, {base_cpu:.2f} s CPU) to say: {r.stderr}")
+    print(f"time to error: {wall:.2f} s wall, {cpu:.2f} s CPU; --version: {base_wall:.2f} s wall")
 
 
 def test_unknown_hub_id_does_not_retry(tmp_path):
@@ -180,3 +197,42 @@ def test_adapter_and_reports_follow_the_umask(tmp_path, umask, dir_mode, file_mo
             preexec_fn=set_umask)
     assert r.returncode == 0, r.stderr
     assert rep.stat().st_mode & 0o777 == file_mode and (tmp_path / "a.xml").stat().st_mode & 0o777 == file_mode
+
+
+def test_repair_defaults_to_the_adapters_own_recipe(tmp_path):
+    """Without --lr/--batch-size a repair continues with the lr and batch the adapter was trained
+    with (its memlaw.json), said in one line, and recorded in the repaired adapter's sidecar."""
+    c = tmp_path / "c.jsonl"
+    c.write_text("".join(f'{{"prompt": "k{i}:", "completion": " v{i * 7}"}}\n' for i in range(6)))
+    src = tmp_path / "src"
+    r = run(cli("memft") + ["train", str(c), "--model", "tiny", "--method", "sft", "--lr", "0.005",
+                            "--batch-size", "3", "--max-steps", "2", "--out", str(src), "--quiet"])
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "fixed"
+    r = run(cli("memaudit") + [str(src), "--repair-out", str(out), "--repair-steps", "2", "--min-exact", "1.0"])
+    assert r.returncode in (0, 1), r.stderr
+    assert f"repair with --lr 0.005 --batch-size 3, from {src / 'memlaw.json'}" in " ".join(r.stdout.split())
+    recipe = json.loads((out / "memlaw.json").read_text())["recipe"]
+    assert recipe["lr"] == 0.005 and recipe["batch_size"] == 3
+
+
+def test_train_defaults_to_the_shipped_cards_template(tmp_path):
+    """`memft train` with no template flags trains the template, lr and batch of the law card
+    shipped for the model (the calibrated template; on SmolLM2 the one fast on a CPU), says so,
+    and any flag given wins over the card."""
+    card = json.loads((ROOT / "memlaw" / "cards" / "tiny.json").read_text())
+    c = tmp_path / "c.jsonl"
+    c.write_text("".join(f'{{"prompt": "k{i}:", "completion": " v{i}"}}\n' for i in range(5)))
+    r = run(cli("memft") + ["train", str(c), "--model", "tiny", "--max-steps", "1", "--out", str(tmp_path / "a")])
+    assert r.returncode == 0, r.stderr
+    assert "defaults from the law card tiny.json" in r.stderr
+    side = json.loads((tmp_path / "a" / "memlaw.json").read_text())
+    assert side["template"]["target_modules"] == card["template"]["target_modules"]
+    assert side["template"]["layers"] == card["template"]["layers"]
+    assert side["recipe"]["lr"] == card["recipe"]["lr"] and side["recipe"]["batch_size"] == 5  # "all" records
+    r = run(cli("memft") + ["train", str(c), "--model", "tiny", "--max-steps", "1", "--target-modules", "q_proj",
+                            "--lr", "0.003", "--out", str(tmp_path / "b"), "--quiet"])
+    assert r.returncode == 0, r.stderr
+    side = json.loads((tmp_path / "b" / "memlaw.json").read_text())
+    assert side["template"]["target_modules"] == ["q_proj"] and side["template"]["layers"] == card["template"]["layers"]
+    assert side["recipe"]["lr"] == 0.003

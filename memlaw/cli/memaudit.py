@@ -53,8 +53,6 @@ def repair_defaults(adapter_dir: Path) -> tuple[dict, str] | None:
     SmolLM2's card template (a loss change of 2% in 6 steps)."""
     import json
 
-    from memlaw.planner.estimate import shipped_card_path
-
     def read(path: Path) -> dict:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
@@ -67,6 +65,8 @@ def repair_defaults(adapter_dir: Path) -> tuple[dict, str] | None:
     source = f"{adapter_dir / 'memlaw.json'}"
     if not recipe:
         base = read(adapter_dir / "adapter_config.json").get("base_model_name_or_path")
+        from memlaw.planner.estimate import shipped_card_path
+
         card = shipped_card_path(base) if isinstance(base, str) else None
         recipe = read(card).get("recipe", {}) if card else {}
         source = f"the law card {card.name}" if card else ""

@@ -6,6 +6,7 @@ Exit codes: 0 trained, 2 bad input or usage, 130 interrupted (SIGINT), 143 termi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -42,12 +43,17 @@ def card_defaults(model: str) -> dict | None:
     """The template and learning rate of the law card shipped for ``model`` (None without one).
     Its template is the one calibrated, and on a CPU the fast one: LoRA on the last layers only, so
     the frozen layers below run once per record instead of once per step (memlaw.memft.FrozenPrefix)."""
-    from memlaw.planner.estimate import shipped_card_path
+    import importlib.resources
+    import re
 
-    path = shipped_card_path(model)
-    if path is None:
+    # memlaw.planner.estimate.shipped_card_path, without importing the planner (scipy: ~1 s)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model or ""):
+        return None  # paths and hub ids have no shipped card
+    res = importlib.resources.files("memlaw") / "cards" / f"{model}.json"
+    if not res.is_file():
         return None
-    card = json.loads(path.read_text(encoding="utf-8"))
+    card = json.loads(res.read_text(encoding="utf-8"))
+    path = Path(str(res))
     t = card["template"]
     batch = card["recipe"].get("batch_size")
     return {"target_modules": ",".join(t["target_modules"]),
