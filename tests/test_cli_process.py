@@ -29,7 +29,7 @@ def env() -> dict:
     return e
 
 
-def run(args, timeout=120, **kw):
+def run(args, timeout=900, **kw):  # generous: a shared machine can starve a process for minutes
     return subprocess.run(args, capture_output=True, text=True, env=env(), timeout=timeout, **kw)
 
 
