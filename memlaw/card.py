@@ -26,10 +26,7 @@ MIN_POINTS = 5
 INTERVAL_LEVEL = 0.9
 REQUIRED_POINT_KEYS = ("rank", "length", "loss_before", "loss_after", "coverage")
 
-#: what ΔL measures. ``raw``: L_before − L_after, the definition the planner applies to a user's
-#: corpus (every nat of its base loss is a fact to store). ``source``: min(L_before, loss_source) −
-#: L_after, counting only nats below the entropy of a random-token source (ln N).
-DELTA_DEFINITIONS = ("raw", "source")
+from memlaw.calibration.defaults import DELTA_DEFINITIONS  # noqa: E402  (raw | source)
 #: the convergence test's tolerance (a recipe may record its own): a second cycle of B steps may
 #: lower the loss by at most this share of ΔL, or this many nats
 CONVERGE_REL_TOL = 0.10

@@ -78,6 +78,18 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(folder: str | os.PathLike) -> None:
+    """Give a folder made with mkdtemp (0700) and the files in it (safetensors writes 0600) the
+    modes a plain ``mkdir`` and ``open`` would: 0777 / 0666 less the umask, so another account (a
+    CI step, a colleague) can read an adapter as it can any file."""
+    mask = _umask()
+    folder = Path(folder)
+    os.chmod(folder, 0o777 & ~mask)
+    for p in folder.iterdir():
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, 0o666 & ~mask)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

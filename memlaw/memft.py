@@ -114,7 +114,7 @@ class Recipe:
     target, so the model learns to stop after the fact (recorded in the sidecar; the auditor
     then scores it too)."""
 
-    method: str = "ot"
+    method: str = "sft"  # the default the evidence so far supports (docs/results.md §6); MemFT by name
     lr: float = 2e-3
     batch_size: int = 32
     max_steps: int = 600
@@ -555,8 +555,9 @@ SFT_FALLBACK_EPS = {"ot": 0.0, "curriculum": 0.0, "sw": 1e-5}  # the paper's thr
 
 
 class _Bar:
-    """Progress over steps with the live coverage: a rich bar on a terminal, a plain line every
-    ~10 s otherwise (logs, CI); silent when disabled."""
+    """Progress over steps with the live coverage and an ETA: a rich bar on a terminal, a plain line
+    every ~10 s otherwise (logs, CI); silent when disabled. The ETA is for all max_steps at the
+    mean step time so far: an upper bound, as training stops early once every token is locked."""
 
     def __init__(self, enabled: bool, total: int):
         import sys
@@ -565,27 +566,44 @@ class _Bar:
         self.live = enabled and sys.stderr.isatty()
         self.last_print = 0.0
         self.start = time.perf_counter()
+        self.mark: tuple[float, int] | None = None  # (time, step) at the end of the first epoch
         if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
 
-            self.p = Progress("train", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                              TextColumn("{task.fields[info]}"), transient=False)
+            self.p = Progress("train", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA ≤"),
+                              TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
             self.p.start()
             self.task = self.p.add_task("train", total=total, info="")
+
+    def eta(self, step: int) -> float | None:
+        """Seconds left if every remaining step takes the mean time of the steps since the first
+        epoch (which also pays one-off costs: the frozen-prefix cache, warm-up)."""
+        now = time.perf_counter()
+        if self.mark is None:
+            self.mark = (now, step)
+            return None
+        t0, s0 = self.mark
+        if step <= s0:
+            return None
+        return (now - t0) / (step - s0) * max(0, self.total - step)
 
     def update(self, step, *_):
         if self.live:
             self.p.update(self.task, completed=step)
 
     def epoch(self, entry):
+        eta = self.eta(entry["step"])
         if self.live:
             self.p.update(self.task, info=f"loss {entry['mean_loss']:.3f} coverage {entry['coverage']:.3f}")
         elif self.enabled and time.perf_counter() - self.last_print > 10:
             import sys
 
             self.last_print = time.perf_counter()
+            eta_text = "" if eta is None else f", ETA ≤ {eta:.0f} s"
             print(f"train step {entry['step']}/{self.total}: loss {entry['mean_loss']:.3f} "
-                  f"coverage {entry['coverage']:.3f} ({entry['seconds']:.0f} s)", file=sys.stderr, flush=True)
+                  f"coverage {entry['coverage']:.3f} ({entry['seconds']:.0f} s{eta_text})", file=sys.stderr,
+                  flush=True)
 
     def close(self):
         if self.live:
@@ -643,7 +661,7 @@ def save_adapter(model, out: str | Path, base_name: str, sidecar: dict) -> Path:
     import shutil
     import tempfile
 
-    from memlaw.io import atomic_write_json
+    from memlaw.io import atomic_write_json, follow_umask
 
     out = check_new_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -660,6 +678,7 @@ def save_adapter(model, out: str | Path, base_name: str, sidecar: dict) -> Path:
         cfg["base_model_name_or_path"] = base_name
         atomic_write_json(cfg_file, cfg)
         atomic_write_json(tmp / "memlaw.json", sidecar)
+        follow_umask(tmp)  # mkdtemp made it 0700: readable by others as the umask allows
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)

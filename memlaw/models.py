@@ -190,6 +190,93 @@ def _save_plain(model, tok, out: Path) -> None:
 # loading
 
 
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.endswith(".gguf")  # hub ids hold '/' too: not a sign
+
+
+def check_model_name(name: str) -> None:
+    """Fail fast, before anything heavy loads, on a model name that cannot load: a built-in name
+    passes; a path must exist; a near-miss of a built-in name gets "did you mean"; a hub id must be
+    in the local Hugging Face cache or answer one quick request (the hub client would otherwise
+    retry for most of a minute before saying the same)."""
+    import difflib
+
+    if not name:
+        raise UserError("no base model given", fix="pass --model tiny, smollm2-135m, a Hugging Face id or a path")
+    if name in BUILTIN_MODELS:
+        return
+    p = Path(name).expanduser()
+    if p.exists():
+        return
+    if _looks_like_path(name):
+        raise UserError(f"model path {name} does not exist",
+                        fix="pass a model folder, a .gguf file, a Hugging Face id, tiny or smollm2-135m")
+    near = difflib.get_close_matches(name.lower(), BUILTIN_MODELS, n=1, cutoff=0.75)
+    if near:
+        raise UserError(f"unknown model '{name}'", fix=f"did you mean {near[0]}?")
+    _check_hub_id(name)
+
+
+def _check_hub_id(name: str) -> None:
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return  # in the local cache: transformers loads it from there
+    except ValueError:  # not even a well-formed repo id
+        raise UserError(f"model '{name}' is not a built-in name ({', '.join(BUILTIN_MODELS)}), a local path, "
+                        "nor a Hugging Face id (ORG/NAME)", fix="check the name")
+    builtin = ", ".join(BUILTIN_MODELS)
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"model '{name}' is not a built-in name ({builtin}), a local path, nor in the Hugging "
+                        "Face cache, and HF_HUB_OFFLINE is set", fix="check the name, or unset HF_HUB_OFFLINE")
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = f"{constants.ENDPOINT}/api/models/{urllib.parse.quote(name, safe='/')}"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5).close()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403, 404):
+            raise UserError(f"model '{name}' is not a built-in name ({builtin}), a local path, nor a model on "
+                            f"{constants.ENDPOINT} (HTTP {e.code}: missing, private or gated)",
+                            fix="check the name; for a gated model log in with `hf auth login`")
+        # any other answer: the hub is there; let the real download report what it finds
+    except (urllib.error.URLError, OSError) as e:
+        why = getattr(e, "reason", e)
+        raise UserError(f"model '{name}' is not a built-in name ({builtin}), a local path, nor in the Hugging "
+                        f"Face cache, and {constants.ENDPOINT} cannot be reached ({why})",
+                        fix="check the name, pass a local model folder, or use tiny / smollm2-135m")
+
+
+def num_layers(name: str) -> int | None:
+    """The model's decoder layer count from its config.json, without loading weights (None when
+    that needs a download or the config does not say)."""
+    if name == "tiny":
+        return 2  # tiny_model's default
+    if name == "smollm2-135m":
+        path = ensure_smollm2()
+    elif Path(name).expanduser().is_dir():
+        path = Path(name).expanduser()
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "config.json")
+        except ValueError:
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached).parent
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    n = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+    return n if isinstance(n, int) else None
+
+
 def resolve_model_path(name: str) -> str:
     """Map a built-in name to what transformers loads; other names pass through."""
     if name == "smollm2-135m":
@@ -200,18 +287,14 @@ def resolve_model_path(name: str) -> str:
 def load_base(name: str, *, trust_remote_code: bool = False, dtype: str = "float32",
               device: str = "cpu", seed: int = 0) -> Base:
     """Load a base model and tokenizer by built-in name, Hugging Face id, local folder or .gguf file."""
+    check_model_name(name)  # before torch: a wrong name should fail in a second, not after imports
     import torch
 
-    if not name:
-        raise UserError("no base model given", fix="pass --model tiny, smollm2-135m, a Hugging Face id or a path")
     if name == "tiny":
         model = tiny_model(seed=seed)
         tok = tiny_tokenizer()
         return Base(name, model.to(device), tok, identity=_identity_of_state(name, model))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
-        raise UserError(f"model path {name} does not exist",
-                        fix="pass a model folder, a .gguf file, a Hugging Face id, tiny or smollm2-135m")
     path = resolve_model_path(name)
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer

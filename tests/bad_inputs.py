@@ -205,6 +205,19 @@ CASES = [
     ("CLI: gate threshold outside [0, 1]", "memaudit", lambda tmp: [str(tmp), "--min-coverage", "1.5"], 2, "1.5"),
     ("CLI: model path that does not exist", "memft", _train_args("--model", "./no-such-model"), 2, "does not exist"),
     ("CLI: unknown method", "memft", _train_args("--model", "tiny", "--method", "magic"), 2, "magic"),
+    ("CLI: rank 0 (fails before the model loads)", "memft", _train_args("--rank", "0"), 2, "--rank must be ≥ 1"),
+    ("CLI: negative learning rate", "memft", _train_args("--model", "tiny", "--lr", "-1"), 2, "--lr must be > 0"),
+    ("CLI: batch size 0", "memft", _train_args("--model", "tiny", "--batch-size", "0"), 2, "--batch-size must be"),
+    ("CLI: negative max steps", "memft", _train_args("--model", "tiny", "--max-steps", "-5"), 2, "--max-steps must be"),
+    ("CLI: layer index the model lacks", "memft", _train_args("--model", "tiny", "--layers", "99"), 2,
+     "--layers 99: tiny has 2 layers"),
+    ("CLI: module name the model lacks", "memft", _train_args("--model", "tiny", "--target-modules", "qkv"), 2,
+     "--target-modules"),
+    ("CLI: typo'd built-in model name", "memft", _train_args("--model", "smollm-135m"), 2,
+     "did you mean smollm2-135m"),
+    ("CLI: typo'd base model for an audit", "memaudit",
+     lambda tmp: [*adapter(lambda d: None)(tmp)[:1], "--base-model", "tinyy", "--force-base"], 2,
+     "did you mean tiny"),
 ]
 
 

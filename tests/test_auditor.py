@@ -289,19 +289,56 @@ def test_junit_report(audits, tmp_path):
     root = ET.parse(path).getroot()
     suite = root.find("testsuite")
     cases = suite.findall("testcase")
-    assert len(cases) == int(suite.get("tests")) == N_RECORDS
-    failed = [c for c in cases if c.find("failure") is not None]
+    assert len(cases) == int(suite.get("tests")) == N_RECORDS + 1  # the one threshold, then the records
+    assert cases[0].get("name") == "gate --min-exact 1" and cases[0].find("failure") is not None
+    failed = [c for c in cases[1:] if c.find("failure") is not None]
     not_exact = [r for r in result.records if not r.exact]
-    assert len(failed) == int(suite.get("failures")) == int(root.get("failures")) == len(not_exact) > 0
+    assert len(failed) + 1 == int(suite.get("failures")) == int(root.get("failures")) == len(not_exact) + 1
     for case, r in zip(failed, not_exact):
         msg = case.find("failure").get("message")
         assert f"record {r.index} " in case.get("name")
-        assert "failing spans" in msg and repr(r.spans[0]["text"]) in msg
+        assert "failing spans" in msg and repr(r.spans[0]["text"]) in msg and "--min-exact" in msg
     props = {p.get("name"): p.get("value") for p in suite.find("properties")}
     assert props["gate_passed"] == "false"
-    # with the locked criterion, every non-locked record fails
-    root = ET.fromstring(to_junit(result, fail_on="locked").split("\n", 1)[1])
-    assert int(root.get("failures")) == sum(not r.locked for r in result.records)
+    # a failing --min-locked fails every record that is not locked
+    root = ET.fromstring(to_junit(result, gate=Gate(min_locked=1.0)).split("\n", 1)[1])
+    assert int(root.get("failures")) == 1 + sum(not r.locked for r in result.records)
+    # no gate: per-record detail only, nothing fails (memaudit exits 0)
+    root = ET.fromstring(to_junit(result).split("\n", 1)[1])
+    assert int(root.get("failures")) == 0 and int(root.get("tests")) == N_RECORDS
+    detail = [c for c in root.iter("testcase") if c.find("system-out") is not None]
+    assert len(detail) == sum(not r.locked for r in result.records) > 0
+
+
+def _junit_failures(path: Path) -> tuple[int, list[str]]:
+    root = ET.parse(path).getroot()
+    cases = list(root.iter("testcase"))
+    failing = [c.get("name") for c in cases if c.find("failure") is not None]
+    assert int(root.get("failures")) == len(failing)
+    return len(failing), failing
+
+
+@pytest.mark.parametrize("gate_args", [
+    ["--min-coverage", "0.1"],                       # passes although records are not exact (the bug)
+    ["--min-exact", "0.01", "--max-mean-loss", "50"],  # passes
+    ["--min-exact", "1.0"],                          # fails on records: the non-exact ones fail
+    ["--min-coverage", "1.0"],                       # fails on a token threshold: only that testcase fails
+    ["--min-locked", "1.0", "--min-coverage", "0"],  # one threshold fails, one holds
+    [],                                              # no gate: exit 0, nothing fails
+])
+def test_cli_junit_agrees_with_exit_code(env, tmp_path, gate_args):
+    """A CI test reporter reading the JUnit file must see what the exit code says: failures in it
+    exactly when memaudit exits 1. A real audit of a real adapter with a mix of exact and not."""
+    xml = tmp_path / "a.xml"
+    r = run(env["memft"], *gate_args, "--quiet", "--junit", xml)
+    assert r.exit_code in (0, 1), r.output
+    n_failed, names = _junit_failures(xml)
+    assert (n_failed > 0) == (r.exit_code == 1), (r.exit_code, names)
+    given = [a for a in gate_args if a.startswith("--")]
+    gate_cases = [c.get("name") for c in ET.parse(xml).getroot().iter("testcase") if c.get("name").startswith("gate ")]
+    assert sorted(c.split()[1] for c in gate_cases) == sorted(given)  # every threshold is a testcase
+    for opt in given:  # a failing threshold is a failing testcase, named for its option
+        assert (f"({opt})" in r.output) == any(n.startswith(f"gate {opt} ") for n in names), (opt, r.output, names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -494,14 +531,3 @@ def test_repair_library_on_a_foreign_adapter(env, tmp_path):
     side = json.loads((tmp_path / "plain-fixed" / "memlaw.json").read_text())
     assert side["template"]["target_modules"] == ["q_proj", "v_proj"] and side["rank"] == 16
     assert side["repaired_from"]["method"] == "sw"
-
-
-def test_ci_example_workflow_runs_memaudit_with_a_gate():
-    yaml = pytest.importorskip("yaml")
-    path = Path(__file__).resolve().parent.parent / "examples" / "ci" / "gate-adapter.yml"
-    wf = yaml.safe_load(path.read_text(encoding="utf-8"))
-    steps = wf["jobs"]["audit"]["steps"]
-    scripts = "\n".join(s.get("run", "") for s in steps)
-    assert "pip install memlaw" in scripts
-    assert "memaudit" in scripts and "--junit" in scripts and "--min-coverage" in scripts
-    assert any(s.get("uses", "").startswith("actions/upload-artifact") and s.get("if") == "always()" for s in steps)

@@ -8,11 +8,13 @@ Conventions shared by the reports:
 * records are listed worst first (not exact, then not locked, then lowest coverage);
 * a *failing span* is a maximal run of non-locked tokens (p ≤ 0.5), shown as ``[start, end)``
   token positions within the target;
-* JUnit: one ``testcase`` per record. A record *fails* when it is not exact (greedy decoding would
-  not reproduce it); with ``fail_on="locked"`` (what ``memaudit`` uses when ``--min-locked`` is
-  given) when it is not locked. Records that pass but still have sub-threshold tokens (exact but
-  not locked) carry the spans in ``system-out``. The gate's thresholds and outcome are testsuite
-  ``properties``; ``tests`` = records, ``failures`` = failing records, ``errors`` = ``skipped`` = 0.
+* JUnit tells the same story as memaudit's exit code: it has failures exactly when the gate fails.
+  One ``testcase`` per gate threshold (``gate --min-coverage 0.99``: fails when that threshold
+  does), then one per record. A record fails only when a per-record threshold failed and it is
+  one of the records that made it fail: not exact under a failing ``--min-exact``, not locked
+  under a failing ``--min-locked``. Otherwise a record's problems (not exact, not locked, failing
+  spans) are detail in its ``system-out``. The thresholds and outcome are also testsuite
+  ``properties``; ``tests`` = thresholds + records, ``errors`` = ``skipped`` = 0.
 """
 
 from __future__ import annotations
@@ -256,7 +258,24 @@ white-space:pre-wrap;margin:.3rem 0}
 .b8{background:#a2d07f}.b9{background:#63be7b}
 .legend span{display:inline-block;padding:.1rem .45rem;font-size:.8rem;font-family:ui-monospace,monospace}
 details{margin:.6rem 0}summary{cursor:pointer}
+h1,h3,.meta,.key,table.sum td,li,.warn{overflow-wrap:anywhere}
+.legend{line-height:1.9}.help{color:#444;font-size:.85rem;max-width:46rem}.help dt{font-weight:600;margin-top:.3rem}
+.help dd{margin:0 0 0 1rem}
+@media (max-width:600px){body{margin:1rem auto;padding:0 .6rem}table.sum td{padding:.2rem .4rem}}
 """
+
+# What the marks on the page mean, in the design brief's words (docs/DESIGN.md, "Definitions").
+_HELP = (
+    ("p", "the probability the model gives the target token, reading the key and the true preceding "
+          "target tokens (teacher forcing). Hover a token to see it."),
+    ("locked (p > 0.5)", "a token with p > 0.5 is the greedy choice whatever the other tokens' scores; a record "
+                         "whose tokens are all locked is reproduced verbatim, robustly."),
+    ("wavy underline: p ≤ 0.5", "not locked: the token may or may not come out of greedy decoding."),
+    ("outline: not greedy", "greedy decoding (always taking the most probable next token) would write a "
+                            "different token here: the record does not come out verbatim."),
+    ("anchor", "the first not-greedy token of a record: where greedy decoding derails, and everything after it "
+               "is at risk."),
+)
 
 
 def _bucket(p) -> int:
@@ -285,7 +304,8 @@ def _record_html(r: RecordAudit) -> str:
     locked_n = sum(1 for t in r.tokens if t["p"] is not None and t["p"] > 0.5)
     meta = [f"#{r.index}", e(r.where), status, f"coverage {locked_n}/{r.n_tokens}"]
     if r.anchor is not None:
-        meta.append(f"anchor at token {r.anchor}")
+        meta.append(f'<span title="first not-greedy token: greedy decoding derails here">anchor at token '
+                    f"{r.anchor}</span>")
     if r.log_likelihood is not None:
         meta.append(f"log-likelihood {r.log_likelihood:.3f}")
     spans = ", ".join(f"[{s['start']}, {s['end']}) {e(repr(s['text']))}" for s in r.spans)
@@ -339,16 +359,20 @@ def to_html(result: AuditResult, path=None, *, gate: Gate | None = None) -> str:
     for w in result.warnings:
         out.append(f'<div class="warn">{e(w)}</div>')
     out.append('<p class="legend">p: ' + "".join(f'<span class="b{i}">{i / 10:.1f}</span>' for i in range(10))
-               + ' <span class="t s">p ≤ 0.5</span> <span class="t w">not greedy</span></p>')
+               + ' <span class="t s">p ≤ 0.5</span> <span class="t w">not greedy</span>'
+               + ' <a href="#help">what these mean</a></p>')
     ordered = sorted(result.records, key=lambda r: (r.locked, r.exact, r.coverage, r.index))
     failing = [r for r in ordered if not r.locked]
     locked = [r for r in ordered if r.locked]
     out.append(f"<h2>Records not locked ({len(failing)})</h2>")
     out += [_record_html(r) for r in failing] or ["<p>None: every target token has p &gt; 0.5.</p>"]
     if locked:
-        out.append(f"<details><summary>Locked records ({len(locked)})</summary>")
+        # Open when nothing fails: a passing adapter's page is its heat map, not an empty page.
+        out.append(f"<details{'' if failing else ' open'}><summary>Locked records ({len(locked)})</summary>")
         out += [_record_html(r) for r in locked]
         out.append("</details>")
+    out.append('<h2 id="help">Reading this page</h2><dl class="help">'
+               + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _HELP) + "</dl>")
     out.append("</body></html>\n")
     return _write(path, "\n".join(out))
 
@@ -365,7 +389,7 @@ def _x(text) -> str:
     return _XML_BAD.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
-def _failure_message(r: RecordAudit, fail_on: str) -> str:
+def _failure_message(r: RecordAudit) -> str:
     head = "not exact" if not r.exact else "not locked"
     parts = [head]
     if r.anchor is not None:
@@ -386,20 +410,43 @@ def _token_lines(r: RecordAudit) -> str:
     return "\n".join(lines)
 
 
-def to_junit(result: AuditResult, path=None, *, gate: Gate | None = None, fail_on: str = "exact") -> str:
-    """JUnit XML for CI: one testcase per record (see the module docstring for what fails)."""
+def _gate_cases(result: AuditResult, gate: Gate | None) -> list[tuple[str, str | None]]:
+    """(testcase name, failure message or None) for every threshold the gate holds."""
+    gate = gate or Gate()
+    out = []
+    for key, opt in Gate._OPTIONS.items():
+        want = getattr(gate, key)
+        if want is None:
+            continue
+        fails = Gate(**{key: want}).check(result.summary)
+        out.append((f"gate {opt} {want:g}", fails[0] if fails else None))
+    return out
+
+
+def _failing_records(result: AuditResult, gate: Gate | None) -> tuple[set[int], str | None]:
+    """Indices of the records that fail their testcase, and why: only those that made a failing
+    per-record threshold fail (--min-locked: not locked; --min-exact: not exact)."""
+    gate = gate or Gate()
+    if gate.min_locked is not None and Gate(min_locked=gate.min_locked).check(result.summary):
+        return {r.index for r in result.records if not r.locked}, "--min-locked"
+    if gate.min_exact is not None and Gate(min_exact=gate.min_exact).check(result.summary):
+        return {r.index for r in result.records if not r.exact}, "--min-exact"
+    return set(), None
+
+
+def to_junit(result: AuditResult, path=None, *, gate: Gate | None = None) -> str:
+    """JUnit XML for CI, failing exactly when the gate does (see the module docstring)."""
     import xml.etree.ElementTree as ET
 
-    if fail_on not in ("exact", "locked"):
-        raise ValueError("fail_on must be 'exact' or 'locked'")
     g = _gate_block(result, gate)
     name = Path(result.adapter).name if result.adapter else "model"
-    failed = [r for r in result.records if not (r.locked if fail_on == "locked" else r.exact)]
-    n = len(result.records)
+    gate_cases = _gate_cases(result, gate)
+    failed_ids, failed_by = _failing_records(result, gate)
+    n = len(gate_cases) + len(result.records)
+    n_failed = sum(1 for _, f in gate_cases if f) + len(failed_ids)
     t = f"{result.seconds:.3f}"
-    root = ET.Element("testsuites", name="memaudit", tests=str(n), failures=str(len(failed)), errors="0",
-                      time=t)
-    suite = ET.SubElement(root, "testsuite", name=_x(f"memaudit.{name}"), tests=str(n), failures=str(len(failed)),
+    root = ET.Element("testsuites", name="memaudit", tests=str(n), failures=str(n_failed), errors="0", time=t)
+    suite = ET.SubElement(root, "testsuite", name=_x(f"memaudit.{name}"), tests=str(n), failures=str(n_failed),
                           errors="0", skipped="0", time=t,
                           timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                           hostname=_x(socket.gethostname() or "localhost"))
@@ -407,31 +454,37 @@ def to_junit(result: AuditResult, path=None, *, gate: Gate | None = None, fail_o
     s = result.summary
     for k in ("records", "target_tokens", "coverage", "exact_records", "locked_records", "mean_loss"):
         ET.SubElement(props, "property", name=k, value=_x(s[k]))
-    ET.SubElement(props, "property", name="fail_on", value=fail_on)
     if result.adapter:
         ET.SubElement(props, "property", name="adapter", value=_x(result.adapter))
-    if g["active"]:
-        ET.SubElement(props, "property", name="gate", value=_x((gate or Gate()).describe()))
-        ET.SubElement(props, "property", name="gate_passed", value=str(g["passed"]).lower())
-        for i, f in enumerate(g["failures"]):
-            ET.SubElement(props, "property", name=f"gate_failure_{i}", value=_x(f))
-    per = result.seconds / n if n else 0.0
-    failed_ids = {r.index for r in failed}
+    ET.SubElement(props, "property", name="gate", value=_x((gate or Gate()).describe() if g["active"] else "none"))
+    ET.SubElement(props, "property", name="gate_passed", value=str(g["passed"]).lower())
+    for i, f in enumerate(g["failures"]):
+        ET.SubElement(props, "property", name=f"gate_failure_{i}", value=_x(f))
+    for case_name, failure in gate_cases:
+        case = ET.SubElement(suite, "testcase", classname=_x(f"memaudit.{name}.gate"), name=_x(case_name),
+                             time="0")
+        if failure:
+            ET.SubElement(case, "failure", type="GateFailed", message=_x(failure))
+    per = result.seconds / len(result.records) if result.records else 0.0
     for r in result.records:
-        case = ET.SubElement(suite, "testcase", classname=_x(f"memaudit.{name}"),
+        case = ET.SubElement(suite, "testcase", classname=_x(f"memaudit.{name}.records"),
                              name=_x(f"record {r.index} ({r.where})"), time=f"{per:.4f}")
         if r.index in failed_ids:
             fail = ET.SubElement(case, "failure", type="NotExact" if not r.exact else "NotLocked",
-                                 message=_x(_failure_message(r, fail_on)))
+                                 message=_x(f"{_failure_message(r)} (fails {failed_by})"))
             fail.text = _x(_token_lines(r))
-        elif r.spans:
+        elif not r.locked:
+            why = "not exact" if not r.exact else "exact but not locked (fragile)"
             out = ET.SubElement(case, "system-out")
-            out.text = _x(f"exact but not locked (fragile): {_failure_message(r, fail_on)}\n{_token_lines(r)}")
+            out.text = _x(f"{why}, no failing threshold asks this record to pass: {_failure_message(r)}\n"
+                          f"{_token_lines(r)}")
     summary_out = ET.SubElement(suite, "system-out")
     lines = [f"{k}: {v}" for k, v in _summary_rows(s)]
     if g["active"]:
         lines.append(f"gate ({(gate or Gate()).describe()}): {'passed' if g['passed'] else 'failed'}")
         lines += [f"  {f}" for f in g["failures"]]
+    else:
+        lines.append("no gate: pass --min-coverage, --min-exact, --min-locked or --max-mean-loss to gate")
     summary_out.text = _x("\n".join(lines))
     ET.indent(root, space=" ")
     text = '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
@@ -534,14 +587,13 @@ def print_comparison(console, before: AuditResult, after: AuditResult, *, title:
 
 
 def write_reports(result: AuditResult, *, json_path=None, markdown=None, html_path=None, junit=None,
-                  gate: Gate | None = None, worst: int = 10, fail_on: str = "exact",
-                  json_tokens: bool = True) -> list[Path]:
+                  gate: Gate | None = None, worst: int = 10, json_tokens: bool = True) -> list[Path]:
     """Write every report given a path; returns the paths written."""
     written = []
     for p, fn in ((json_path, lambda p: to_json(result, p, gate=gate, tokens=json_tokens)),
                   (markdown, lambda p: to_markdown(result, p, gate=gate, worst=worst)),
                   (html_path, lambda p: to_html(result, p, gate=gate)),
-                  (junit, lambda p: to_junit(result, p, gate=gate, fail_on=fail_on))):
+                  (junit, lambda p: to_junit(result, p, gate=gate))):
         if p is not None:
             fn(p)
             written.append(Path(p))

@@ -90,11 +90,8 @@ SWEEP = "sweep.json"
 LAW = "law.json"
 PLOT = "law.png"
 
-DEFAULT_RANKS = (1, 2, 4, 8)
-DEFAULT_LENGTHS = (64, 128, 256)
-DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
-DEFAULT_LAST_LAYERS = 2
-DEFAULT_CHUNK = 64
+from memlaw.calibration.defaults import (DEFAULT_CHUNK, DEFAULT_LAST_LAYERS, DEFAULT_LENGTHS,  # noqa: F401
+                                         DEFAULT_RANKS, DEFAULT_TARGET_MODULES, default_recipe)
 FRESH_SEED_OFFSET = 1_000_003  # held-out random records: a data seed no sweep uses for training
 
 TEMPLATE_REASON = ("q_proj,v_proj of the last two layers: narrow enough that capacity binds on a grid a "
@@ -103,16 +100,6 @@ TEMPLATE_REASON = ("q_proj,v_proj of the last two layers: narrow enough that cap
 
 #: sweep.json keys that must match for two sets of points to belong to one law
 COMPAT_KEYS = ("base_model", "template", "recipe", "data")
-
-
-def default_recipe():
-    """The shipped calibration recipe (batch size: all records of a point, see SweepSpec): plain SFT
-    with the lr decaying linearly to 0 over B = 300 steps, run twice (budget B, then 2B: the
-    convergence test), no plateau stop, bf16 training forward (scoring stays float32)."""
-    from memlaw.memft import Recipe
-
-    return Recipe(method="sft", lr=2e-2, batch_size=1, max_steps=300, patience=0, seed=0, schedule="linear",
-                  cycles=2, train_dtype="bfloat16")
 
 
 # ---------------------------------------------------------------------------------------------

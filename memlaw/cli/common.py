@@ -20,18 +20,59 @@ def fail(err: UserError | str) -> None:
     raise SystemExit(getattr(err, "exit_code", UserError.exit_code))
 
 
+# Exit codes beyond 0 (passed), 1 (gate failed) and 2 (bad input or usage): the shell's convention
+# for death by a signal, 128 + signal number, so CI never reads an interrupt as a failed gate.
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so `finally` blocks and temporary-folder cleanups run
+    as they do for Ctrl-C (a BaseException: ``except Exception`` in library code must not eat it)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def handle_errors(fn):
     """Decorate a click command callback (innermost, right above ``def``) so a UserError becomes one
-    stderr line and exit 2. Click already turns usage errors into exit 2."""
+    stderr line and exit 2, Ctrl-C one line and exit 130, SIGTERM one line and exit 143 (click
+    alone would print "Aborted!" and exit 1, the gate-failed code). Click already turns usage
+    errors into exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
         except UserError as e:
             fail(e)
+        except KeyboardInterrupt:
+            click.echo("interrupted (SIGINT, Ctrl-C): stopped, exit code 130", err=True)
+            raise SystemExit(EXIT_SIGINT)
+        except Terminated:
+            click.echo("terminated (SIGTERM): stopped, exit code 143", err=True)
+            raise SystemExit(EXIT_SIGTERM)
 
     return wrapper
+
+
+def quiet_libraries() -> None:
+    """--quiet: silence the progress bars of transformers and huggingface_hub too ("Loading
+    weights" …). The environment variable covers a later import; the call, an earlier one."""
+    import os
+    import sys
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,14 +19,14 @@ from rich.console import Console
 from rich.table import Table
 
 from memlaw import __version__
-from memlaw.calibration.sweep import (DEFAULT_LENGTHS, DEFAULT_RANKS, DEFAULT_TARGET_MODULES, default_recipe,
-                                      sweep_summary)
-from memlaw.card import DELTA_DEFINITIONS, build_card, load_card, read_points, save_card
+# memlaw.card and memlaw.law import scipy (~1 s): loaded in the commands that use them, so that
+# --help, --version and a typo'd --model answer at once.
+from memlaw.calibration.defaults import (DEFAULT_LENGTHS, DEFAULT_RANKS, DEFAULT_TARGET_MODULES, DELTA_DEFINITIONS,
+                                         default_recipe)
 from memlaw.cli.common import handle_errors, recipe_extras, recipe_options
 from memlaw.memft import METHODS
 from memlaw.planner.coverage import DEFAULT_PREDICTOR, PREDICTORS
 from memlaw.errors import UserError
-from memlaw.law import NAMES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,6 +56,8 @@ def _read_sweep_meta(points_path: Path) -> dict | None:
 
 
 def _coef_table(card) -> Table:
+    from memlaw.law import NAMES
+
     level = f"{card.interval_level:.0%} interval"
     t = Table(title=f"Parametric Memory Law  ΔL = C·r^α·ℓ^(−β) + b   ({card.base_model.get('name', '?')})")
     t.add_column("coefficient")
@@ -93,6 +95,8 @@ def fit_cmd(points_jsonl: Path, out: Path, base_model, n_boot, seed, delta, conv
     """
     if out.exists() and not force:
         raise UserError("the output file exists", where=str(out), fix="pass --force to overwrite it")
+    from memlaw.card import build_card, read_points, save_card
+
     points = read_points(points_jsonl)
     meta = _read_sweep_meta(points_jsonl) or {}
 
@@ -109,7 +113,7 @@ def fit_cmd(points_jsonl: Path, out: Path, base_model, n_boot, seed, delta, conv
     template = {"target_modules": [], "layers": None, "alpha": None, "params_per_rank": None}
     template.update(meta.get("template") or {})
 
-    from memlaw.calibration.sweep import with_loss_source
+    from memlaw.calibration.sweep import sweep_summary, with_loss_source
 
     recipe = dict(meta.get("recipe") or {})
     if converge_rel_tol is not None:
@@ -150,6 +154,8 @@ def _num(x, fmt=".4g") -> str:
 @handle_errors
 def law_show(card_path: Path):
     """Show a law card: model, template, recipe, coefficients, domain, coverage, points."""
+    from memlaw.card import load_card
+
     card = load_card(card_path)
     console = Console()
 
@@ -242,9 +248,15 @@ def calibrate_cmd(model, ranks, lengths, out, data, fmt, key_field, target_field
     """Sweep LoRA ranks × lengths on a base model, each point trained to convergence (the loss at
     budget B and 2B recorded), and fit the Parametric Memory Law (see memlaw.calibration.sweep for
     the recipe, resume, shards and Slurm)."""
+    from memlaw.models import check_model_name
+
+    check_model_name(model)  # a typo fails in a second, before the sweep's imports
     from memlaw.calibration.sweep import Shard, SweepSpec, run_sweep
-    from memlaw.cli.common import corpus_spec
+    from memlaw.cli.common import corpus_spec, quiet_libraries
     from memlaw.memft import Recipe
+
+    if quiet:
+        quiet_libraries()
 
     spec = SweepSpec(model=model, ranks=ranks, lengths=lengths, layers=layers, alpha=alpha, chunk=chunk,
                      target_modules=tuple(m.strip() for m in target_modules.split(",") if m.strip()),
@@ -299,6 +311,10 @@ def estimate_cmd(corpus, law_path, model, coverage, as_json, fmt, key_field, tar
                  device, predictor):
     """The LoRA rank CORPUS needs to reach --coverage, from a calibrated law card: ℓ, L_before,
     ΔL needed, rank with its interval, size on disk, capacity floor, conflicts, a LoraConfig."""
+    from memlaw.models import check_model_name
+
+    if model is not None:
+        check_model_name(model)  # "did you mean", not "no law card ships for" a typo
     from memlaw.cli.common import corpus_spec
     from memlaw.planner.estimate import estimate, render, resolve_card
 
