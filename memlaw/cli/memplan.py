@@ -176,8 +176,8 @@ def law_show(card_path: Path):
         dom.add_row("sweep time (sum over points)", f"{card.sweep['points_seconds'] / 60:.1f} min")
     console.print(dom)
 
-    pts = Table(title="sweep points (L_B, L_2B: L_after at budget B and 2B, the convergence evidence)")
-    for col in ("r", "ℓ", "L_before", "L_B", "L_2B", "ΔL", "cov", "steps", "fit", "s"):
+    pts = Table(title="sweep points (L_0: L_before; L_B, L_2B: L_after at budget B and 2B, the convergence evidence)")
+    for col in ("r", "ℓ", "L_0", "L_B", "L_2B", "ΔL", "cov", "steps", "fit", "s"):
         pts.add_column(col, justify="right")
     for p in sorted(card.points, key=lambda p: (p.get("rank") or 0, p.get("length") or 0)):
         lb, la = p.get("loss_before"), p.get("loss_after")
