@@ -489,8 +489,10 @@ def test_cli_bad_coverage(corpus, card_file):
 
 
 def test_cli_missing_card(corpus, tmp_path):
-    one_line_error(cli("estimate", corpus, "--model", "no-such-model-xyz"), "no law card ships",
-                   "memplan calibrate")
+    folder = tmp_path / "my-model"  # a model that exists (a local folder) but has no shipped card
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    one_line_error(cli("estimate", corpus, "--model", folder), "no law card ships", "memplan calibrate")
     one_line_error(cli("estimate", corpus, "--law", tmp_path / "nope.json"), "no such law card")
 
 

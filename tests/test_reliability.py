@@ -21,7 +21,7 @@ from memlaw.cli.memplan import main as memplan
 ROOT = Path(__file__).resolve().parent.parent
 GRID = [(r, n) for r in (1, 2, 4) for n in (16, 32)]
 ARGS = ["--model", "tiny", "--ranks", "1,2,4", "--lengths", "16,32", "--chunk", "16", "--max-steps", "15",
-        "--n-boot", "20", "--quiet"]
+        "--n-boot", "20", "--quiet", "--converge-rel-tol", "10"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
            PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
@@ -359,7 +359,7 @@ def test_json_without_token_detail_and_a_capped_html_report(tiny_adapter, big_co
 # ---------------------------------------------------------------------------------------------
 # determinism across runs and threads (docs/performance.md says what may differ)
 
-TIMINGS = {"seconds", "train_seconds", "created"}
+TIMINGS = {"seconds", "train_seconds", "created", "points_seconds"}
 
 
 def without_timings(obj):
