@@ -74,8 +74,8 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/memplan estimate examples/phonebook_small.jsonl
-	@echo "[demo] training rank 8, above the rank just recommended: on held-out corpora the planner's rank"
-	@echo "[demo] locked 93-99% of tokens, not all (docs/results.md); the demo wants every record locked"
+	@echo "[demo] training rank 8, above the rank just recommended: on low-loss natural corpora the random-token"
+	@echo "[demo] card named one power of two too few (docs/results.md §2); the demo wants every record locked"
 	$(BIN)/memft train examples/phonebook_small.jsonl --model smollm2-135m --rank 8 --method sft --lr 1e-2 \
 		--target-modules q_proj,v_proj --layers 28,29 --batch-size 40 --max-steps 100 --out runs/demo/pb-small-r8
 	$(BIN)/memaudit runs/demo/pb-small-r8 --worst 3 --json runs/demo/audit.json --markdown runs/demo/audit.md \
