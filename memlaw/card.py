@@ -88,7 +88,9 @@ def converged(p: dict, rel_tol: float = CONVERGE_REL_TOL, abs_tol: float = CONVE
     only if it says so itself."""
     lb, la, la_b = _num(p.get("loss_before")), _num(p.get("loss_after")), _num(p.get("loss_after_B"))
     if None not in (lb, la, la_b):
-        return la_b - la <= max(abs_tol, rel_tol * max(0.0, lb - la))
+        from memlaw.memft import passes_convergence_test
+
+        return passes_convergence_test(lb, la_b, la, rel_tol, abs_tol)
     return p.get("converged") is True
 
 

@@ -358,14 +358,18 @@ def make_lora_model(base_model, template: LoraTemplate, rank: int, seed: int):
         return get_peft_model(base_model, template.lora_config(rank))
 
 
+def passes_convergence_test(before: float, at_b: float, at_2b: float, rel_tol: float, abs_tol: float) -> bool:
+    """The convergence test (one definition, used by training and by law cards): another full cycle
+    (budget B → 2B) lowered the loss by no more than max(abs_tol, rel_tol·ΔL), ΔL = before − loss at 2B."""
+    return at_b - at_2b <= max(abs_tol, rel_tol * max(0.0, before - at_2b))
+
+
 def converged(before: float, cycle_losses: Sequence[float], recipe: Recipe) -> bool | None:
-    """The convergence test: another full cycle (budget B → 2B) lowered the loss by no more than
-    max(abs_tol, rel_tol·ΔL), ΔL = before − loss at 2B. None with fewer than two cycles."""
+    """The convergence test over the last two cycles; None with fewer than two."""
     if len(cycle_losses) < 2:
         return None
-    gain = cycle_losses[-2] - cycle_losses[-1]
-    delta = max(0.0, before - cycle_losses[-1])
-    return gain <= max(recipe.converge_abs_tol, recipe.converge_rel_tol * delta)
+    return passes_convergence_test(before, cycle_losses[-2], cycle_losses[-1], recipe.converge_rel_tol,
+                                   recipe.converge_abs_tol)
 
 
 #: the paper's PhoneBook curriculum: (share of samples active, epochs before it grows, as a share
