@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MODEL = "smollm2-135m"
-METHODS = ("sft", "ot", "sw")
+METHODS = ("sft", "ot", "sw", "curriculum")
 # The shipped card's fast template and recipe (as `make demo`): q/v of the last two layers.
 TEMPLATE = {"target_modules": ["q_proj", "v_proj"], "layers": [28, 29], "alpha": "2*rank", "dropout": 0.0}
 NATURAL_CMD = [str(BIN / "memplan"), "calibrate", "--model", MODEL, "--data", "examples/natural.jsonl",
@@ -126,98 +126,300 @@ def corpora(args) -> dict[str, Path]:
             "longtext": long_text_corpus(args.out, args.long_tokens)}
 
 
-def one_run(args, name: str, corpus: Path, rank: int, method: str) -> dict:
-    """Train one adapter with a score pass every ``eval_every`` steps; save it for the audit."""
+def card_recipe(method: str, seed: int, budget: int | None = None):
+    """The shipped card's recipe (sft, lr 2e-2 decaying linearly to 0 over B = 300 steps, two cycles,
+    every record in each batch, bf16 training forward) with only the objective swapped: the
+    paper's budget class (hundreds of epochs, linear decay), long enough to converge."""
+    from memlaw.card import load_card
+    from memlaw.memft import Recipe
+
+    d = dict(load_card(ROOT / "memlaw/cards/smollm2-135m.json").recipe)
+    d.update(method=method, seed=seed, batch_size=10**6)
+    if budget:
+        d["max_steps"] = budget
+    return Recipe.from_dict(d)
+
+
+def one_run(job: dict) -> dict:
+    """Train one adapter (corpus × rank × method × seed) with a scoring pass every ``eval_every``
+    steps. A plain function of a dict so that it runs in a worker process."""
+    import torch
+
     from memlaw.corpus import encode_records
-    from memlaw.memft import CorpusSpec, LoraTemplate, Recipe, make_lora_model, save_adapter, seed_everything, train
+    from memlaw.memft import CorpusSpec, LoraTemplate, make_lora_model, seed_everything, train
     from memlaw.models import load_base
     from memlaw.scoring import score, summarize
 
-    adir = args.out / "adapters" / f"{name}-r{rank}-{method}"
-    if (adir / "memlaw.json").exists():
-        return json.loads((adir / "memlaw.json").read_text())["evidence"]
-    spec = CorpusSpec(str(corpus))
+    torch.set_num_threads(job.get("threads", 1))
+    spec = CorpusSpec(job["corpus_path"])
     template = LoraTemplate.from_dict(TEMPLATE)
-    # Early stopping identical across methods: no plateau stop (patience > budget); the only early
-    # stop left is "every token locked" (confirmed by a scoring pass), after which nothing changes.
-    recipe = Recipe(method=method, lr=1e-2, batch_size=10**6, max_steps=args.steps, patience=10**6, seed=0)
+    recipe = card_recipe(job["method"], job["seed"], job.get("budget"))
     seed_everything(recipe.seed)
-    base = load_base(MODEL)
+    base = load_base(MODEL, device=job["device"])
     encoded = encode_records(base.tokenizer, spec.read())
     pad = base.tokenizer.pad_token_id or 0
-    model = make_lora_model(base.model, template, rank, recipe.seed)
-    curve, eval_seconds = [], 0.0
+    model = make_lora_model(base.model, template, job["rank"], recipe.seed)
+    curve = []
 
     def evaluate(step: int) -> None:
-        nonlocal eval_seconds
-        t = time.perf_counter()
         s = summarize(score(model, encoded, pad_id=pad))
-        eval_seconds += time.perf_counter() - t
         curve.append({"step": step, "coverage": s["coverage"], "exact_records": s["exact_records"],
                       "mean_loss": s["mean_loss"]})
 
     evaluate(0)  # LoRA B starts at zero: this is the base model, L_before
-    eval_before = eval_seconds
 
     def on_epoch(entry) -> bool:  # batch = all records: one epoch is one step
-        if entry["step"] % args.eval_every == 0:
+        if entry["step"] % job["eval_every"] == 0:
+            model.eval()
             evaluate(entry["step"])
+            model.train()
         return False
 
     t0 = time.perf_counter()
     result = train(model, encoded, recipe, pad_id=pad, progress=False, on_epoch=on_epoch)
     wall = time.perf_counter() - t0
     final = summarize(score(model, encoded, pad_id=pad))
-    if curve[-1]["step"] != result.steps or result.stop_reason.endswith("restored_best"):
-        curve.append({"step": result.steps, "coverage": final["coverage"],
-                      "exact_records": final["exact_records"], "mean_loss": final["mean_loss"]})
-    ev = {"corpus": name, "corpus_path": str(corpus.relative_to(ROOT)), "rank": rank, "method": method,
-          "target_tokens": final["target_tokens"], "records": final["records"],
-          "loss_before": curve[0]["mean_loss"], "final": final, "steps": result.steps, "stop_reason": result.stop_reason,
-          "train_seconds": round(wall - (eval_seconds - eval_before), 2),  # scoring passes excluded
-          "eval_seconds": round(eval_seconds, 2), "curve": curve,
-          "train_history": [{"step": h["step"], "coverage": h["coverage"], "mean_loss": h["mean_loss"]}
-                            for h in result.history]}
-    sidecar = {"corpus": spec.to_dict(), "base_model": base.identity, "rank": rank,
-               "template": template.to_dict(), "recipe": recipe.to_dict(), "final": final, "evidence": ev}
-    save_adapter(model, adir, base.name, sidecar)
-    return ev
+    return {"corpus": job["name"], "corpus_path": job["corpus_path"], "rank": job["rank"], "method": job["method"],
+            "seed": job["seed"], "device": job["device"], "target_tokens": final["target_tokens"],
+            "records": final["records"], "loss_before": curve[0]["mean_loss"], "final": final, "steps": result.steps,
+            "stop_reason": result.stop_reason, "converged": result.converged, "seconds": round(wall, 1),
+            "curve": curve, "recipe": recipe.to_dict()}
+
+
+def run_jobs(fn, jobs: list[dict], out_file: Path, workers: int, report_only: bool = False) -> list[dict]:
+    """Run ``fn`` over ``jobs``, appending each result to the JSONL ``out_file`` as it finishes;
+    jobs already in the file (same key) are skipped, so an interrupted part resumes."""
+    key = lambda d: tuple(d[k] for k in ("kind", "corpus", "rank", "method", "seed"))  # noqa: E731
+    done = [json.loads(x) for x in out_file.read_text().splitlines() if x.strip()] if out_file.exists() else []
+    have = {key(d) for d in done}
+    todo = [j for j in jobs if key({**j, "corpus": j["name"]}) not in have]
+    print(f"{len(done)} runs on file, {len(todo)} to do", file=sys.stderr, flush=True)
+    if report_only:
+        return done
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(res: dict) -> None:
+        done.append(res)
+        with out_file.open("a") as f:
+            f.write(json.dumps(res) + "\n")
+        print(f"{res['kind']} {res['corpus']} r{res['rank']} {res['method']} seed {res['seed']}: coverage "
+              f"{res['final']['coverage']:.3f} steps {res['steps']} [{res['seconds']:.0f} s]", file=sys.stderr, flush=True)
+
+    if workers <= 1:
+        for j in todo:
+            record({"kind": j["kind"], **fn(j)})
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # Several runs at once: one small LoRA run leaves a GPU mostly idle.
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            futs = {pool.submit(fn, j): j for j in todo}
+            for fut in as_completed(futs):
+                record({"kind": futs[fut]["kind"], **fut.result()})
+    return done
+
+
+def mean_sd(xs) -> tuple[float, float, int]:
+    """Mean, sample sd and count."""
+    import statistics
+
+    xs = list(xs)
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0), len(xs)
+
+
+def verdicts(cells: dict, baseline: str) -> dict:
+    """For each cell's method: better / worse / tie against ``baseline`` — a difference counts only
+    beyond 2 sd (the larger of the two methods' seed sd)."""
+    out = {}
+    b_mean, b_sd, b_n = cells[baseline]
+    for m, (mu, sd, n) in cells.items():
+        if m == baseline:
+            continue
+        d = mu - b_mean
+        if min(n, b_n) < 3:
+            out[m] = "n/a (< 3 seeds)"
+        else:
+            out[m] = "better" if d > 2 * max(sd, b_sd) else "worse" if -d > 2 * max(sd, b_sd) else "tie"
+    return out
 
 
 def part_methods(args) -> None:
-    threads_one()
-    runs = []
-    for name, corpus in corpora(args).items():
-        for rank in args.ranks[name]:
-            for method in METHODS:
-                t = time.perf_counter()
-                ev = one_run(args, name, corpus, rank, method)
-                runs.append(ev)
-                f = ev["final"]
-                print(f"{name} r{rank} {method}: coverage {f['coverage']:.3f} exact {f['exact_records']}/"
-                      f"{f['records']} steps {ev['steps']} ({ev['stop_reason']}) train {ev['train_seconds']:.0f} s"
-                      f" [{time.perf_counter() - t:.0f} s]", file=sys.stderr, flush=True)
-    write(args.out, "methods.json", {"steps": args.steps, "eval_every": args.eval_every, "lr": 1e-2,
-                                    "template": TEMPLATE, "runs": runs})
-    lines = ["| corpus | ℓ | rank | method | coverage | exact records | mean loss | steps (stop) | "
-             "coverage @25 / 50 / 75 steps | train s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for ev in runs:
-        f = ev["final"]
-        at = {c["step"]: c["coverage"] for c in ev["curve"]}
+    jobs = [{"kind": "methods", "name": name, "corpus_path": str(corpus), "rank": rank, "method": method,
+             "seed": seed, "device": args.device, "eval_every": args.eval_every, "budget": args.budget}
+            for name, corpus in corpora(args).items() for rank in args.ranks[name]
+            for method in METHODS for seed in range(args.seeds)]
+    runs = [r for r in run_jobs(one_run, jobs, args.out / "methods.jsonl", args.workers, args.report_only)
+            if r["kind"] == "methods"]
+    report_methods(args, runs)
 
-        def cov(s):
-            ks = [k for k in at if k <= s]
-            return f"{at[max(ks)]:.3f}" if ks else "—"
 
-        lines.append(f"| {ev['corpus']} | {ev['target_tokens']} | {ev['rank']} | {ev['method']} | {f['coverage']:.3f} | "
-                     f"{f['exact_records']}/{f['records']} | {f['mean_loss']:.3f} | {ev['steps']} ({ev['stop_reason']}) | "
-                     f"{cov(25)} / {cov(50)} / {cov(75)} | {ev['train_seconds']:.0f} |")
+def report_methods(args, runs: list[dict]) -> None:
+    by = {}
+    for r in runs:
+        by.setdefault((r["corpus"], r["target_tokens"], r["rank"]), {}).setdefault(r["method"], []).append(r)
+    lines = ["| corpus | ℓ | rank | method | seeds | coverage (mean ± sd) | exact records | mean loss | steps | "
+             "converged | vs sft (2 sd) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    summary = []
+    for (corpus, ell, rank), per in sorted(by.items()):
+        cells = {m: mean_sd(x["final"]["coverage"] for x in rs) for m, rs in per.items()}
+        vs = verdicts(cells, "sft") if "sft" in cells else {}
+        for m in [m for m in METHODS if m in per]:
+            rs = per[m]
+            mu, sd, _ = cells[m]
+            ex_mu = mean_sd(x["final"]["exact_records"] for x in rs)[0]
+            lo_mu = mean_sd(x["final"]["mean_loss"] for x in rs)[0]
+            st_mu = mean_sd(x["steps"] for x in rs)[0]
+            lines.append(f"| {corpus} | {ell} | {rank} | {m} | {len(rs)} | {mu:.3f} ± {sd:.3f} | "
+                         f"{ex_mu:.1f}/{rs[0]['records']} | {lo_mu:.3f} | {st_mu:.0f} | "
+                         f"{sum(bool(x['converged']) for x in rs)}/{len(rs)} | {vs.get(m, '—')} |")
+            summary.append({"corpus": corpus, "ell": ell, "rank": rank, "method": m, "seeds": len(rs),
+                            "coverage_mean": mu, "coverage_sd": sd, "vs_sft": vs.get(m)})
+    write(args.out, "methods.json", {"recipe": runs[0]["recipe"] if runs else None, "template": TEMPLATE,
+                                    "cells": summary, "runs": runs})
     emit(args.out, "methods.md", lines)
 
 
 # ------------------------------------------------------------------------------------------------
-# part 2: the p > 0.5 threshold, real greedy generation, the cascade after the anchor
+# repair: MemFT repair of a half-trained adapter against continued SFT from the same adapter
+
+
+def locality_records() -> list[dict]:
+    """Public-domain text no corpus here trains on: the last four paragraphs of examples/natural.jsonl
+    (the long-text corpus starts at the first paragraph and stops after ~400 tokens)."""
+    from memlaw.memft import CorpusSpec
+
+    return CorpusSpec(str(ROOT / "examples/natural.jsonl")).read()[-4:]
+
+
+def half_trained(job: dict, out: Path) -> Path:
+    """Plain SFT at constant lr, stopped at the first scoring pass (every 5 steps) that reaches
+    ``job['half']`` coverage: the "half-trained adapter" a repair starts from. One per corpus × seed."""
+    from memlaw.corpus import encode_records
+    from memlaw.memft import CorpusSpec, LoraTemplate, Recipe, make_lora_model, save_adapter, seed_everything, train
+    from memlaw.models import load_base
+    from memlaw.scoring import score, summarize
+
+    adir = out / f"half-{job['name']}-r{job['rank']}-s{job['seed']}"
+    if (adir / "memlaw.json").exists():
+        return adir
+    spec = CorpusSpec(job["corpus_path"])
+    recipe = Recipe(method="sft", lr=1e-2, batch_size=10**6, max_steps=1000, patience=0, seed=job["seed"])
+    seed_everything(recipe.seed)
+    base = load_base(MODEL, device=job["device"])
+    encoded = encode_records(base.tokenizer, spec.read())
+    pad = base.tokenizer.pad_token_id or 0
+    model = make_lora_model(base.model, LoraTemplate.from_dict(TEMPLATE), job["rank"], recipe.seed)
+    state = {}
+
+    def on_epoch(entry) -> bool:
+        if entry["step"] % 5:
+            return False
+        model.eval()
+        s = summarize(score(model, encoded, pad_id=pad))
+        model.train()
+        state["summary"] = s
+        return s["coverage"] >= job["half"]
+
+    result = train(model, encoded, recipe, pad_id=pad, progress=False, on_epoch=on_epoch)
+    sidecar = {"corpus": spec.to_dict(), "base_model": base.identity, "rank": job["rank"],
+               "template": LoraTemplate.from_dict(TEMPLATE).to_dict(), "recipe": recipe.to_dict(),
+               "final": summarize(score(model, encoded, pad_id=pad)), "train": result.to_dict()}
+    tmp = adir.with_name(adir.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    save_adapter(model, tmp, base.name, sidecar)
+    os.replace(tmp, adir)
+    return adir
+
+
+def passage_loss(adapter_dir: Path | None, device: str) -> float:
+    """Mean per-token loss on the locality passage, base model alone (None) or with an adapter."""
+    from memlaw.corpus import encode_records
+    from memlaw.models import attach_adapter, load_base
+    from memlaw.scoring import score, summarize
+
+    base = load_base(MODEL, device=device)
+    model = attach_adapter(base, adapter_dir) if adapter_dir else base.model
+    encoded = encode_records(base.tokenizer, locality_records())
+    return summarize(score(model, encoded, pad_id=base.tokenizer.pad_token_id or 0))["mean_loss"]
+
+
+def one_repair(job: dict) -> dict:
+    """Repair the half-trained adapter with ``job['method']`` (memlaw's `memaudit --repair` code path,
+    its default lr / batch / step budget) and measure coverage and the locality cost."""
+    import tempfile
+
+    import torch
+
+    from memlaw.auditor.repair import repair
+
+    torch.set_num_threads(job.get("threads", 1))
+    half_dir = Path(job["half_dir"])
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = repair(half_dir, Path(tmp) / "r", method=job["method"], steps=job["steps"], seed=job["seed"],
+                     device=job["device"], backend="transformers")
+        seconds = time.perf_counter() - t0
+        after_loss = passage_loss(Path(tmp) / "r", job["device"])
+    before_loss = passage_loss(half_dir, job["device"])
+    return {"corpus": job["name"], "rank": job["rank"], "method": job["method"], "seed": job["seed"],
+            "device": job["device"], "before": res.before.summary["coverage"], "final": res.after.summary,
+            "steps": res.steps, "stop_reason": res.stop_reason, "seconds": round(seconds, 1),
+            "passage_loss_half": before_loss, "passage_loss_after": after_loss,
+            "locality_cost": after_loss - before_loss}
+
+
+REPAIR_METHODS = ("sft", "ot", "sw", "curriculum")
+
+
+def part_repair(args) -> None:
+    halves = args.out / "half"
+    halves.mkdir(parents=True, exist_ok=True)
+    base_file = args.out / "repair_base_passage.json"
+    if not base_file.exists():
+        write(args.out, base_file.name, {"base_passage_loss": passage_loss(None, args.device)})
+    base_passage = json.loads(base_file.read_text())["base_passage_loss"]
+    jobs = []
+    for name, corpus in corpora(args).items():
+        rank = args.repair_ranks[name]
+        for seed in range(args.seeds):
+            h = {"name": name, "corpus_path": str(corpus), "rank": rank, "seed": seed, "device": args.device,
+                 "half": args.half}
+            hdir = halves / "not-trained" if args.report_only else half_trained(h, halves)
+            jobs += [{"kind": "repair", "name": name, "rank": rank, "method": m, "seed": seed, "device": args.device,
+                      "half_dir": str(hdir), "steps": args.repair_steps} for m in REPAIR_METHODS]
+    runs = [r for r in run_jobs(one_repair, jobs, args.out / "repair.jsonl", args.workers, args.report_only)
+            if r["kind"] == "repair"]
+    by = {}
+    for r in runs:
+        by.setdefault((r["corpus"], r["rank"]), {}).setdefault(r["method"], []).append(r)
+    lines = [f"Locality passage (last 4 paragraphs of examples/natural.jsonl): base model's mean loss "
+             f"{base_passage:.3f} nats/token.", "",
+             "| corpus | rank | method | seeds | coverage before → after (mean ± sd) | exact | steps | "
+             "Δ passage loss (mean ± sd) | coverage vs sft | locality vs sft |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (corpus, rank), per in sorted(by.items()):
+        cov = {m: mean_sd(x["final"]["coverage"] for x in rs) for m, rs in per.items()}
+        # lower locality cost is better: compare negated costs
+        loc = {m: tuple(v * s for v, s in zip(mean_sd(x["locality_cost"] for x in rs), (-1, 1, 1)))
+               for m, rs in per.items()}
+        vc = verdicts(cov, "sft") if "sft" in cov else {}
+        vl = verdicts(loc, "sft") if "sft" in loc else {}
+        for m in [m for m in REPAIR_METHODS if m in per]:
+            rs = per[m]
+            b_mu = mean_sd(x["before"] for x in rs)[0]
+            mu, sd, _ = cov[m]
+            l_mu, l_sd, _ = mean_sd(x["locality_cost"] for x in rs)
+            lines.append(f"| {corpus} | {rank} | {m} | {len(rs)} | {b_mu:.3f} → {mu:.3f} ± {sd:.3f} | "
+                         f"{mean_sd(x['final']['exact_records'] for x in rs)[0]:.1f}/{rs[0]['final']['records']} | "
+                         f"{mean_sd(x['steps'] for x in rs)[0]:.0f} | {l_mu:+.3f} ± {l_sd:.3f} | "
+                         f"{vc.get(m, '—')} | {vl.get(m, '—')} |")
+    write(args.out, "repair.json", {"base_passage_loss": base_passage, "runs": runs})
+    emit(args.out, "repair.md", lines)
 
 
 def greedy_generate(model, key_ids, n: int, eos_id) -> list[int]:
@@ -428,10 +630,17 @@ def part_plots(args) -> None:
 def main():
     global LONG_FROM
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["natural", "methods", "threshold", "plots", "all"], required=True)
+    ap.add_argument("--part", choices=["natural", "methods", "repair", "threshold", "plots", "all"], required=True)
     ap.add_argument("--out", type=Path, default=ROOT / "runs/evidence")
-    ap.add_argument("--steps", type=int, default=100, help="step budget per method run")
-    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--report-only", action="store_true", help="tables from the runs on file; train nothing")
+    ap.add_argument("--budget", type=int, default=None, help="steps per cycle (default: the card's B = 300)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per (corpus, rank, method) cell")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    ap.add_argument("--workers", type=int, default=1, help="runs at once, each in its own process")
+    ap.add_argument("--repair-ranks", default="phonebook=4,longtext=4", help="rank of the half-trained adapters")
+    ap.add_argument("--half", type=float, default=0.5, help="coverage at which the half-trained adapter stops")
+    ap.add_argument("--repair-steps", type=int, default=300, help="step budget of every repair method")
     ap.add_argument("--phonebook-ranks", default="1,8")
     ap.add_argument("--long-ranks", default="1,8")
     ap.add_argument("--long-tokens", type=int, default=400, help="target tokens of the single long text")
@@ -440,8 +649,9 @@ def main():
     LONG_FROM = args.long_from
     args.ranks = {"phonebook": [int(x) for x in args.phonebook_ranks.split(",")],
                   "longtext": [int(x) for x in args.long_ranks.split(",")]}
+    args.repair_ranks = {k: int(v) for k, v in (x.split("=") for x in args.repair_ranks.split(","))}
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    parts = ["natural", "methods", "threshold", "plots"] if args.part == "all" else [args.part]
+    parts = ["natural", "methods", "repair", "threshold", "plots"] if args.part == "all" else [args.part]
     for part in parts:
         t = time.perf_counter()
         globals()[f"part_{part}"](args)

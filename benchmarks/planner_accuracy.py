@@ -67,19 +67,22 @@ def ranks_to_train(ests: dict, max_rank: int) -> list[int]:
     return sorted(r for r in ranks if r <= max_rank)
 
 
-def train_one(corpus: str, card, rank: int, seed: int) -> dict:
+def train_one(corpus: str, card_path: str, rank: int, seed: int, device: str = "cpu") -> dict:
+    """One adapter trained with the card's recipe and template; its coverage by one scoring pass.
+    Takes the card's path, not the card, so that it can run in a worker process."""
+    card = load_card(card_path)
     recipe = card_recipe(card)
     recipe.seed = seed
     template = LoraTemplate.from_dict(card.template)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         side = train_adapter(CorpusSpec(corpus), card.base_model["name"], rank, Path(tmp) / "a", template=template,
-                             recipe=recipe, progress=False)
+                             recipe=recipe, progress=False, device=device)
     f, tr = side["final"], side["train"]
     return {"corpus": corpus, "rank": rank, "seed": seed, "coverage": f["coverage"], "exact": f["exact_records"],
             "records": f["records"], "loss_after": f["mean_loss"], "steps": tr["steps"],
             "stop_reason": tr["stop_reason"], "converged": tr.get("converged"),
-            "seconds": round(time.perf_counter() - t, 1)}
+            "seconds": round(time.perf_counter() - t, 1), "device": device}
 
 
 def report(plans: dict, runs: list[dict], cards: dict, coverages) -> None:
@@ -151,6 +154,8 @@ def main():
     ap.add_argument("--max-seconds", type=float, default=None, help="stop starting new runs after this long")
     ap.add_argument("--out", default="runs/planner-accuracy.jsonl")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (training and scoring)")
+    ap.add_argument("--workers", type=int, default=1, help="runs at once, each in its own process")
     args = ap.parse_args()
     card, card_path, _ = resolve_card(args.law, args.model)
     cards = {str(card_path): card, **{p: load_card(p) for p in args.compare_law}}
@@ -176,15 +181,28 @@ def main():
         # cheap first: every corpus's predicted ranks at seed 0, then the rest
         todo.sort(key=lambda t: (t[2], plans[t[0]]["ell"] * t[1]))
         print(f"{len(todo)} runs to do", flush=True)
-        for corpus, rank, seed in todo:
-            if args.max_seconds and time.perf_counter() - start > args.max_seconds:
-                print("time budget spent: stopping", flush=True)
-                break
-            row = train_one(corpus, card, rank, seed)
+
+        def record(row: dict) -> None:
             runs.append(row)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
+
+        if args.workers <= 1:
+            for corpus, rank, seed in todo:
+                if args.max_seconds and time.perf_counter() - start > args.max_seconds:
+                    print("time budget spent: stopping", flush=True)
+                    break
+                record(train_one(corpus, str(card_path), rank, seed, args.device))
+        else:
+            # Several runs at once: on a GPU one small LoRA run leaves the device mostly idle.
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
+                futs = [pool.submit(train_one, c, str(card_path), r, s, args.device) for c, r, s in todo]
+                for fut in as_completed(futs):
+                    record(fut.result())
     report(plans, runs, cards, args.coverage)
 
 

@@ -699,9 +699,9 @@ def save_adapter(model, out: str | Path, base_name: str, sidecar: dict) -> Path:
 def train_adapter(corpus: CorpusSpec, model_name: str, rank: int, out: str | Path, *,
                   template: LoraTemplate | None = None, recipe: Recipe | None = None,
                   init_adapter: str | Path | None = None, allow_pickle: bool = False,
-                  progress: bool = True, on_epoch=None, base=None) -> dict:
+                  progress: bool = True, on_epoch=None, base=None, device: str = "cpu") -> dict:
     """Read and encode the corpus, train a LoRA adapter (fresh, or continued from ``init_adapter``)
-    and save it with its sidecar. Returns the sidecar dict."""
+    on ``device`` (cpu, cuda, cuda:N or auto) and save it with its sidecar. Returns the sidecar dict."""
     from datetime import datetime, timezone
 
     import memlaw
@@ -714,7 +714,10 @@ def train_adapter(corpus: CorpusSpec, model_name: str, rank: int, out: str | Pat
     check_new_dir(out)
     records = corpus.read()
     seed_everything(recipe.seed)
-    base = base or load_base(model_name)
+    if base is None:
+        from memlaw.planner.baseloss import resolve_device
+
+        base = load_base(model_name, device=resolve_device(device))
     encoded = encode_records(base.tokenizer, records, eos=recipe.eos)
     pad_id = base.tokenizer.pad_token_id or 0
     if init_adapter is not None:

@@ -112,11 +112,14 @@ def check_layers(model: str, layers: str | None) -> None:
 @click.option("--lora-dropout", type=float, default=0.0, show_default=True, help="LoRA dropout (the paper: 0.1)")
 @corpus_options
 @template_options
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, cuda:N, or auto (cuda when a GPU is visible)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.pass_context
 @handle_errors
 def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, patience, seed, schedule, cycles,
-              train_dtype, eos, lora_dropout, fmt, key_field, target_field, target_modules, layers, alpha, quiet):
+              train_dtype, eos, lora_dropout, fmt, key_field, target_field, target_modules, layers, alpha, device,
+              quiet):
     """Train a LoRA adapter on CORPUS until every target token is locked (p > 0.5), the loss
     plateaus, or --max-steps. Writes a PEFT adapter folder plus memlaw.json.
 
@@ -156,7 +159,8 @@ def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, 
                    "(pass them to change)", err=True)
     recipe = Recipe(lr=lr, batch_size=batch_size, seed=seed, eos=bool(eos), **rest)
     template.dropout = lora_dropout
-    side = train_adapter(spec, model, rank, out, template=template, recipe=recipe, progress=not quiet)
+    side = train_adapter(spec, model, rank, out, template=template, recipe=recipe, progress=not quiet,
+                         device=device)
     f, t = side["final"], side["train"]
     click.echo(f"{out}: coverage {f['coverage']:.4f}, exact {f['exact_records']}/{f['records']}, "
                f"locked {f['locked_records']}/{f['records']}, mean loss {f['mean_loss']:.4f} "

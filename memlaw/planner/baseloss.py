@@ -331,11 +331,19 @@ def write_cached(key: str, bl: BaseLoss) -> bool:
 
 
 def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
+    """``auto`` → cuda when a GPU is visible, else cpu; a device this machine lacks is a user error."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device name", fix="use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {device}: no such CUDA device on this machine "
+                        f"({torch.cuda.device_count()} visible)", fix="use --device cpu or auto")
+    return device
 
 
 def measure_or_load(spec, records, model_name: str, corpus_sha256: str, *, use_cache: bool = True,
