@@ -110,7 +110,8 @@ def repair_defaults(adapter_dir: Path) -> tuple[dict, str] | None:
               help="records shown in the terminal (and 2× in Markdown)")
 @click.option("--repair-out", type=click.Path(path_type=Path), default=None,
               help="repair with MemFT into this NEW folder, then audit the result")
-@click.option("--method", type=click.Choice(METHODS), default="ot", show_default=True, help="repair objective")
+@click.option("--method", type=click.Choice(METHODS), default="sft", show_default=True,
+              help="repair objective (sft: repaired most with no extra locality cost over 3 seeds, docs/results.md §6)")
 @click.option("--repair-steps", type=click.IntRange(min=1), default=300, show_default=True,
               help="repair budget in training steps")
 @click.option("--lr", type=float, default=Recipe.lr, show_default=True,
