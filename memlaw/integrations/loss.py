@@ -99,13 +99,15 @@ class MemFTLoss:
         logprobs = torch.log_softmax(logits[..., :-1, :][rows, cols].float(), dim=-1)
         lp, argmax, _ = token_stats(logprobs, targets)
         loss_tok = -lp
+        # Trainer's evaluation (prediction_step) runs under no_grad: not a training visit for SW
+        training = torch.is_grad_enabled()
         with torch.no_grad():
-            w = self._weights(loss_tok.detach(), argmax, rows, targets)
+            w = self._weights(loss_tok.detach(), argmax, rows, targets, training)
         n = num_items_in_batch if num_items_in_batch is not None else rows.numel()
         n = torch.as_tensor(n, device=loss_tok.device, dtype=loss_tok.dtype).clamp_min(1)
         return (w * loss_tok).sum() / n
 
-    def _weights(self, loss_tok, argmax, rows, targets):
+    def _weights(self, loss_tok, argmax, rows, targets, training: bool):
         """memlaw's own token_weights over this micro-batch, one labels row = one record."""
         from types import SimpleNamespace
 
@@ -122,8 +124,7 @@ class MemFTLoss:
             list(range(len(offsets) - 1))
         batch = SimpleNamespace(offsets=offsets, indices=keys, targets=targets)
         tracker = self.tracker
-        if not torch.is_grad_enabled():
-            # evaluation (Trainer's prediction_step runs under no_grad): not a training visit
+        if not training:  # score with the visit counts so far, leave them as they are
             tracker = AnchorTracker(tracker.base, tracker.stuck_visits, dict(tracker.state))
         return token_weights(self.recipe, loss_tok, argmax, batch, tracker, fallback=self.sft_fallback)
 
