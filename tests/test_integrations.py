@@ -381,3 +381,37 @@ def test_example_script_runs(tmp_path):
     assert last["coverage"] == audited["coverage"] == 1.0
     assert (last["exact"], last["locked"]) == (audited["exact"], audited["locked"])
     assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_smollm2_trainer_run_matches_memaudit(real_corpus, tmp_path):
+    """One real SmolLM2-135M run: the card's LoRA template (q_proj/v_proj of layers 28-29), MemFT-OT
+    through a real Trainer with accumulation 2 × 8, audited every 10 steps. Coverage rises, and the
+    memaudit CLI on the saved adapter reports exactly what the callback logged last."""
+    base = load_base("smollm2-135m")
+    pad = base.tokenizer.pad_token_id
+    model = make_lora_model(base.model, LoraTemplate(("q_proj", "v_proj"), layers=(28, 29)), 8, seed=0)
+    tr = Trainer(model=model, args=_args(tmp_path, per_device_train_batch_size=8, gradient_accumulation_steps=2,
+                                         learning_rate=2e-2, max_steps=30),
+                 train_dataset=corpus_dataset(real_corpus, base.tokenizer), data_collator=RightPadCollator(pad),
+                 compute_loss_func=MemFTLoss("ot"), processing_class=base.tokenizer)
+    cb = MemAuditCallback(tr, real_corpus, every_n_steps=10)
+    tr.add_callback(cb)
+    tr.train()
+    assert [h["step"] for h in cb.history] == [10, 20, 30]
+    before = summarize(score(make_lora_model(load_base("smollm2-135m").model, LoraTemplate(("q_proj", "v_proj"),
+                                             layers=(28, 29)), 8, seed=0), cb.encoded, pad_id=pad))
+    assert cb.history[-1]["coverage"] > cb.history[0]["coverage"] > before["coverage"]
+    tr.save_model(str(tmp_path / "final"))
+    from memlaw.cli.memaudit import main as memaudit_cli
+
+    out = tmp_path / "final.json"
+    r = CliRunner().invoke(memaudit_cli, [str(tmp_path / "final"), "--corpus", str(real_corpus), "--base-model",
+                                          "smollm2-135m", "--backend", "transformers", "--json", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(out.read_text())["summary"]
+    logged = [e for e in tr.state.log_history if "memlaw_coverage" in e][-1]
+    assert logged["step"] == 30
+    print("smollm2 audits:", [round(h["coverage"], 4) for h in cb.history], "base:", round(before["coverage"], 4),
+          "memaudit:", summary)
+    _same(logged, summary)
