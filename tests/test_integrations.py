@@ -197,6 +197,19 @@ def test_sft_loss_is_the_models_own_loss_and_ot_uses_memlaw_weights(half_trained
     assert float(MemFTLoss("ot")(out, labels, num_items_in_batch=4 * n)) == pytest.approx(expected / 4, rel=1e-5)
 
 
+def test_sft_fallback_is_off_unless_asked():
+    """A micro-batch whose every target token is locked: OT's loss is 0 (exact under accumulation),
+    or, with sft_fallback=True, the paper's SFT loss on it."""
+    logits = torch.full((1, 4, 6), -5.0)
+    labels = torch.tensor([[-100, 1, 2, 3]])
+    for t, tok in enumerate([1, 2, 3]):
+        logits[0, t, tok] = 5.0  # p ≈ 1: locked
+    sft = float(MemFTLoss("sft")({"logits": logits}, labels))
+    assert 0 < sft < 0.01
+    assert float(MemFTLoss("ot")({"logits": logits}, labels)) == 0.0
+    assert float(MemFTLoss("ot", sft_fallback=True)({"logits": logits}, labels)) == pytest.approx(sft)
+
+
 def test_sw_counts_training_visits_only(half_trained):
     """SW's anchor tracker advances on training passes, not on evaluation (no_grad) passes."""
     base, model, recs, enc, state = half_trained
@@ -313,10 +326,14 @@ def test_callback_audits_at_evaluation(kv_corpus, tmp_path):
                  processing_class=base.tokenizer)
     cb = MemAuditCallback(tr, kv_corpus, stop_when_locked=False)
     tr.add_callback(cb)
+    scored = []
+    audit = cb.audit
+    cb.audit = lambda *a, **k: scored.append(1) or audit(*a, **k)
     tr.train()
     assert [(h["step"], h["eval"]) for h in cb.history] == [(3, True), (6, True)]
     visits = dict(loss.tracker.state)
     metrics = tr.evaluate()
+    assert len(scored) == 2  # the evaluation at step 6 again: no new optimizer step, no new scoring pass
     assert loss.tracker.state == visits  # evaluating is not a training visit for SW
     direct = cb.audit()
     assert metrics["eval_memlaw_coverage"] == direct["coverage"]
