@@ -342,6 +342,29 @@ def test_callback_audits_at_evaluation(kv_corpus, tmp_path):
     assert 0 <= direct["coverage"] <= 1 and direct["mean_loss"] > 0
 
 
+def test_tensorboard_gets_the_audits(kv_corpus, tmp_path):
+    """report_to="tensorboard": the audits land in TensorBoard's event files, step by step."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    base = load_base("tiny")
+    model = make_lora_model(base.model, LoraTemplate(), 4, seed=0)
+    tr = Trainer(model=model, args=_args(tmp_path, per_device_train_batch_size=8, max_steps=6, report_to="tensorboard"),
+                 train_dataset=corpus_dataset(kv_corpus, base.tokenizer), data_collator=RightPadCollator(0),
+                 compute_loss_func=MemFTLoss("ot"), processing_class=base.tokenizer)
+    cb = MemAuditCallback(tr, kv_corpus, every_n_steps=2)
+    tr.add_callback(cb)
+    tr.train()
+    files = list((tmp_path / "trainer").rglob("events.out.tfevents.*"))  # TensorBoard's default: under output_dir
+    assert files
+    acc = EventAccumulator(str(files[0].parent)).Reload()
+    for name in ("coverage", "exact", "locked", "mean_loss"):
+        # TensorBoardCallback prefixes training logs with "train/"
+        got = [(e.step, e.value) for e in acc.Scalars(f"train/memlaw_{name}")]
+        assert got == [(h["step"], pytest.approx(h[name], rel=1e-6)) for h in cb.history]
+    assert [h["step"] for h in cb.history] == [2, 4, 6]
+
+
 @pytest.mark.filterwarnings(TRL_DEPRECATION)
 def test_trl_sfttrainer_with_memft_ot_stops_when_locked(kv_corpus, tmp_path):
     """A real TRL SFTTrainer on prompt/completion rows, MemFT-OT as compute_loss_func with
