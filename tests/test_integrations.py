@@ -342,6 +342,29 @@ def test_callback_audits_at_evaluation(kv_corpus, tmp_path):
     assert 0 <= direct["coverage"] <= 1 and direct["mean_loss"] > 0
 
 
+def test_audit_coverage_picks_the_best_checkpoint(kv_corpus, tmp_path):
+    """metric_for_best_model="memlaw_coverage": the Trainer keeps the checkpoint the audit ranked best."""
+    base = load_base("tiny")
+    model = make_lora_model(base.model, LoraTemplate(), 4, seed=0)
+    ds = corpus_dataset(kv_corpus, base.tokenizer)
+    tr = Trainer(model=model, args=_args(tmp_path, per_device_train_batch_size=8, max_steps=36, eval_strategy="steps",
+                                         eval_steps=4, save_strategy="steps", save_steps=4, learning_rate=3e-2,
+                                         load_best_model_at_end=True, metric_for_best_model="memlaw_coverage",
+                                         greater_is_better=True),
+                 train_dataset=ds, eval_dataset=ds, data_collator=RightPadCollator(0),
+                 compute_loss_func=MemFTLoss("sft"), processing_class=base.tokenizer)
+    cb = MemAuditCallback(tr, kv_corpus, stop_when_locked=False)
+    tr.add_callback(cb)
+    tr.train()
+    evals = [(h["step"], h["coverage"]) for h in cb.history if h["eval"]]
+    assert [s for s, _ in evals] == list(range(4, 37, 4))
+    best_step, best = max(evals, key=lambda x: (x[1], -x[0]))  # the first of equal bests, as Trainer keeps it
+    assert len({c for _, c in evals}) > 1  # the choice is not trivial
+    assert tr.state.best_metric == best
+    assert tr.state.best_model_checkpoint.endswith(f"checkpoint-{best_step}")
+    assert cb.audit()["coverage"] == best  # and it was loaded back at the end
+
+
 def test_tensorboard_gets_the_audits(kv_corpus, tmp_path):
     """report_to="tensorboard": the audits land in TensorBoard's event files, step by step."""
     pytest.importorskip("tensorboard")
