@@ -315,7 +315,7 @@ def test_callback_stops_a_real_trainer_when_all_locked_and_matches_memaudit(kv_c
 
 def test_callback_audits_at_evaluation(kv_corpus, tmp_path):
     """on_evaluate: eval_memlaw_* join the evaluation metrics (trainer.evaluate() returns them) and the
-    logs; every_n_steps=None audits only there; a step audited twice is scored once."""
+    logs; in training a step audited twice (every_n_steps and evaluation) is scored once."""
     base = load_base("tiny")
     model = make_lora_model(base.model, LoraTemplate(), 4, seed=0)
     ds = corpus_dataset(kv_corpus, base.tokenizer)
@@ -324,16 +324,18 @@ def test_callback_audits_at_evaluation(kv_corpus, tmp_path):
                                          eval_steps=3, per_device_eval_batch_size=8),
                  train_dataset=ds, eval_dataset=ds, data_collator=RightPadCollator(0), compute_loss_func=loss,
                  processing_class=base.tokenizer)
-    cb = MemAuditCallback(tr, kv_corpus, stop_when_locked=False)
+    cb = MemAuditCallback(tr, kv_corpus, every_n_steps=3, stop_when_locked=False)
     tr.add_callback(cb)
     scored = []
     audit = cb.audit
     cb.audit = lambda *a, **k: scored.append(1) or audit(*a, **k)
     tr.train()
-    assert [(h["step"], h["eval"]) for h in cb.history] == [(3, True), (6, True)]
+    assert [(h["step"], h["eval"]) for h in cb.history] == [(3, False), (3, True), (6, False), (6, True)]
+    assert len(scored) == 2
+    assert cb.history[0]["coverage"] == cb.history[1]["coverage"]
     visits = dict(loss.tracker.state)
     metrics = tr.evaluate()
-    assert len(scored) == 2  # the evaluation at step 6 again: no new optimizer step, no new scoring pass
+    assert len(scored) == 3  # outside training every evaluation scores afresh
     assert loss.tracker.state == visits  # evaluating is not a training visit for SW
     direct = cb.audit()
     assert metrics["eval_memlaw_coverage"] == direct["coverage"]
@@ -362,7 +364,9 @@ def test_audit_coverage_picks_the_best_checkpoint(kv_corpus, tmp_path):
     assert len({c for _, c in evals}) > 1  # the choice is not trivial
     assert tr.state.best_metric == best
     assert tr.state.best_model_checkpoint.endswith(f"checkpoint-{best_step}")
-    assert cb.audit()["coverage"] == best  # and it was loaded back at the end
+    # it was loaded back at the end, and the callback's last entry audits it
+    assert cb.history[-1]["step"] == 36 and not cb.history[-1]["eval"]
+    assert cb.history[-1]["coverage"] == cb.audit()["coverage"] == best
 
 
 def test_tensorboard_gets_the_audits(kv_corpus, tmp_path):

@@ -12,7 +12,9 @@ the corpus under the model being trained (memlaw's own teacher-forced scoring, t
 through the Trainer's own ``log`` — so ``report_to`` (W&B, TensorBoard, …) gets them, and they are in
 ``trainer.state.log_history``. At evaluation they are also added to the evaluation metrics as
 ``eval_memlaw_*`` (usable as ``metric_for_best_model="memlaw_coverage"``). With
-``stop_when_locked`` (default) training stops once every target token is locked.
+``stop_when_locked`` (default) training stops once every target token is locked. At the end of
+training the final weights are audited too, unless the last audit already was of them, so the
+last ``memlaw_*`` entry always describes the adapter ``trainer.save_model`` writes.
 """
 
 from __future__ import annotations
@@ -49,12 +51,12 @@ class MemAuditCallback(TrainerCallback):
     The trainer is needed to log through it (a callback gets no handle on it). ``tokenizer``:
     default the trainer's ``processing_class``. ``eos``: score the EOS token after every target
     too (when training teaches it). ``history`` holds every audit: step, eval, and the metrics.
-    One audit costs one teacher-forced scoring pass over the corpus; a step audited twice (a save
-    step that also evaluates) is scored once."""
+    One audit costs one teacher-forced scoring pass over the corpus; in training, a step audited
+    twice (every_n_steps and an evaluation) is scored once."""
 
     def __init__(self, trainer: Trainer, corpus, *, tokenizer=None, every_n_steps: int | None = None,
-                 on_evaluate: bool = True, stop_when_locked: bool = True, eos: bool = False,
-                 max_tokens: int = 8192):
+                 on_evaluate: bool = True, stop_when_locked: bool = True, at_end: bool = True,
+                 eos: bool = False, max_tokens: int = 8192):
         from memlaw.corpus import encode_records
 
         if every_n_steps is not None and (isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int)
@@ -70,6 +72,7 @@ class MemAuditCallback(TrainerCallback):
         self.every_n_steps = every_n_steps
         self.audit_on_evaluate = on_evaluate
         self.stop_when_locked = stop_when_locked
+        self.at_end = at_end
         self.max_tokens = max_tokens
         self.records = read_records(corpus)
         # encoded once, up front: a bad corpus fails before training starts
@@ -79,7 +82,8 @@ class MemAuditCallback(TrainerCallback):
         self.pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
         self.history: list[dict] = []
         self.stopped_at: int | None = None
-        self._last: tuple[int, dict] | None = None  # (global step, metrics) of the latest audit
+        self._last: tuple[int, dict] | None = None  # (global step, metrics) of the latest audit in training
+        self._training = False
 
     # ------------------------------------------------------------------------------------------
 
@@ -99,7 +103,10 @@ class MemAuditCallback(TrainerCallback):
                 "mean_loss": s["mean_loss"]}
 
     def _measure(self, state) -> dict:
-        # the weights change only at optimizer steps: an audit at the same global step is reused
+        # In training the weights change only at optimizer steps: an audit at the same global step is
+        # reused. Outside it (evaluate() by hand, a best checkpoint loaded back) every call scores.
+        if not self._training:
+            return self.audit()
         if self._last is None or self._last[0] != state.global_step:
             self._last = (state.global_step, self.audit())
         return self._last[1]
@@ -117,6 +124,17 @@ class MemAuditCallback(TrainerCallback):
 
     # ------------------------------------------------------------------------------------------
     # TrainerCallback events
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last, self._training = None, True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        last, self._last, self._training = self._last, None, False  # weights may now change without a step
+        reloaded = args.load_best_model_at_end and state.best_model_checkpoint is not None
+        if self.at_end and (last is None or last[0] != state.global_step or reloaded):
+            self._report(state, control, self.audit())
+        return control
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every_n_steps and state.global_step % self.every_n_steps == 0:
