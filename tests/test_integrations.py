@@ -344,6 +344,21 @@ def test_callback_audits_at_evaluation(kv_corpus, tmp_path):
     assert 0 <= direct["coverage"] <= 1 and direct["mean_loss"] > 0
 
 
+def test_final_weights_are_audited_when_the_last_step_was_not(kv_corpus, tmp_path):
+    """every_n_steps=4 over 6 steps: steps 4 and 6 (the end) are audited, 6 being the saved weights."""
+    base = load_base("tiny")
+    model = make_lora_model(base.model, LoraTemplate(), 4, seed=0)
+    tr = Trainer(model=model, args=_args(tmp_path, per_device_train_batch_size=8, max_steps=6),
+                 train_dataset=corpus_dataset(kv_corpus, base.tokenizer), data_collator=RightPadCollator(0),
+                 compute_loss_func=MemFTLoss("sft"), processing_class=base.tokenizer)
+    cb = MemAuditCallback(tr, kv_corpus, every_n_steps=4)
+    tr.add_callback(cb)
+    tr.train()
+    assert [h["step"] for h in cb.history] == [4, 6]
+    assert cb.history[-1]["mean_loss"] == cb.audit()["mean_loss"] < cb.history[0]["mean_loss"]
+    assert [e["step"] for e in tr.state.log_history if "memlaw_coverage" in e] == [4, 6]
+
+
 def test_audit_coverage_picks_the_best_checkpoint(kv_corpus, tmp_path):
     """metric_for_best_model="memlaw_coverage": the Trainer keeps the checkpoint the audit ranked best."""
     base = load_base("tiny")
