@@ -15,6 +15,9 @@ through the Trainer's own ``log`` — so ``report_to`` (W&B, TensorBoard, …) g
 ``stop_when_locked`` (default) training stops once every target token is locked. At the end of
 training the final weights are audited too, unless the last audit already was of them, so the
 last ``memlaw_*`` entry always describes the adapter ``trainer.save_model`` writes.
+
+Every process audits the whole corpus with its full copy of the model (single process or DDP);
+sharded models (FSDP, DeepSpeed ZeRO-3) are not supported.
 """
 
 from __future__ import annotations
@@ -117,7 +120,8 @@ class MemAuditCallback(TrainerCallback):
         # Trainer.log itself, not a subclass's override: TRL's SFTTrainer.log would fold its running
         # training metrics (entropy, token accuracy) into this entry and reset them.
         Trainer.log(self.trainer, logs)
-        if self.stop_when_locked and metrics["coverage"] >= 1.0 and state.global_step > 0:
+        # stop only a run in progress (not an evaluate() by hand, nor the audit after the last step)
+        if self.stop_when_locked and self._training and metrics["coverage"] >= 1.0 and state.global_step > 0:
             control.should_training_stop = True
             self.stopped_at = state.global_step
         return logs
