@@ -355,7 +355,7 @@ def test_final_weights_are_audited_when_the_last_step_was_not(kv_corpus, tmp_pat
     tr.add_callback(cb)
     tr.train()
     assert [h["step"] for h in cb.history] == [4, 6]
-    assert cb.stopped_at is None and not tr.control.should_training_stop
+    assert cb.stopped_at is None  # max_steps ended it, not the callback
     assert cb.history[-1]["mean_loss"] == cb.audit()["mean_loss"] < cb.history[0]["mean_loss"]
     assert [e["step"] for e in tr.state.log_history if "memlaw_coverage" in e] == [4, 6]
 
