@@ -446,24 +446,29 @@ def test_trl_sfttrainer_with_memft_ot_stops_when_locked(kv_corpus, tmp_path):
     assert res.summary["coverage"] == 1.0 == last["memlaw_coverage"]
 
 
-def test_example_script_runs(tmp_path):
-    """examples/trainer_memaudit.py as a user runs it: a real process, Trainer + MemFT + callback on the
-    tiny model; it stops when all is locked and its memaudit of the saved adapter equals the last audit."""
+@pytest.mark.parametrize("trl", [False, True])
+def test_example_script_runs(tmp_path, trl):
+    """examples/trainer_memaudit.py as a user runs it: a real process, Trainer (or SFTTrainer) + MemFT +
+    callback on the tiny model; it stops when all is locked and (Trainer) its memaudit of the saved
+    adapter equals the last audit."""
     import subprocess
     import sys
     from pathlib import Path
 
     out = tmp_path / "adapter"
-    r = subprocess.run([sys.executable, "examples/trainer_memaudit.py", "--model", "tiny", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    cmd = [sys.executable, "examples/trainer_memaudit.py", "--model", "tiny", "--out", str(out)]
+    cmd += ["--trl", "--method", "ot", "--grad-accum", "3"] if trl else []
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr[-2000:]
     lines = {line.split(":", 1)[0]: line.split(":", 1)[1] for line in r.stdout.splitlines() if ":" in line}
     assert "stopped: every target token locked" in r.stdout
     last = json.loads(lines["last audit in training"])
-    audited = json.loads(lines["memaudit of the saved adapter"])
-    assert last["coverage"] == audited["coverage"] == 1.0
-    assert (last["exact"], last["locked"]) == (audited["exact"], audited["locked"])
+    assert last["coverage"] == 1.0
     assert (out / "adapter_model.safetensors").is_file()
+    if not trl:
+        audited = json.loads(lines["memaudit of the saved adapter"])
+        assert last["coverage"] == audited["coverage"]
+        assert (last["exact"], last["locked"]) == (audited["exact"], audited["locked"])
 
 
 @pytest.mark.slow
