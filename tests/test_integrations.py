@@ -10,7 +10,6 @@ import torch
 from click.testing import CliRunner
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from conftest import write_jsonl
 from memlaw.corpus import Record, encode_records, read_corpus
 from memlaw.errors import UserError
 from memlaw.integrations import MemAuditCallback, MemFTLoss, RightPadCollator, corpus_dataset
