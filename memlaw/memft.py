@@ -529,10 +529,12 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
     return TrainResult(step, time.perf_counter() - start, reason, history, cycle_ends, conv)
 
 
-def token_weights(recipe: Recipe, loss_tok, argmax, batch, tracker: "AnchorTracker"):
+def token_weights(recipe: Recipe, loss_tok, argmax, batch, tracker: "AnchorTracker", *, fallback: bool = True):
     """Per-token weights for a batch under the recipe's objective. Whenever the objective's
     weights sum to (about) zero — OT with no token above the threshold, SW with every window
-    empty — the paper trains the plain SFT loss on that batch instead of skipping it."""
+    empty — the paper trains the plain SFT loss on that batch instead of skipping it.
+    ``fallback=False`` returns the objective's own weights even then (a decision per batch cannot
+    be made exactly from one micro-batch of an accumulated one: memlaw.integrations)."""
     import torch
 
     if recipe.method == "sft":
@@ -549,7 +551,7 @@ def token_weights(recipe: Recipe, loss_tok, argmax, batch, tracker: "AnchorTrack
             pos = torch.arange(b - a, dtype=loss_tok.dtype, device=loss_tok.device)
             w[a:b] = weights_sw(loss_tok[a:b], pos, anchor, width, recipe.sw_sharpness, recipe.sw_tau,
                                 recipe.sw_floor)
-    if float(w.sum()) <= SFT_FALLBACK_EPS[recipe.method]:
+    if fallback and float(w.sum()) <= SFT_FALLBACK_EPS[recipe.method]:
         # the curriculum's OT takes no step here (the paper's zero-bp loss); OT and SW train SFT
         return torch.zeros_like(loss_tok) if recipe.method == "curriculum" else weights_sft(loss_tok)
     return w
