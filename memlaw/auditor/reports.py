@@ -434,8 +434,20 @@ def _failing_records(result: AuditResult, gate: Gate | None) -> tuple[set[int], 
     return set(), None
 
 
-def to_junit(result: AuditResult, path=None, *, gate: Gate | None = None) -> str:
-    """JUnit XML for CI, failing exactly when the gate does (see the module docstring)."""
+def to_junit(result: AuditResult, path=None, *, gate: Gate | None = None) -> str | None:
+    """JUnit XML for CI, failing exactly when the gate does (see the module docstring). Given a
+    ``path`` it is streamed there one testcase at a time and None is returned (a million-token
+    audit's XML, ~60 MB, never sits in memory as one tree); else the text is."""
+    chunks = _junit_chunks(result, gate)
+    if path is None:
+        return "".join(chunks)
+    with atomic_writer(path) as f:
+        for chunk in chunks:
+            f.write(chunk)
+    return None
+
+
+def _junit_chunks(result: AuditResult, gate: Gate | None):
     import xml.etree.ElementTree as ET
 
     g = _gate_block(result, gate)
@@ -450,45 +462,65 @@ def to_junit(result: AuditResult, path=None, *, gate: Gate | None = None) -> str
                           errors="0", skipped="0", time=t,
                           timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                           hostname=_x(socket.gethostname() or "localhost"))
-    props = ET.SubElement(suite, "properties")
-    s = result.summary
-    for k in ("records", "target_tokens", "coverage", "exact_records", "locked_records", "mean_loss"):
-        ET.SubElement(props, "property", name=k, value=_x(s[k]))
-    if result.adapter:
-        ET.SubElement(props, "property", name="adapter", value=_x(result.adapter))
-    ET.SubElement(props, "property", name="gate", value=_x((gate or Gate()).describe() if g["active"] else "none"))
-    ET.SubElement(props, "property", name="gate_passed", value=str(g["passed"]).lower())
-    for i, f in enumerate(g["failures"]):
-        ET.SubElement(props, "property", name=f"gate_failure_{i}", value=_x(f))
-    for case_name, failure in gate_cases:
-        case = ET.SubElement(suite, "testcase", classname=_x(f"memaudit.{name}.gate"), name=_x(case_name),
-                             time="0")
-        if failure:
-            ET.SubElement(case, "failure", type="GateFailed", message=_x(failure))
-    per = result.seconds / len(result.records) if result.records else 0.0
-    for r in result.records:
-        case = ET.SubElement(suite, "testcase", classname=_x(f"memaudit.{name}.records"),
-                             name=_x(f"record {r.index} ({r.where})"), time=f"{per:.4f}")
-        if r.index in failed_ids:
-            fail = ET.SubElement(case, "failure", type="NotExact" if not r.exact else "NotLocked",
-                                 message=_x(f"{_failure_message(r)} (fails {failed_by})"))
-            fail.text = _x(_token_lines(r))
-        elif not r.locked:
-            why = "not exact" if not r.exact else "exact but not locked (fragile)"
-            out = ET.SubElement(case, "system-out")
-            out.text = _x(f"{why}, no failing threshold asks this record to pass: {_failure_message(r)}\n"
-                          f"{_token_lines(r)}")
-    summary_out = ET.SubElement(suite, "system-out")
-    lines = [f"{k}: {v}" for k, v in _summary_rows(s)]
-    if g["active"]:
-        lines.append(f"gate ({(gate or Gate()).describe()}): {'passed' if g['passed'] else 'failed'}")
-        lines += [f"  {f}" for f in g["failures"]]
-    else:
-        lines.append("no gate: pass --min-coverage, --min-exact, --min-locked or --max-mean-loss to gate")
-    summary_out.text = _x("\n".join(lines))
+    # The two enclosing tags come from ElementTree itself (a marker child split off), so the
+    # streamed file is byte for byte what indenting the whole tree would give.
+    ET.SubElement(suite, "memlaw-children")
     ET.indent(root, space=" ")
-    text = '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-    return _write(path, text)
+    head, tail = ET.tostring(root, encoding="unicode").split("<memlaw-children />")
+    yield '<?xml version="1.0" encoding="UTF-8"?>\n' + head
+
+    def children():
+        props = ET.Element("properties")
+        s = result.summary
+        for k in ("records", "target_tokens", "coverage", "exact_records", "locked_records", "mean_loss"):
+            ET.SubElement(props, "property", name=k, value=_x(s[k]))
+        if result.adapter:
+            ET.SubElement(props, "property", name="adapter", value=_x(result.adapter))
+        ET.SubElement(props, "property", name="gate",
+                      value=_x((gate or Gate()).describe() if g["active"] else "none"))
+        ET.SubElement(props, "property", name="gate_passed", value=str(g["passed"]).lower())
+        for i, f in enumerate(g["failures"]):
+            ET.SubElement(props, "property", name=f"gate_failure_{i}", value=_x(f))
+        yield props
+        for case_name, failure in gate_cases:
+            case = ET.Element("testcase", classname=_x(f"memaudit.{name}.gate"), name=_x(case_name), time="0")
+            if failure:
+                ET.SubElement(case, "failure", type="GateFailed", message=_x(failure))
+            yield case
+        per = result.seconds / len(result.records) if result.records else 0.0
+        for r in result.records:
+            case = ET.Element("testcase", classname=_x(f"memaudit.{name}.records"),
+                              name=_x(f"record {r.index} ({r.where})"), time=f"{per:.4f}")
+            if r.index in failed_ids:
+                fail = ET.SubElement(case, "failure", type="NotExact" if not r.exact else "NotLocked",
+                                     message=_x(f"{_failure_message(r)} (fails {failed_by})"))
+                fail.text = _x(_token_lines(r))
+            elif not r.locked:
+                why = "not exact" if not r.exact else "exact but not locked (fragile)"
+                out = ET.SubElement(case, "system-out")
+                out.text = _x(f"{why}, no failing threshold asks this record to pass: {_failure_message(r)}\n"
+                              f"{_token_lines(r)}")
+            yield case
+        summary_out = ET.Element("system-out")
+        lines = [f"{k}: {v}" for k, v in _summary_rows(s)]
+        if g["active"]:
+            lines.append(f"gate ({(gate or Gate()).describe()}): {'passed' if g['passed'] else 'failed'}")
+            lines += [f"  {f}" for f in g["failures"]]
+        else:
+            lines.append("no gate: pass --min-coverage, --min-exact, --min-locked or --max-mean-loss to gate")
+        summary_out.text = _x("\n".join(lines))
+        yield summary_out
+
+    prev = None
+    for child in children():  # one element in hand at a time; each ends with the next one's indent
+        if prev is not None:
+            ET.indent(prev, space=" ", level=2)
+            prev.tail = "\n  "
+            yield ET.tostring(prev, encoding="unicode")
+        prev = child
+    ET.indent(prev, space=" ", level=2)
+    prev.tail = None
+    yield ET.tostring(prev, encoding="unicode") + tail + "\n"
 
 
 # --------------------------------------------------------------------------------------------
