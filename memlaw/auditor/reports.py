@@ -90,7 +90,11 @@ def to_json(result: AuditResult, path=None, *, gate: Gate | None = None, tokens:
     ``tokens=False`` leaves out the per-token lists (spans, stubborn positions and anchors stay).
     Given a ``path`` the report is streamed there one record at a time (a million-token audit never
     sits in memory as one string) and None is returned; else the text is."""
-    chunks = _json_chunks(result, gate, tokens)
+    return _stream(_json_chunks(result, gate, tokens), path)
+
+
+def _stream(chunks, path) -> str | None:
+    """The joined text when ``path`` is None; else the chunks written there one by one (atomically)."""
     if path is None:
         return "".join(chunks)
     with atomic_writer(path) as f:
@@ -438,13 +442,7 @@ def to_junit(result: AuditResult, path=None, *, gate: Gate | None = None) -> str
     """JUnit XML for CI, failing exactly when the gate does (see the module docstring). Given a
     ``path`` it is streamed there one testcase at a time and None is returned (a million-token
     audit's XML, ~60 MB, never sits in memory as one tree); else the text is."""
-    chunks = _junit_chunks(result, gate)
-    if path is None:
-        return "".join(chunks)
-    with atomic_writer(path) as f:
-        for chunk in chunks:
-            f.write(chunk)
-    return None
+    return _stream(_junit_chunks(result, gate), path)
 
 
 def _junit_chunks(result: AuditResult, gate: Gate | None):
