@@ -284,6 +284,40 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def tiny_dir() -> Path:
+    return cache_dir() / "models" / "tiny"
+
+
+def plain_model_path(name: str) -> str:
+    """What plain transformers / PEFT can load for ``name``: the folder behind a built-in name
+    (``tiny`` is written there once, from code), the absolute path of a local model, a hub id as is.
+    An adapter's ``adapter_config.json`` records this; memlaw's own name goes in its sidecar."""
+    if name == "tiny":
+        d = tiny_dir()
+        if not (d / "config.json").is_file():
+            tmp = Path(tempfile.mkdtemp(dir=_mkparent(d), prefix=".tiny.tmp-"))
+            try:
+                tiny_model().save_pretrained(str(tmp), safe_serialization=True)
+                tiny_tokenizer().save_pretrained(str(tmp))
+                try:
+                    os.replace(tmp, d)
+                except OSError:  # another process wrote it first: theirs is the same model
+                    shutil.rmtree(tmp, ignore_errors=True)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return str(d.resolve())
+    if name in BUILTIN_MODELS:
+        return resolve_model_path(name)
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.exists() else name
+
+
+def _mkparent(d: Path) -> Path:
+    d.parent.mkdir(parents=True, exist_ok=True)
+    return d.parent
+
+
 def load_base(name: str, *, trust_remote_code: bool = False, dtype: str = "float32",
               device: str = "cpu", seed: int = 0) -> Base:
     """Load a base model and tokenizer by built-in name, Hugging Face id, local folder or .gguf file."""
@@ -363,6 +397,62 @@ def _identity_of_path(name: str, path: str, model) -> dict:
 
 # --------------------------------------------------------------------------------------------
 # adapters
+
+
+#: what an adapter repo may contribute: PEFT's files, memlaw's sidecar, a tokenizer (never code)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "memlaw.json", "tokenizer*", "vocab.json",
+                 "merges.txt", "special_tokens_map.json", "README.md")
+PICKLE_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return (name.count("/") == 1 and not name.startswith((".", "/", "~")) and ".." not in name
+            and all(part for part in name.split("/")))
+
+
+def resolve_adapter(adapter, *, revision: str | None = None, allow_pickle: bool = False) -> tuple[Path, str | None]:
+    """(local folder, hub id or None) for an adapter given as a folder or, as
+    ``PeftModel.from_pretrained`` takes it, a Hugging Face Hub id (``user/adapter``). A hub adapter
+    is fetched into the Hugging Face cache (only its PEFT files, the sidecar and a tokenizer; pickle
+    weights only with ``allow_pickle``); with ``HF_HUB_OFFLINE=1`` only the cache is read. An
+    existing local folder always wins over a hub id of the same spelling."""
+    local = Path(os.fspath(adapter)).expanduser()
+    name = os.fspath(adapter)
+    if local.exists() or not _looks_like_hub_id(name):
+        if revision is not None:
+            raise UserError(f"a revision ({revision}) applies to a Hugging Face Hub adapter, and {name} is a "
+                            "local path", fix="leave the revision out")
+        return local, None
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    patterns = list(ADAPTER_FILES) + (list(PICKLE_FILES) if allow_pickle else [])
+    offline = bool(constants.HF_HUB_OFFLINE)
+    try:
+        path = snapshot_download(name, revision=revision, allow_patterns=patterns, local_files_only=offline)
+    except LocalEntryNotFoundError:
+        if offline:
+            raise UserError(f"adapter {name} is neither a local folder nor in the Hugging Face cache "
+                            f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set",
+                            fix="check the name, unset HF_HUB_OFFLINE to download it, or pass a local folder") from None
+        raise UserError(f"adapter {name} is neither a local folder nor in the Hugging Face cache, and "
+                        f"{constants.ENDPOINT} cannot be reached", fix="check the name or the network, "
+                        "or pass a local folder") from None
+    except GatedRepoError:
+        raise UserError(f"adapter {name} on {constants.ENDPOINT} is gated", fix="log in with `hf auth login`") \
+            from None
+    except RepositoryNotFoundError:
+        raise UserError(f"adapter {name} is neither a local folder nor a model on {constants.ENDPOINT} "
+                        "(missing, or private)", fix="check the name; for a private repo log in with "
+                        "`hf auth login`") from None
+    except RevisionNotFoundError:
+        raise UserError(f"adapter {name} has no revision {revision}", fix="check the branch, tag or commit") \
+            from None
+    except (HfHubHTTPError, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot fetch adapter {name}: {first}", fix="check the name or the network") from None
+    return Path(path), name + (f"@{revision}" if revision else "")
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:

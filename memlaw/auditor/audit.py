@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError, UserError
 
 SCHEMA = "memlaw.audit/1"
 SIDECAR = "memlaw.json"
@@ -160,6 +160,18 @@ class AuditResult:
                 f"tokens): a page with every token would be too large to open; the JSON report (--json) has them all")
         return dataclasses.replace(self, records=sorted(keep, key=lambda r: r.index), warnings=[*self.warnings, note])
 
+    def passed(self, gate: "Gate") -> bool:
+        """Does this audit meet every threshold of ``gate``?"""
+        return gate.passed(self.summary)
+
+    def failures(self, gate: "Gate") -> list[str]:
+        """One line per threshold of ``gate`` this audit misses; empty when it passes."""
+        return gate.check(self.summary)
+
+    @property
+    def coverage(self) -> float:
+        return float(self.summary["coverage"])
+
     def worst(self, n: int = 5, failing_only: bool = True) -> list[RecordAudit]:
         """The ``n`` worst records (not exact first, then not locked, then lowest coverage); with
         ``failing_only`` only records that are not locked."""
@@ -213,14 +225,14 @@ class Gate:
             if v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1:
-                raise UserError(f"{self._OPTIONS[name]} must be a fraction in [0, 1], got {v}",
-                                fix="e.g. 0.99 for 99%")
+                raise ParameterError(name, f"{{name}} must be a fraction in [0, 1], got {v}",
+                                     fix="e.g. {set}0.99 for 99%")
             setattr(self, name, float(v))
         v = self.max_mean_loss
         if v is not None:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise UserError(f"--max-mean-loss must be a loss in nats ≥ 0, got {v}",
-                                fix="e.g. 0.05; ln 2 ≈ 0.693 is the lock threshold of a single token")
+                raise ParameterError("max_mean_loss", f"{{name}} must be a loss in nats ≥ 0, got {v}",
+                                     fix="e.g. {set}0.05; ln 2 ≈ 0.693 is the lock threshold of a single token")
             self.max_mean_loss = float(v)
 
     @property
@@ -237,9 +249,10 @@ class Gate:
             "max_mean_loss": float(summary["mean_loss"]),
         }
 
-    def check(self, summary: dict) -> list[str]:
-        """One line per threshold that fails; empty when the gate passes."""
-        got = self.values(summary)
+    def check(self, summary) -> list[str]:
+        """One line per threshold that fails; empty when the gate passes. ``summary``: an audit
+        summary dict, or anything with a ``summary`` (an :class:`AuditResult`, a trained adapter)."""
+        got = self.values(getattr(summary, "summary", summary))
         out = []
         names = {"min_coverage": "coverage", "min_exact": "exact records", "min_locked": "locked records"}
         for k, label in names.items():
@@ -250,7 +263,8 @@ class Gate:
             out.append(f"mean loss {got['max_mean_loss']:.4f} > {self.max_mean_loss:g} (--max-mean-loss)")
         return out
 
-    def passed(self, summary: dict) -> bool:
+    def passed(self, summary) -> bool:
+        """Does ``summary`` (a dict, or a result with a ``summary``) meet every threshold?"""
         return not self.check(summary)
 
     def to_dict(self) -> dict:
@@ -482,6 +496,17 @@ def _check_config_base_name(name: str, adapter_dir: Path) -> None:
                         fix="pass --base-model with the model you trust")
 
 
+def _sidecar_base_name(sidecar: dict | None) -> str | None:
+    """memlaw's built-in name for the base model (``tiny``, ``smollm2-135m``) from the sidecar: its
+    adapter_config.json records the folder behind it, for plain PEFT, a path memlaw won't follow.
+    Only a built-in name is taken from the sidecar (untrusted data, as the config is)."""
+    from memlaw.models import BUILTIN_MODELS
+
+    bm = sidecar.get("base_model") if isinstance(sidecar, dict) else None
+    name = bm.get("name") if isinstance(bm, dict) else None
+    return name if isinstance(name, str) and name in BUILTIN_MODELS else None
+
+
 def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
                         allow_pickle: bool = False, trust_remote_code: bool = False,
                         force_base: bool = False, trainable: bool = False, device: str = "cpu",
@@ -503,7 +528,7 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
     if base is not None:
         name = base.name
     else:
-        name = base_model or cfg.get("base_model_name_or_path")
+        name = base_model or _sidecar_base_name(sidecar) or cfg.get("base_model_name_or_path")
         if not name or not isinstance(name, str):
             raise UserError(f"{adapter_dir / 'adapter_config.json'} names no base model "
                             "(base_model_name_or_path)", fix="pass --base-model")

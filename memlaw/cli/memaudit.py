@@ -20,6 +20,7 @@ from click.core import ParameterSource
 from memlaw import __version__
 from memlaw.cli.common import corpus_options, corpus_spec, handle_errors, quiet_libraries
 from memlaw.errors import UserError
+from memlaw.auditor.repair import repair_defaults  # noqa: F401 (moved there; imported by name elsewhere)
 from memlaw.memft import METHODS, Recipe
 
 REPAIR_ONLY = ("method", "repair_steps", "lr", "batch_size")
@@ -44,41 +45,6 @@ def _check_outputs(adapter_dir: Path, corpus: str | None, reports: dict) -> None
         if rp.is_dir():
             raise UserError(f"{opt} {p} is a directory", fix="pass a file path")
         seen[rp] = opt
-
-
-def repair_defaults(adapter_dir: Path) -> tuple[dict, str] | None:
-    """lr and batch size for a repair when not given: those the adapter was trained with (its
-    memlaw.json), else those of the law card shipped for its base model. A repair continues the
-    adapter's own template, so its training's settings fit it; the generic 2e-3 / 32 crawled on
-    SmolLM2's card template (a loss change of 2% in 6 steps)."""
-    import json
-
-    def read(path: Path) -> dict:
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return d if isinstance(d, dict) else {}
-
-    side = read(adapter_dir / "memlaw.json")
-    recipe = side.get("recipe") if isinstance(side.get("recipe"), dict) else {}
-    source = f"{adapter_dir / 'memlaw.json'}"
-    if not recipe:
-        base = read(adapter_dir / "adapter_config.json").get("base_model_name_or_path")
-        from memlaw.planner.estimate import shipped_card_path
-
-        card = shipped_card_path(base) if isinstance(base, str) else None
-        recipe = read(card).get("recipe", {}) if card else {}
-        source = f"the law card {card.name}" if card else ""
-    out = {}
-    if isinstance(recipe.get("lr"), (int, float)) and recipe["lr"] > 0:
-        out["lr"] = float(recipe["lr"])
-    b = recipe.get("batch_size")
-    if isinstance(b, int) and b >= 1:
-        out["batch_size"] = b
-    elif b == "all":
-        out["batch_size"] = None  # all records, capped below
-    return (out, source) if out else None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
