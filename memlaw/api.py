@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,6 +29,9 @@ from typing import Any, Callable, Sequence
 from memlaw.auditor.audit import AuditResult, Gate
 from memlaw.errors import ParameterError, UserError
 from memlaw.memft import CorpusSpec, LoraTemplate, Recipe
+
+# PEFT calls a transformers property that warns about its own deprecation: noise for our users.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 #: A corpus file and how to read it: ``Corpus("faq.jsonl", fmt="messages")``.
 Corpus = CorpusSpec
@@ -111,8 +115,8 @@ ProgressCallback = Callable[[Progress], Any]
 
 
 def _internal(progress) -> Any:
-    """The API's ``progress`` as the internals take it: False (silent), True (rich bars, as the
-    CLIs show them) or ``fn(stage, done, total, info)``."""
+    """The API's ``progress`` as the internals take it: False (silent), True (progress bars and
+    notes on the terminal, as the CLIs show them) or ``fn(stage, done, total, info)``."""
     if progress is None or progress is False:
         return False
     if progress is True:
@@ -124,7 +128,13 @@ def _internal(progress) -> Any:
 
 
 def _note(progress) -> Callable[[str], None] | None:
-    if callable(progress) and progress is not True:
+    """Where one-line notes go: the callback, or with ``progress=True`` stderr (as the CLIs print them)."""
+    if progress is True:
+        from rich.console import Console
+
+        err = Console(stderr=True, highlight=False)
+        return lambda msg: err.print(f"[memlaw] {msg}", markup=False)
+    if callable(progress):
         return lambda msg: progress(Progress("note", message=msg))
     return None
 
@@ -362,8 +372,6 @@ def train(corpus, out, *, model: str | None = None, rank: int = 8, template: Lor
     except ValueError:
         raise ParameterError("template", f"{{name}}.alpha must be a number or 'k*rank', got {template.alpha!r}") \
             from None
-    if note:
-        note(f"loading base model {model}…")
     base = load_base(model, trust_remote_code=rt.trust_remote_code, device=rt.resolved_device())
     side = train_adapter(spec, model, rank, out, template=dataclasses.replace(template), recipe=recipe,
                          init_adapter=init_adapter, allow_pickle=rt.allow_pickle, progress=_internal(progress),
@@ -377,18 +385,21 @@ def train(corpus, out, *, model: str | None = None, rank: int = 8, template: Lor
 
 def calibrate(out, *, model: str | None = None, ranks: Sequence[int] | str | None = None,
               lengths: Sequence[int] | str | None = None, data=None, template: LoraTemplate | None = None,
-              recipe: Recipe | None = None, batch_size: int | None = None, chunk: int | None = None,
-              data_seed: int = 0, shard: str | None = None, n_boot: int = 200, plot: bool = False,
-              runtime: Runtime | None = None, progress: ProgressCallback | None = None):
+              target_modules: Sequence[str] | None = None, layers: Sequence[int] | str | None = None,
+              alpha: str | float | None = None, recipe: Recipe | None = None, batch_size: int | None = None,
+              chunk: int | None = None, data_seed: int = 0, shard: str | None = None, n_boot: int = 200,
+              plot: bool = False, runtime: Runtime | None = None, progress: ProgressCallback | None = None):
     """Sweep LoRA ``ranks`` × ``lengths`` (target tokens) on ``model``, each point trained to
     convergence under ``recipe``, and fit the Parametric Memory Law into ``out/law.json``
     (:class:`memlaw.calibration.sweep.SweepResult`: ``card``, ``card_path``, ``points``, ``missing``).
-    A killed sweep resumes from ``out``.
+    A killed sweep resumes from ``out`` (with the same settings).
 
-    ``data``: a corpus to slice (default: random tokens). ``template``: default ``q_proj,v_proj`` of
-    the last two layers (a template with ``layers=None`` adapts every layer). ``recipe``: default
-    the shipped calibration recipe (:func:`memlaw.calibration.defaults.default_recipe`).
-    ``batch_size``: default all records of a point. ``shard``: ``"i/n"``, only every n-th point."""
+    The LoRA template: ``template`` (its ``layers=None`` adapts every layer), or its parts —
+    ``target_modules`` (default ``q_proj, v_proj``), ``layers`` (default None: the last two layers;
+    ``"all"``; or indices) and ``alpha`` (default ``"2*rank"``). ``data``: a corpus to slice
+    (default: random tokens, ``chunk`` target tokens per record). ``recipe``: default the shipped
+    calibration recipe (:func:`memlaw.calibration.defaults.default_recipe`). ``batch_size``: default
+    all records of a point. ``shard``: ``"i/n"``, only the grid points whose position ≡ i (mod n)."""
     from memlaw.calibration.defaults import (DEFAULT_CHUNK, DEFAULT_LENGTHS, DEFAULT_RANKS, DEFAULT_TARGET_MODULES,
                                              default_recipe)
     from memlaw.calibration.sweep import Shard, SweepSpec, run_sweep
@@ -399,15 +410,20 @@ def calibrate(out, *, model: str | None = None, ranks: Sequence[int] | str | Non
     _typed(template, LoraTemplate, "template")
     _typed(recipe, Recipe, "recipe")
     check_model_name(model)
-    if template is None:
-        modules, layers, alpha = DEFAULT_TARGET_MODULES, None, "2*rank"
-    else:
-        modules, layers, alpha = template.target_modules, template.layers or "all", template.alpha
+    if template is not None:
+        given = [k for k, v in (("target_modules", target_modules), ("layers", layers), ("alpha", alpha))
+                 if v is not None]
+        if given:
+            raise ParameterError(given[0], "pass {name} or template, not both")
+        target_modules, layers, alpha = template.target_modules, template.layers or "all", template.alpha
+    if isinstance(target_modules, str):
+        target_modules = [m.strip() for m in target_modules.split(",") if m.strip()]
     spec = SweepSpec(model=model, ranks=DEFAULT_RANKS if ranks is None else ranks,
-                     lengths=DEFAULT_LENGTHS if lengths is None else lengths, target_modules=tuple(modules),
-                     layers=layers, alpha=alpha, recipe=recipe or default_recipe(), batch_size=batch_size,
-                     chunk=DEFAULT_CHUNK if chunk is None else chunk,
+                     lengths=DEFAULT_LENGTHS if lengths is None else lengths,
+                     target_modules=tuple(DEFAULT_TARGET_MODULES if target_modules is None else target_modules),
+                     layers=layers, alpha="2*rank" if alpha is None else alpha, recipe=recipe or default_recipe(),
+                     batch_size=batch_size, chunk=DEFAULT_CHUNK if chunk is None else chunk,
                      data=_corpus(data, "data") if data is not None else None, data_seed=data_seed,
-                     shard=shard if isinstance(shard, Shard) else Shard.parse(shard), device=rt.resolved_device(),
-                     dtype=rt.dtype, n_boot=n_boot)
+                     shard=shard if isinstance(shard, Shard) or shard is None else Shard.parse(shard),
+                     device=rt.resolved_device(), dtype=rt.dtype, n_boot=n_boot)
     return run_sweep(spec, out, progress=_internal(progress), plot=plot)

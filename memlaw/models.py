@@ -295,6 +295,10 @@ def plain_model_path(name: str) -> str:
     if name == "tiny":
         d = tiny_dir()
         if not (d / "config.json").is_file():
+            from transformers.utils import logging as hf_logging
+
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # "Writing model shards" for a 0.3 MB model is noise
             tmp = Path(tempfile.mkdtemp(dir=_mkparent(d), prefix=".tiny.tmp-"))
             try:
                 tiny_model().save_pretrained(str(tmp), safe_serialization=True)
@@ -306,6 +310,9 @@ def plain_model_path(name: str) -> str:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
         return str(d.resolve())
     if name in BUILTIN_MODELS:
         return resolve_model_path(name)
@@ -418,7 +425,8 @@ def resolve_adapter(adapter, *, revision: str | None = None, allow_pickle: bool 
     existing local folder always wins over a hub id of the same spelling."""
     local = Path(os.fspath(adapter)).expanduser()
     name = os.fspath(adapter)
-    if local.exists() or not _looks_like_hub_id(name):
+    # "runs/typo" where ./runs exists is a mistyped folder, not a hub repo of user "runs"
+    if local.exists() or not _looks_like_hub_id(name) or local.parent.is_dir():
         if revision is not None:
             raise UserError(f"a revision ({revision}) applies to a Hugging Face Hub adapter, and {name} is a "
                             "local path", fix="leave the revision out")

@@ -165,8 +165,9 @@ class AuditResult:
         return gate.passed(self.summary)
 
     def failures(self, gate: "Gate") -> list[str]:
-        """One line per threshold of ``gate`` this audit misses; empty when it passes."""
-        return gate.check(self.summary)
+        """One line per threshold of ``gate`` this audit misses, naming the Gate field
+        (``coverage 0.9 < 0.99 (min_coverage)``); empty when it passes."""
+        return gate.check(self.summary, names={k: k for k in gate.to_dict()})
 
     @property
     def coverage(self) -> float:
@@ -249,18 +250,20 @@ class Gate:
             "max_mean_loss": float(summary["mean_loss"]),
         }
 
-    def check(self, summary) -> list[str]:
+    def check(self, summary, names: dict | None = None) -> list[str]:
         """One line per threshold that fails; empty when the gate passes. ``summary``: an audit
-        summary dict, or anything with a ``summary`` (an :class:`AuditResult`, a trained adapter)."""
+        summary dict, or anything with a ``summary`` (an :class:`AuditResult`, a trained adapter).
+        ``names``: what each line calls its threshold (default: the memaudit options)."""
+        names = names or self._OPTIONS
         got = self.values(getattr(summary, "summary", summary))
         out = []
-        names = {"min_coverage": "coverage", "min_exact": "exact records", "min_locked": "locked records"}
-        for k, label in names.items():
+        labels = {"min_coverage": "coverage", "min_exact": "exact records", "min_locked": "locked records"}
+        for k, label in labels.items():
             want = getattr(self, k)
             if want is not None and got[k] < want:
-                out.append(f"{label} {got[k]:.4f} < {want:g} ({self._OPTIONS[k]})")
+                out.append(f"{label} {got[k]:.4f} < {want:g} ({names[k]})")
         if self.max_mean_loss is not None and got["max_mean_loss"] > self.max_mean_loss:
-            out.append(f"mean loss {got['max_mean_loss']:.4f} > {self.max_mean_loss:g} (--max-mean-loss)")
+            out.append(f"mean loss {got['max_mean_loss']:.4f} > {self.max_mean_loss:g} ({names['max_mean_loss']})")
         return out
 
     def passed(self, summary) -> bool:

@@ -118,9 +118,10 @@ class Shard:
         try:
             i, n = (int(x) for x in str(text).split("/"))
         except ValueError:
-            raise UserError(f"--shard must look like i/n (e.g. 0/4), got '{text}'") from None
+            raise ParameterError("shard", f"{{name}} must look like i/n (e.g. 0/4), got '{text}'") from None
         if n < 1 or not 0 <= i < n:
-            raise UserError(f"--shard {text}: need n ≥ 1 and 0 ≤ i < n", fix="e.g. --shard 0/4 … --shard 3/4")
+            raise ParameterError("shard", f"{{name}} {text}: need n ≥ 1 and 0 ≤ i < n",
+                                 fix="e.g. {set}0/4 … {set}3/4")
         return cls(i, n)
 
     def __str__(self) -> str:

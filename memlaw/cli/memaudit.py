@@ -111,11 +111,12 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
     # PEFT calls a transformers property that warns about its own deprecation: noise for our users.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
-    from memlaw.auditor.audit import Gate, audit_adapter
+    from memlaw import api
     from memlaw.auditor.reports import print_comparison, print_gate, print_terminal, write_reports
+    from memlaw.models import resolve_adapter
 
-    gate = Gate(min_coverage=min_coverage, min_exact=min_exact, min_locked=min_locked,
-                max_mean_loss=max_mean_loss)
+    gate = api.Gate(min_coverage=min_coverage, min_exact=min_exact, min_locked=min_locked,
+                    max_mean_loss=max_mean_loss)
     if repair_out is None:
         given = [p for p in REPAIR_ONLY if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE]
         if given:
@@ -126,17 +127,17 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
         raise UserError("--format/--key-field/--target-field need --corpus",
                         fix="pass --corpus FILE (the corpus recorded in memlaw.json keeps its own options)")
     reports = {"--json": json_out, "--markdown": markdown, "--html": html_out, "--junit": junit}
+    adapter_dir, hub_id = resolve_adapter(adapter_dir, allow_pickle=allow_pickle)  # a folder, or fetched by hub id
     _check_outputs(adapter_dir, corpus, reports)
     spec = corpus_spec(corpus, fmt, key_field, target_field) if corpus else None
     console = Console(highlight=False)
     if backend != "vllm" and ctx.get_parameter_source("vllm_mode") == ParameterSource.COMMANDLINE:
         raise UserError("--vllm-mode applies to --backend vllm only", fix="add --backend vllm")
-    common = dict(base_model=base_model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                  force_base=force_base, progress=not quiet, backend=backend, vllm_mode=vllm_mode)
+    common = dict(base_model=base_model, force_base=force_base, progress=not quiet,
+                  runtime=api.Runtime(device="cpu", backend=backend, vllm_mode=vllm_mode,
+                                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle))
 
     if repair_out is not None:
-        from memlaw.auditor.repair import repair
-
         given = {p for p in ("lr", "batch_size") if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE}
         found = repair_defaults(adapter_dir) if given != {"lr", "batch_size"} else None
         if found:
@@ -154,8 +155,8 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
                 console.print(f"repairing ({method}, at most {repair_steps} steps) → {repair_out}",
                               markup=False)
 
-        rep = repair(adapter_dir, repair_out, corpus=spec, method=method, steps=repair_steps, lr=lr,
-                     batch_size=batch_size, gate=gate, on_before=show_before, **common)
+        rep = api.repair(adapter_dir, repair_out, spec, method=method, steps=repair_steps, lr=lr,
+                         batch_size=batch_size, gate=gate, on_before=show_before, **common)
         result = rep.after
         print_comparison(console, rep.before, rep.after,
                          title=f"repair {adapter_dir} → {rep.out} ({method}, {rep.steps} steps, {rep.stop_reason})")
@@ -164,10 +165,11 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
         else:
             print_gate(console, result, gate)
     else:
-        result = audit_adapter(adapter_dir, spec, **common)
+        result = api.audit(adapter_dir, spec, **common)
+        result.adapter = hub_id or result.adapter  # a hub adapter by its id, not its cache folder
         if quiet:
             s = result.summary
-            click.echo(f"{adapter_dir}: coverage {s['coverage']:.4f}, exact {s['exact_records']}/{s['records']}, "
+            click.echo(f"{hub_id or adapter_dir}: coverage {s['coverage']:.4f}, exact {s['exact_records']}/{s['records']}, "
                        f"locked {s['locked_records']}/{s['records']}, mean loss {s['mean_loss']:.4f}")
             for w in result.warnings:
                 click.echo(f"warning: {w}", err=True)
