@@ -499,15 +499,19 @@ def _check_config_base_name(name: str, adapter_dir: Path) -> None:
                         fix="pass --base-model with the model you trust")
 
 
-def _sidecar_base_name(sidecar: dict | None) -> str | None:
-    """memlaw's built-in name for the base model (``tiny``, ``smollm2-135m``) from the sidecar: its
-    adapter_config.json records the folder behind it, for plain PEFT, a path memlaw won't follow.
-    Only a built-in name is taken from the sidecar (untrusted data, as the config is)."""
+def _sidecar_base_name(sidecar: dict | None, cfg: dict) -> str | None:
+    """memlaw's built-in name for the base model (``tiny``, ``smollm2-135m``) from the sidecar, when
+    adapter_config.json names that model's folder (``…/models/<name>`` in some memlaw cache: what
+    memft records, for plain PEFT) or the name itself. memlaw loads the built-in model and never
+    follows the config's path; a config naming any other path is refused as before."""
     from memlaw.models import BUILTIN_MODELS
 
     bm = sidecar.get("base_model") if isinstance(sidecar, dict) else None
     name = bm.get("name") if isinstance(bm, dict) else None
-    return name if isinstance(name, str) and name in BUILTIN_MODELS else None
+    named = cfg.get("base_model_name_or_path")
+    if not isinstance(name, str) or name not in BUILTIN_MODELS or not isinstance(named, str):
+        return None
+    return name if named == name or Path(named).parts[-2:] == ("models", name) else None
 
 
 def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
@@ -531,7 +535,7 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
     if base is not None:
         name = base.name
     else:
-        name = base_model or _sidecar_base_name(sidecar) or cfg.get("base_model_name_or_path")
+        name = base_model or _sidecar_base_name(sidecar, cfg) or cfg.get("base_model_name_or_path")
         if not name or not isinstance(name, str):
             raise UserError(f"{adapter_dir / 'adapter_config.json'} names no base model "
                             "(base_model_name_or_path)", fix="pass --base-model")
