@@ -436,15 +436,16 @@ def resolve_adapter(adapter, *, revision: str | None = None, allow_pickle: bool 
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     patterns = list(ADAPTER_FILES) + (list(PICKLE_FILES) if allow_pickle else [])
+    shown = name + (f" (revision {revision})" if revision else "")
     offline = bool(constants.HF_HUB_OFFLINE)
     try:
         path = snapshot_download(name, revision=revision, allow_patterns=patterns, local_files_only=offline)
     except LocalEntryNotFoundError:
         if offline:
-            raise UserError(f"adapter {name} is neither a local folder nor in the Hugging Face cache "
+            raise UserError(f"adapter {shown} is neither a local folder nor in the Hugging Face cache "
                             f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set",
                             fix="check the name, unset HF_HUB_OFFLINE to download it, or pass a local folder") from None
-        raise UserError(f"adapter {name} is neither a local folder nor in the Hugging Face cache, and "
+        raise UserError(f"adapter {shown} is neither a local folder nor in the Hugging Face cache, and "
                         f"{constants.ENDPOINT} cannot be reached", fix="check the name or the network, "
                         "or pass a local folder") from None
     except GatedRepoError:
