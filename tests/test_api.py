@@ -249,3 +249,28 @@ def test_hub_adapter_at_a_revision(trained, tmp_path):
         assert resolve_adapter("someone/kv", revision="v1") == (tagged, "someone/kv@v1")
         with pytest.raises(UserError, match=r"someone/kv \(revision v2\) .*HF_HUB_OFFLINE"):
             resolve_adapter("someone/kv", revision="v2")
+
+
+# --------------------------------------------------------------------------------------------
+# calibrate
+
+
+def test_calibrate_reports_each_point_and_fits_a_card(env, tmp_path):
+    events: list[memlaw.Progress] = []
+    import dataclasses
+
+    from memlaw.calibration.defaults import default_recipe
+
+    # test_calibration.py's grid and budget: the calibration recipe, 15 steps a cycle
+    recipe = dataclasses.replace(default_recipe(), lr=0.02, max_steps=15, converge_rel_tol=10)
+    res = memlaw.calibrate(tmp_path / "sweep", model="tiny", ranks=[1, 2, 4], lengths="48,96", chunk=16,
+                           recipe=recipe, n_boot=0, runtime=memlaw.Runtime(device="cpu"), progress=events.append)
+    points = [e for e in events if e.stage == "calibrate"]
+    assert [e.done for e in points] == [1, 2, 3, 4, 5, 6] and {e.total for e in points} == {6}
+    assert sorted((e.info["rank"], e.info["length"]) for e in points) == sorted(res.grid)
+    assert res.card is not None and res.card_path == tmp_path / "sweep" / "law.json" and not res.missing
+    assert len(res.card.points) == 6 and res.card.template["target_modules"] == ["q_proj", "v_proj"]
+    assert res.card.template["layers"] == [0, 1]  # the last two of tiny's two layers
+    # a template object: layers=None adapts every layer; mixing it with its parts is refused
+    with pytest.raises(ParameterError, match="pass alpha or template, not both"):
+        memlaw.calibrate(tmp_path / "s2", model="tiny", template=memlaw.LoraTemplate(), alpha=4)
