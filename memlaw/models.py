@@ -402,6 +402,18 @@ def _identity_of_path(name: str, path: str, model) -> dict:
     return {"name": name, "config_sha256": cfg, "weights_sha256": weights}
 
 
+def identity_difference(a: dict, b: dict) -> tuple[bool | None, str | None]:
+    """Do two model identities name the same weights, and which hash decided: ``(True|False,
+    "weights_sha256"|"config_sha256")``, or ``(None, None)`` when neither pair is there to tell.
+    The weights hashes decide when both sides have one: a config hash also changes with the
+    transformers version that wrote or serialised the config. The one identity check of memlaw
+    (the planner's card and cache, the auditor's sidecar)."""
+    for key in ("weights_sha256", "config_sha256"):
+        if a.get(key) and b.get(key):
+            return a[key] == b[key], key
+    return None, None
+
+
 # --------------------------------------------------------------------------------------------
 # adapters
 

@@ -429,25 +429,23 @@ def resolve_corpus(adapter_dir: Path, corpus, sidecar: dict | None, sidecar_prob
 
 
 def _check_identity(base, sidecar: dict | None, adapter_dir: Path, force_base: bool) -> list[str]:
-    """Refuse a base model whose identity differs from the one the sidecar records. Weights hashes
-    are compared when both sides have one (the config hash depends on the transformers version),
-    else config hashes."""
+    """Refuse a base model whose identity differs from the one the sidecar records
+    (:func:`memlaw.models.identity_difference`: weights hashes first, else config hashes)."""
+    from memlaw.models import identity_difference
+
     rec = (sidecar or {}).get("base_model")
     if not isinstance(rec, dict):
         return []
     have = getattr(base, "identity", {}) or {}
-    for key in ("weights_sha256", "config_sha256"):
-        a, b = rec.get(key), have.get(key)
-        if a and b:
-            if a == b:
-                return []
-            msg = (f"base model '{base.name}' is not the one {adapter_dir} was trained on: {SIDECAR} records "
-                   f"'{rec.get('name')}' with {key.replace('_sha256', '')} sha256 {str(a)[:12]}…, this one has "
-                   f"{str(b)[:12]}…")
-            if force_base:
-                return [msg + " (--force-base: auditing anyway)"]
-            raise UserError(msg, fix="pass the right --base-model, or --force-base to audit anyway")
-    return []
+    same, key = identity_difference(rec, have)
+    if same is not False:
+        return []
+    msg = (f"base model '{base.name}' is not the one {adapter_dir} was trained on: {SIDECAR} records "
+           f"'{rec.get('name')}' with {key.replace('_sha256', '')} sha256 {str(rec[key])[:12]}…, this one has "
+           f"{str(have[key])[:12]}…")
+    if force_base:
+        return [msg + " (--force-base: auditing anyway)"]
+    raise UserError(msg, fix="pass the right --base-model, or --force-base to audit anyway")
 
 
 def _check_tokenizer(base, adapter_dir: Path, trust_remote_code: bool, force_base: bool) -> list[str]:

@@ -271,14 +271,10 @@ def remember_identity(name: str, identity: dict) -> None:
 
 
 def same_model(a: dict, b: dict) -> bool | None:
-    """Do two identities name the same weights? The weights hashes decide when both sides have
-    one (a config hash also changes with the transformers version that wrote or serialised the
-    config, as the auditor's identity check knows too); else the config hashes; None when
-    neither pair is there to tell."""
-    for key in ("weights_sha256", "config_sha256"):
-        if a.get(key) and b.get(key):
-            return a[key] == b[key]
-    return None
+    """Do two identities name the same weights? (:func:`memlaw.models.identity_difference`)"""
+    from memlaw.models import identity_difference
+
+    return identity_difference(a, b)[0]
 
 
 # --------------------------------------------------------------------------------------------
