@@ -274,3 +274,41 @@ def test_calibrate_reports_each_point_and_fits_a_card(env, tmp_path):
     # a template object: layers=None adapts every layer; mixing it with its parts is refused
     with pytest.raises(ParameterError, match="pass alpha or template, not both"):
         memlaw.calibrate(tmp_path / "s2", model="tiny", template=memlaw.LoraTemplate(), alpha=4)
+
+
+# --------------------------------------------------------------------------------------------
+# repair, and the package's names
+
+
+def test_repair_continues_with_the_adapters_own_recipe(trained, tmp_path):
+    seen = []
+    rep = memlaw.repair(trained.path, tmp_path / "fixed", method="sft", steps=60, gate=memlaw.Gate(min_coverage=1.0),
+                        runtime=memlaw.Runtime(device="cpu"), on_before=seen.append)
+    # lr and batch size from the adapter's memlaw.json (not Recipe's 2e-3 / 32)
+    assert rep.sidecar["recipe"]["lr"] == trained.sidecar["recipe"]["lr"] == 1e-2
+    assert rep.sidecar["recipe"]["batch_size"] == trained.sidecar["recipe"]["batch_size"] == 24
+    assert seen[0].summary == rep.before.summary
+    assert rep.before.summary["coverage"] == pytest.approx(trained.coverage, abs=1e-12)
+    assert rep.after.coverage > rep.before.coverage and 1 <= rep.steps <= 60  # measured: 0.094 → 0.458
+    assert rep.after.passed(memlaw.Gate(min_coverage=1.0)) == (rep.stop_reason in ("gate_passed", "already_passing"))
+    with pytest.raises(ParameterError, match=r"^out .* lies inside the adapter folder"):
+        memlaw.repair(trained.path, trained.path / "inside", runtime=memlaw.Runtime(device="cpu"))
+
+
+def test_memlaw_exports_the_api_lazily():
+    import memlaw.api
+
+    for name in ("plan", "audit", "train", "repair", "calibrate", "Runtime", "Gate", "Recipe", "LoraTemplate",
+                 "Corpus", "Progress", "TrainedAdapter"):
+        assert getattr(memlaw, name) is getattr(memlaw.api, name) and name in dir(memlaw)
+    assert memlaw.Corpus is memlaw.api.CorpusSpec and memlaw.UserError is UserError
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        memlaw.nope
+    with pytest.raises(dataclasses_frozen()):
+        memlaw.Runtime().device = "cuda"
+
+
+def dataclasses_frozen():
+    import dataclasses
+
+    return dataclasses.FrozenInstanceError

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from memlaw.auditor.audit import AuditResult, Gate, audit_adapter, audit_inputs, load_adapter_inputs
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError
 
 
 @dataclass
@@ -86,10 +86,10 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
 
         require_vllm()
     if adapter_dir.exists() and _inside(out, adapter_dir):
-        raise UserError(f"--repair-out {out} lies inside the adapter folder {adapter_dir}, which is never modified",
-                        fix="choose a folder outside it")
+        raise ParameterError("out", f"{{name}} {out} lies inside the adapter folder {adapter_dir}, which is never "
+                                    "modified", fix="choose a folder outside it")
     if steps < 1:
-        raise UserError(f"--repair-steps must be ≥ 1, got {steps}")
+        raise ParameterError("steps", f"{{name}} must be ≥ 1, got {steps}")
     recipe = Recipe(method=method, lr=lr, batch_size=batch_size, max_steps=steps, seed=seed,
                     **({"patience": patience} if patience is not None else {}))
     gate = gate or Gate()

@@ -35,8 +35,9 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-#: Python API parameter → command-line option, where the option is not simply --param-name
-OPTION_NAMES = {"corpus_format": "--format", "law": "--law", "steps": "--repair-steps"}
+#: Python API parameter → command-line option, where the running command has no option of that
+#: name and the option is not simply --param-name (memaudit's repair: out, steps)
+OPTION_NAMES = {"law": "--law", "out": "--repair-out", "steps": "--repair-steps"}
 
 
 def option_for(param: str) -> str:
