@@ -96,7 +96,8 @@ def _check_outputs(adapter_dir: Path, corpus: str | None, reports: dict) -> None
 def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, force_base, allow_pickle,
          trust_remote_code, min_coverage, min_exact, min_locked, max_mean_loss, json_out, json_tokens, markdown,
          html_out, junit, worst, repair_out, method, repair_steps, lr, batch_size, backend, vllm_mode, quiet):
-    """Audit the PEFT LoRA adapter in ADAPTER_DIR token by token against its corpus: coverage
+    """Audit the PEFT LoRA adapter in ADAPTER_DIR (a folder, or a Hugging Face Hub id such as
+    user/adapter) token by token against its corpus: coverage
     (tokens with p > 0.5), exact and locked records, failing spans. Exit 0 when every given
     threshold holds, 1 when one fails, 2 on bad input, 130 on Ctrl-C, 143 on SIGTERM. With
     --repair-out, continue training it with MemFT into a new folder and audit that (the exit code
