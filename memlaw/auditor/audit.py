@@ -576,7 +576,7 @@ def audit_inputs(inputs: AdapterInputs, *, progress: bool = False, backend: str 
         from memlaw.vllm_backend import score_adapter
 
         def scorer(encoded):
-            return score_adapter(inputs, mode=vllm_mode, progress=progress)
+            return score_adapter(inputs, mode=vllm_mode, progress=progress is True)  # vLLM: its own bar or none
     result = audit(inputs.model, inputs.base, inputs.encoded, inputs.records, pad_id=inputs.pad_id,
                    progress=progress, scorer=scorer)
     result.backend = backend if backend == "transformers" else f"vllm ({vllm_mode})"

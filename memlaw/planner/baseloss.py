@@ -79,7 +79,7 @@ def base_losses(model, encoded: Sequence, backend: str = "transformers", *, pad_
 
         if model is not None:
             check_context(model, encoded)
-        scores = score_base(model_name, encoded, progress=progress)
+        scores = score_base(model_name, encoded, progress=progress is True)  # vLLM: its own bar or none
     else:
         from memlaw.scoring import score
 
