@@ -352,8 +352,9 @@ def make_lora_model(base_model, template: LoraTemplate, rank: int, seed: int):
     if rank < 1:
         raise UserError(f"rank must be ≥ 1, got {rank}")
     if not template.matched_modules(base_model):
-        raise UserError(f"LoRA target modules {list(template.target_modules)} match no layer of the model",
-                        fix="pass --target-modules names that exist in the model (e.g. q_proj,v_proj)")
+        raise ParameterError("target_modules", f"LoRA target modules {list(template.target_modules)} match no layer "
+                                               "of the model", fix="pass {name} names that exist in the model (e.g. "
+                                                                   "q_proj,v_proj)")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return get_peft_model(base_model, template.lora_config(rank))
@@ -671,7 +672,8 @@ def check_new_dir(out: str | Path) -> Path:
     """We never overwrite what a user has: the output folder must not exist yet (or be empty)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"output {out} already exists", fix="choose a new --out folder; memlaw never overwrites")
+        raise ParameterError("out", f"output {out} already exists", fix="choose a new {name} folder; memlaw never "
+                                                                        "overwrites")
     return out
 
 

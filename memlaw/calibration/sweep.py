@@ -194,10 +194,10 @@ class SweepSpec:
         if self.batch_size is not None and self.batch_size < 1:
             raise ParameterError("batch_size", f"{{name}} must be ≥ 1, got {self.batch_size}")
         if len(self.ranks) < 2 or len(self.lengths) < 2 or len(self.grid()) < MIN_POINTS:
-            raise UserError(f"a grid of {len(self.ranks)} rank(s) × {len(self.lengths)} length(s) cannot determine "
-                            f"the law (C, α, β, b)",
-                            fix=f"sweep at least 2 ranks and 2 lengths, {MIN_POINTS}+ points (e.g. --ranks 1,2,4,8 "
-                                "--lengths 64,128,256)")
+            raise ParameterError("ranks", f"a grid of {len(self.ranks)} rank(s) × {len(self.lengths)} length(s) "
+                                          "cannot determine the law (C, α, β, b)",
+                                 fix=f"sweep at least 2 ranks and 2 lengths, {MIN_POINTS}+ points (e.g. {{set}}1,2,4,8 "
+                                     "{set:lengths}64,128,256)")
 
     def grid(self) -> list[tuple[int, int]]:
         """Every (rank, length), row-major: ranks outer, lengths inner."""
@@ -216,8 +216,8 @@ class SweepSpec:
         n = int(getattr(model.config, "num_hidden_layers", 0) or 0)
         if self.layers is None or self.layers == "all":
             if n < 1:
-                raise UserError("cannot tell how many layers the model has (config.num_hidden_layers)",
-                                fix="pass --layers explicitly")
+                raise ParameterError("layers", "cannot tell how many layers the model has (config.num_hidden_layers)",
+                                     fix="pass {name} explicitly")
             layers = tuple(range(max(0, n - DEFAULT_LAST_LAYERS), n)) if self.layers is None else tuple(range(n))
         else:
             layers = tuple(self.layers)
@@ -230,8 +230,9 @@ class SweepSpec:
         except ValueError:
             raise ParameterError("alpha", f"{{name}} must be a number or k*rank, got '{self.alpha}'") from None
         if not t.matched_modules(model):
-            raise UserError(f"LoRA target modules {list(self.target_modules)} on layers {list(layers)} match no "
-                            "module of the model", fix="pass --target-modules names that exist (e.g. q_proj,v_proj)")
+            raise ParameterError("target_modules", f"LoRA target modules {list(self.target_modules)} on layers "
+                                                   f"{list(layers)} match no module of the model",
+                                 fix="pass {name} names that exist (e.g. q_proj,v_proj)")
         return t
 
     def recipe_dict(self) -> dict:
@@ -320,9 +321,9 @@ class SweepData:
             self._encoded = encode_records(base.tokenizer, spec.data.read())
             total = sum(e.n_target for e in self._encoded)
             if total < max(spec.lengths):
-                raise UserError(f"the corpus holds {total} target tokens, fewer than the longest --lengths "
-                                f"({max(spec.lengths)})", where=spec.data.path,
-                                fix=f"pass --lengths up to {total}, or a larger corpus")
+                raise ParameterError("lengths", f"{spec.data.path}: the corpus holds {total} target tokens, fewer "
+                                                f"than the longest {{name}} ({max(spec.lengths)})",
+                                     fix=f"pass {{name}} up to {total}, or a larger corpus")
         else:
             self._pool = token_pool(base.tokenizer, base.model)
 
@@ -620,12 +621,12 @@ def run_sweep(spec: SweepSpec, out, *, progress: bool = True, plot: bool = False
 
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UserError("exists and is not a folder", where=str(out), fix="choose another --out")
+        raise ParameterError("out", f"{out}: exists and is not a folder", fix="choose another {name}")
     points_path, meta_path = out / POINTS, out / SWEEP
     old_meta = read_sweep_json(meta_path) if meta_path.exists() else None
     if old_meta is None and points_path.exists():
-        raise UserError("holds points.jsonl but no sweep.json: cannot tell what the points were measured with",
-                        where=str(out), fix="choose another --out")
+        raise ParameterError("out", f"{out}: holds points.jsonl but no sweep.json: cannot tell what the points "
+                                    "were measured with", fix="choose another {name}")
 
     base = base or load_base(spec.model, device=spec.device, dtype=spec.dtype, seed=0)
     template = spec.template(base.model)

@@ -66,7 +66,7 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ParameterError as e:
-            fail(e.as_option(option_for(e.param)))
+            fail(e.as_option(option_for))
         except UserError as e:
             fail(e)
         except KeyboardInterrupt:
