@@ -47,5 +47,5 @@ def test_readme_from_python_runs(tmp_path, monkeypatch, capsys):
     # the progress callback saw epochs end (its lines are printed)
     assert re.search(r"train step \d+/30: coverage \d\.\d{3}", out)
     # the error block printed the one-line error naming the Python parameter
-    assert "min_coverage must be a fraction in [0, 1], got 1.5 — e.g. min_coverage=0.99 for 99%" in out
+    assert "min_coverage must be a fraction in [0, 1], got 1.5 — e.g. 0.99 for 99%" in out
     assert "--min-coverage" not in out

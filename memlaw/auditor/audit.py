@@ -227,13 +227,13 @@ class Gate:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1:
                 raise ParameterError(name, f"{{name}} must be a fraction in [0, 1], got {v}",
-                                     fix="e.g. {set}0.99 for 99%")
+                                     fix="e.g. 0.99 for 99%")
             setattr(self, name, float(v))
         v = self.max_mean_loss
         if v is not None:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ParameterError("max_mean_loss", f"{{name}} must be a loss in nats ≥ 0, got {v}",
-                                     fix="e.g. {set}0.05; ln 2 ≈ 0.693 is the lock threshold of a single token")
+                                     fix="e.g. 0.05; ln 2 ≈ 0.693 is the lock threshold of a single token")
             self.max_mean_loss = float(v)
 
     @property

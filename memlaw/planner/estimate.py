@@ -82,7 +82,8 @@ def resolve_card(law_path: str | None, model: str | None) -> tuple[LawCard, str,
     path = shipped_card_path(name)
     if path is None:
         raise ParameterError("law", f"no law card ships for model '{name}'",
-                             fix=f"calibrate one (`memplan calibrate --model {name}`) and pass it with {{set}}CARD.json")
+                             fix=f"calibrate one with `memplan calibrate --model {name}` and pass it with "
+                                 "{set}CARD.json")
     return load_card(path), str(path), True
 
 
