@@ -49,3 +49,21 @@ def test_readme_from_python_runs(tmp_path, monkeypatch, capsys):
     # the error block printed the one-line error naming the Python parameter
     assert "min_coverage must be a fraction in [0, 1], got 1.5 — e.g. 0.99 for 99%" in out
     assert "--min-coverage" not in out
+
+
+def test_readme_layout_matches_the_tree():
+    """Every module and subpackage of memlaw/ is named in the README's layout block, and every
+    name there exists."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    m = re.search(r"^## Layout\n+```\n(.*?)^```", text, flags=re.M | re.S)
+    assert m, "README has no '## Layout' block"
+    names = "\n".join(line.split("#")[0] for line in m.group(1).splitlines())  # without the comments
+    named = set(re.findall(r"([A-Za-z_]+\.py|[A-Za-z_]+/)", names))
+    pkg = ROOT / "memlaw"
+    have = {p.name for p in pkg.glob("*.py") if p.name != "__init__.py"}
+    have |= {p.name + "/" for p in pkg.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    top = {"memlaw/", "tests/", "examples/", "benchmarks/", "docs/"}
+    assert have <= named, f"not in the README's layout: {sorted(have - named)}"
+    assert named - top <= have, f"in the README's layout but not in memlaw/: {sorted(named - top - have)}"
+    for d in top:
+        assert (ROOT / d).is_dir()
