@@ -160,6 +160,10 @@ def test_plain_peft_loads_a_memft_adapter_from_its_config(trained):
     (lambda c: memlaw.calibrate("never", model="tiny", ranks="1,x"), "ranks must be comma-separated integers"),
     (lambda c: memlaw.calibrate("never", model="tiny", shard="5/4"), "shard 5/4: need n ≥ 1 and 0 ≤ i < n"),
     (lambda c: memlaw.audit(c.parent / "no-such-adapter"), "does not exist"),
+    (lambda c: memlaw.plan(c, model="tiny", runtime=memlaw.Runtime(dtype="bfloat16")),
+     "plans score in float32, got runtime dtype 'bfloat16'"),
+    (lambda c: memlaw.Corpus(str(c), key_field="k").read(), "key_field needs target_field"),
+    (lambda c: memlaw.train(c, c, model="tiny"), "already exists — choose a new out folder"),
 ])
 def test_errors_name_python_parameters(corpus, make, text):
     with pytest.raises(UserError) as info:
