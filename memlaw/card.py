@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from memlaw import __version__
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError, UserError
 from memlaw.io import atomic_write_json, json_safe
 from memlaw.law import NAMES, FitError, Law, bootstrap, coverage_loss_thresholds, fit
 
@@ -154,9 +154,9 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
     try:
         res = fit(r, l, dl, cens)
     except FitError as e:
-        raise UserError(f"the law fit failed: {e}",
-                        fix="train the points longer (a larger --max-steps, so they pass the convergence test) "
-                            "or sweep smaller ranks / longer targets if every adapter saturated") from None
+        raise ParameterError("max_steps", f"the law fit failed: {e}",
+                             fix="train the points longer (a larger {name}, so they pass the convergence test) "
+                                 "or sweep smaller ranks / longer targets if every adapter saturated") from None
     if not math.isfinite(res.r2):
         raise UserError("R² is undefined: the converged, unsaturated points all have the same ΔL",
                         fix="sweep a wider range of ranks and lengths")

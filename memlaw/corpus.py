@@ -43,7 +43,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError, UserError
 
 #: format name -> (key field, target field); ``messages`` is handled apart.
 FIELD_FORMATS: dict[str, tuple[str | None, str]] = {
@@ -231,17 +231,18 @@ def read_corpus(path: str | os.PathLike, *, fmt: str = "auto", key_field: str | 
     name = str(path)
     fmt = _normalise_fmt(fmt)
     if key_field is not None and target_field is None:
-        raise UserError("--key-field needs --target-field", fix="name the target field too (--target-field)")
+        raise ParameterError("key_field", "{name} needs {name:target_field}",
+                             fix="name the target field too ({name:target_field})")
     if target_field is not None:
         if fmt not in ("auto", "custom"):
-            raise UserError(f"--key-field/--target-field cannot be combined with format '{fmt}'",
-                            fix="drop --format or the field options")
-        for opt, val in (("--key-field", key_field), ("--target-field", target_field)):
+            raise ParameterError("key_field", f"{{name}}/{{name:target_field}} cannot be combined with format '{fmt}'",
+                                 fix="drop {name:fmt} or the field options")
+        for opt, val in (("key_field", key_field), ("target_field", target_field)):
             if val is not None and (not isinstance(val, str) or not val):
-                raise UserError(f"{opt} must be a non-empty field name")
+                raise ParameterError(opt, "{name} must be a non-empty field name")
         fmt = "custom"
     elif fmt == "custom":
-        raise UserError("format 'custom' needs --target-field (and --key-field for a non-empty key)")
+        raise ParameterError("target_field", "format 'custom' needs {name} (and {name:key_field} for a non-empty key)")
 
     data = _read_bytes(path)
     if not data.strip():
@@ -286,8 +287,8 @@ def read_corpus(path: str | os.PathLike, *, fmt: str = "auto", key_field: str | 
                 raise UserError(f"unknown record format (fields: {fields})", where=where, fix=_KNOWN)
             if file_fmt is None:
                 if len(found) > 1:
-                    raise UserError(f"record has fields of several formats ({', '.join(found)})", where=where,
-                                    fix="pass --format, or --key-field/--target-field")
+                    raise ParameterError("fmt", f"{where}: record has fields of several formats ({', '.join(found)})",
+                                         fix="pass {name}, or {name:key_field}/{name:target_field}")
                 file_fmt = this = found[0]
                 first_line = lineno
             elif file_fmt not in found:
@@ -482,8 +483,8 @@ def encode_records(tokenizer, records: list[Record], *, eos: bool = False) -> li
     teaches the model to stop after the fact and scoring checks that it would."""
     eos_id = tokenizer.eos_token_id if eos else None
     if eos and eos_id is None:
-        raise UserError("the tokenizer has no EOS token to train after the targets",
-                        fix="train without --eos, or use a tokenizer that defines eos_token")
+        raise ParameterError("eos", "the tokenizer has no EOS token to train after the targets",
+                             fix="train without {name}, or use a tokenizer that defines eos_token")
     keys = render_keys(tokenizer, records)
     fallback = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     out: list[Encoded] = []

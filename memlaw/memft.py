@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError, UserError
 
 LN2 = math.log(2.0)
 METHODS = ("sft", "ot", "sw", "curriculum")
@@ -137,20 +137,21 @@ class Recipe:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise UserError(f"unknown method '{self.method}'", fix=f"use one of {', '.join(METHODS)}")
+            raise ParameterError("method", f"unknown method '{self.method}'", fix=f"use one of {', '.join(METHODS)}")
         if self.schedule not in SCHEDULES:
-            raise UserError(f"unknown lr schedule '{self.schedule}'", fix=f"use one of {', '.join(SCHEDULES)}")
+            raise ParameterError("schedule", f"unknown lr schedule '{self.schedule}'",
+                                 fix=f"use one of {', '.join(SCHEDULES)}")
         if self.train_dtype not in TRAIN_DTYPES:
-            raise UserError(f"unknown training dtype '{self.train_dtype}'", fix=f"use one of {', '.join(TRAIN_DTYPES)}")
-        for name, value, ok, rule in (("lr", self.lr, self.lr > 0, "> 0"),
-                                      ("batch size", self.batch_size, self.batch_size >= 1, "≥ 1"),
-                                      ("max steps", self.max_steps, self.max_steps >= 0, "≥ 0"),
-                                      ("patience", self.patience, self.patience >= 0, "≥ 0"),
-                                      ("cycles", self.cycles, self.cycles >= 1, "≥ 1")):
-            if not ok:
-                raise UserError(f"{name} must be {rule}, got {value}")
+            raise ParameterError("train_dtype", f"unknown training dtype '{self.train_dtype}'",
+                                 fix=f"use one of {', '.join(TRAIN_DTYPES)}")
+        for name, ok, rule in (("lr", lambda v: v > 0, "> 0"), ("batch_size", lambda v: v >= 1, "≥ 1"),
+                               ("max_steps", lambda v: v >= 0, "≥ 0"), ("patience", lambda v: v >= 0, "≥ 0"),
+                               ("cycles", lambda v: v >= 1, "≥ 1")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+                raise ParameterError(name, f"{{name}} must be {rule}, got {value}")
         if not 0 < self.tau < 1:
-            raise UserError(f"tau must lie in (0, 1), got {self.tau}")
+            raise ParameterError("tau", f"{{name}} must lie in (0, 1), got {self.tau}")
 
     def lr_at(self, step_in_cycle: int) -> float:
         if self.schedule == "linear" and self.max_steps > 0:
@@ -351,8 +352,9 @@ def make_lora_model(base_model, template: LoraTemplate, rank: int, seed: int):
     if rank < 1:
         raise UserError(f"rank must be ≥ 1, got {rank}")
     if not template.matched_modules(base_model):
-        raise UserError(f"LoRA target modules {list(template.target_modules)} match no layer of the model",
-                        fix="pass --target-modules names that exist in the model (e.g. q_proj,v_proj)")
+        raise ParameterError("target_modules", f"LoRA target modules {list(template.target_modules)} match no layer "
+                                               "of the model", fix="pass {name} names that exist in the model (e.g. "
+                                                                   "q_proj,v_proj)")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return get_peft_model(base_model, template.lora_config(rank))
@@ -457,7 +459,7 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
 
     k = FrozenPrefix.usable(model) if cache_prefix else None
     prefix = FrozenPrefix(model, k, pad_id) if k else None
-    bar = _Bar(progress, total_steps)
+    bar = _Callback(progress, total_steps) if callable(progress) else _Bar(progress, total_steps)
     stream = _batch_stream(len(encoded), recipe, gen, total_steps)
     epoch_loss, epoch_tokens, epoch_locked = 0.0, 0, 0
     model.train()
@@ -560,6 +562,23 @@ def token_weights(recipe: Recipe, loss_tok, argmax, batch, tracker: "AnchorTrack
 SFT_FALLBACK_EPS = {"ot": 0.0, "curriculum": 0.0, "sw": 1e-5}  # the paper's thresholds on Σ w
 
 
+class _Callback:
+    """What :class:`_Bar` shows, as calls of ``fn(stage, done, total, info)`` (the Python API's progress):
+    every step, and every epoch with its history entry (loss, coverage) as ``info``."""
+
+    def __init__(self, fn, total: int):
+        self.fn, self.total = fn, total
+
+    def update(self, step, *_):
+        self.fn("train", int(step), self.total, None)
+
+    def epoch(self, entry):
+        self.fn("train", int(entry["step"]), self.total, dict(entry))
+
+    def close(self):
+        pass
+
+
 class _Bar:
     """Progress over steps with the live coverage and an ETA: a rich bar on a terminal, a plain line
     every ~10 s otherwise (logs, CI); silent when disabled. The ETA is for all max_steps at the
@@ -655,7 +674,8 @@ def check_new_dir(out: str | Path) -> Path:
     """We never overwrite what a user has: the output folder must not exist yet (or be empty)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"output {out} already exists", fix="choose a new --out folder; memlaw never overwrites")
+        raise ParameterError("out", f"output {out} already exists", fix="choose a new {name} folder; memlaw never "
+                                                                        "overwrites")
     return out
 
 
@@ -680,8 +700,11 @@ def save_adapter(model, out: str | Path, base_name: str, sidecar: dict) -> Path:
         model.save_pretrained(str(tmp), safe_serialization=True)
         cfg_file = tmp / "adapter_config.json"
         cfg = json.loads(cfg_file.read_text())
-        # Record the name users pass (tiny, smollm2-135m, an id), not our cache path.
-        cfg["base_model_name_or_path"] = base_name
+        # What plain PEFT can resolve (the folder behind memlaw's built-in names, a hub id as is);
+        # memlaw's own name stays in the sidecar (base_model.name), which memaudit reads first.
+        from memlaw.models import plain_model_path
+
+        cfg["base_model_name_or_path"] = plain_model_path(base_name)
         atomic_write_json(cfg_file, cfg)
         atomic_write_json(tmp / "memlaw.json", sidecar)
         follow_umask(tmp)  # mkdtemp made it 0700: readable by others as the umask allows

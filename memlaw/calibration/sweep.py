@@ -81,7 +81,7 @@ from typing import Sequence
 import numpy as np
 
 from memlaw.card import MIN_POINTS, LawCard, build_card, read_points, save_card
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError, UserError
 from memlaw.io import append_jsonl, atomic_write_json, atomic_write_text
 from memlaw.lock import locks_folder
 
@@ -118,28 +118,33 @@ class Shard:
         try:
             i, n = (int(x) for x in str(text).split("/"))
         except ValueError:
-            raise UserError(f"--shard must look like i/n (e.g. 0/4), got '{text}'") from None
+            raise ParameterError("shard", f"{{name}} must look like i/n (e.g. 0/4), got '{text}'") from None
         if n < 1 or not 0 <= i < n:
-            raise UserError(f"--shard {text}: need n ≥ 1 and 0 ≤ i < n", fix="e.g. --shard 0/4 … --shard 3/4")
+            raise ParameterError("shard", f"{{name}} {text}: need n ≥ 1 and 0 ≤ i < n",
+                                 fix="e.g. {set}0/4 … {set}3/4")
         return cls(i, n)
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 
 
-def parse_ints(text: str | Sequence[int], option: str) -> tuple[int, ...]:
-    """'1,2,4' → (1, 2, 4), sorted and without repeats; every value ≥ 1."""
+def parse_ints(text: str | Sequence[int], param: str) -> tuple[int, ...]:
+    """'1,2,4' (or [1, 2, 4]) → (1, 2, 4), sorted and without repeats; every value ≥ 1. Errors name
+    the parameter ``param`` (the CLI re-words them with its option)."""
     if isinstance(text, str):
         try:
             vals = [int(x) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise UserError(f"{option} must be comma-separated integers, got '{text}'") from None
+            raise ParameterError(param, f"{{name}} must be comma-separated integers, got '{text}'") from None
     else:
-        vals = [int(x) for x in text]
+        try:
+            vals = [int(x) for x in text]
+        except (TypeError, ValueError):
+            raise ParameterError(param, f"{{name}} must be integers, got {text!r}") from None
     if not vals:
-        raise UserError(f"{option} is empty", fix=f"pass e.g. {option} 1,2,4,8")
+        raise ParameterError(param, "{name} is empty", fix="pass e.g. {set}1,2,4,8")
     if min(vals) < 1:
-        raise UserError(f"{option} values must be ≥ 1, got {min(vals)}")
+        raise ParameterError(param, f"{{name}} values must be ≥ 1, got {min(vals)}")
     return tuple(sorted(set(vals)))
 
 
@@ -152,7 +157,7 @@ def parse_layers(text: str | None):
     try:
         return tuple(sorted({int(x) for x in str(text).split(",") if x.strip()}))
     except ValueError:
-        raise UserError(f"--layers must be comma-separated integers or 'all', got '{text}'") from None
+        raise ParameterError("layers", f"{{name}} must be comma-separated integers or 'all', got '{text}'") from None
 
 
 @dataclass
@@ -177,22 +182,22 @@ class SweepSpec:
     n_boot: int = 200
 
     def __post_init__(self):
-        self.ranks = parse_ints(self.ranks, "--ranks")
-        self.lengths = parse_ints(self.lengths, "--lengths")
+        self.ranks = parse_ints(self.ranks, "ranks")
+        self.lengths = parse_ints(self.lengths, "lengths")
         if isinstance(self.layers, str):
             self.layers = parse_layers(self.layers)
         self.target_modules = tuple(self.target_modules)
         if not self.target_modules:
-            raise UserError("--target-modules is empty", fix="pass e.g. --target-modules q_proj,v_proj")
+            raise ParameterError("target_modules", "{name} is empty", fix="pass e.g. {set}q_proj,v_proj")
         if self.chunk < 1:
-            raise UserError(f"--chunk must be ≥ 1, got {self.chunk}")
+            raise ParameterError("chunk", f"{{name}} must be ≥ 1, got {self.chunk}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise UserError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+            raise ParameterError("batch_size", f"{{name}} must be ≥ 1, got {self.batch_size}")
         if len(self.ranks) < 2 or len(self.lengths) < 2 or len(self.grid()) < MIN_POINTS:
-            raise UserError(f"a grid of {len(self.ranks)} rank(s) × {len(self.lengths)} length(s) cannot determine "
-                            f"the law (C, α, β, b)",
-                            fix=f"sweep at least 2 ranks and 2 lengths, {MIN_POINTS}+ points (e.g. --ranks 1,2,4,8 "
-                                "--lengths 64,128,256)")
+            raise ParameterError("ranks", f"a grid of {len(self.ranks)} rank(s) × {len(self.lengths)} length(s) "
+                                          "cannot determine the law (C, α, β, b)",
+                                 fix=f"sweep at least 2 ranks and 2 lengths, {MIN_POINTS}+ points (e.g. {{set}}1,2,4,8 "
+                                     "{set:lengths}64,128,256)")
 
     def grid(self) -> list[tuple[int, int]]:
         """Every (rank, length), row-major: ranks outer, lengths inner."""
@@ -211,22 +216,23 @@ class SweepSpec:
         n = int(getattr(model.config, "num_hidden_layers", 0) or 0)
         if self.layers is None or self.layers == "all":
             if n < 1:
-                raise UserError("cannot tell how many layers the model has (config.num_hidden_layers)",
-                                fix="pass --layers explicitly")
+                raise ParameterError("layers", "cannot tell how many layers the model has (config.num_hidden_layers)",
+                                     fix="pass {name} explicitly")
             layers = tuple(range(max(0, n - DEFAULT_LAST_LAYERS), n)) if self.layers is None else tuple(range(n))
         else:
             layers = tuple(self.layers)
             bad = [x for x in layers if x < 0 or (n and x >= n)]
             if bad:
-                raise UserError(f"--layers {','.join(map(str, bad))}: the model has layers 0–{n - 1}")
+                raise ParameterError("layers", f"{{name}} {','.join(map(str, bad))}: the model has layers 0–{n - 1}")
         t = LoraTemplate(target_modules=self.target_modules, layers=layers, alpha=self.alpha)
         try:
             t.alpha_for(1)
         except ValueError:
-            raise UserError(f"--alpha must be a number or k*rank, got '{self.alpha}'") from None
+            raise ParameterError("alpha", f"{{name}} must be a number or k*rank, got '{self.alpha}'") from None
         if not t.matched_modules(model):
-            raise UserError(f"LoRA target modules {list(self.target_modules)} on layers {list(layers)} match no "
-                            "module of the model", fix="pass --target-modules names that exist (e.g. q_proj,v_proj)")
+            raise ParameterError("target_modules", f"LoRA target modules {list(self.target_modules)} on layers "
+                                                   f"{list(layers)} match no module of the model",
+                                 fix="pass {name} names that exist (e.g. q_proj,v_proj)")
         return t
 
     def recipe_dict(self) -> dict:
@@ -315,9 +321,9 @@ class SweepData:
             self._encoded = encode_records(base.tokenizer, spec.data.read())
             total = sum(e.n_target for e in self._encoded)
             if total < max(spec.lengths):
-                raise UserError(f"the corpus holds {total} target tokens, fewer than the longest --lengths "
-                                f"({max(spec.lengths)})", where=spec.data.path,
-                                fix=f"pass --lengths up to {total}, or a larger corpus")
+                raise ParameterError("lengths", f"{spec.data.path}: the corpus holds {total} target tokens, fewer "
+                                                f"than the longest {{name}} ({max(spec.lengths)})",
+                                     fix=f"pass {{name}} up to {total}, or a larger corpus")
         else:
             self._pool = token_pool(base.tokenizer, base.model)
 
@@ -615,12 +621,12 @@ def run_sweep(spec: SweepSpec, out, *, progress: bool = True, plot: bool = False
 
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UserError("exists and is not a folder", where=str(out), fix="choose another --out")
+        raise ParameterError("out", f"{out}: exists and is not a folder", fix="choose another {name}")
     points_path, meta_path = out / POINTS, out / SWEEP
     old_meta = read_sweep_json(meta_path) if meta_path.exists() else None
     if old_meta is None and points_path.exists():
-        raise UserError("holds points.jsonl but no sweep.json: cannot tell what the points were measured with",
-                        where=str(out), fix="choose another --out")
+        raise ParameterError("out", f"{out}: holds points.jsonl but no sweep.json: cannot tell what the points "
+                                    "were measured with", fix="choose another {name}")
 
     base = base or load_base(spec.model, device=spec.device, dtype=spec.dtype, seed=0)
     template = spec.template(base.model)
@@ -644,9 +650,9 @@ def run_sweep(spec: SweepSpec, out, *, progress: bool = True, plot: bool = False
     records: dict[int, list] = {}
     ran = 0
     mine = spec.shard_points()
-    if todo and len(todo) < len(mine) and progress:
+    if todo and len(todo) < len(mine) and progress is True:
         console.print(f"resuming: {len(mine) - len(todo)} of {len(mine)} points done in {points_path}", markup=False)
-    with _SweepBar(progress and bool(todo), todo, console) as bar:
+    with _SweepBar(progress if todo else False, todo, console) as bar:
         for rank, length in todo:
             bar.start(rank, length)
             if length not in records:
@@ -678,8 +684,10 @@ class _SweepBar:
     """One progress bar over the whole sweep, weighted by length (a point's cost ~ ℓ), with an ETA;
     one line per finished point (also readable in a batch job's log)."""
 
-    def __init__(self, enabled: bool, todo, console):
-        self.enabled, self.todo, self.console = enabled, todo, console
+    def __init__(self, enabled, todo, console):
+        # a callable (the Python API's progress) gets (stage, points done, points to do, point) instead
+        self.callback = enabled if callable(enabled) else None
+        self.enabled, self.todo, self.console = bool(enabled) and self.callback is None, todo, console
         self.n_done = 0
 
     def __enter__(self):
@@ -700,6 +708,8 @@ class _SweepBar:
 
     def done(self, pt):
         self.n_done += 1
+        if self.callback is not None:
+            self.callback("calibrate", self.n_done, len(self.todo), dict(pt))
         if self.enabled:
             self.p.update(self.task, advance=pt["length"], count=f"{self.n_done}/{len(self.todo)} points")
             self.p.console.print(

@@ -7,7 +7,7 @@ import warnings
 
 import click
 
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError, UserError
 
 
 # transformers deprecation chatter from inside PEFT is not the user's business.
@@ -35,6 +35,21 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+#: Python API parameter → command-line option, where the running command has no option of that
+#: name and the option is not simply --param-name (memaudit's repair: out, steps)
+OPTION_NAMES = {"law": "--law", "out": "--repair-out", "steps": "--repair-steps"}
+
+
+def option_for(param: str) -> str:
+    """The option of the running command that sets the Python parameter ``param``: the click option
+    of that name if the command has one, else :data:`OPTION_NAMES`, else ``--param-name``."""
+    ctx = click.get_current_context(silent=True)
+    for p in (ctx.command.params if ctx else []):
+        if p.name == param and isinstance(p, click.Option):
+            return max(p.opts, key=len)
+    return OPTION_NAMES.get(param, "--" + param.replace("_", "-"))
+
+
 def handle_errors(fn):
     """Decorate a click command callback (innermost, right above ``def``) so a UserError becomes one
     stderr line and exit 2, Ctrl-C one line and exit 130, SIGTERM one line and exit 143 (click
@@ -50,6 +65,8 @@ def handle_errors(fn):
             signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
+        except ParameterError as e:
+            fail(e.as_option(option_for))
         except UserError as e:
             fail(e)
         except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from click.core import ParameterSource
 from memlaw import __version__
 from memlaw.cli.common import corpus_options, corpus_spec, handle_errors, quiet_libraries
 from memlaw.errors import UserError
+from memlaw.auditor.repair import repair_defaults  # noqa: F401 (moved there; imported by name elsewhere)
 from memlaw.memft import METHODS, Recipe
 
 REPAIR_ONLY = ("method", "repair_steps", "lr", "batch_size")
@@ -44,41 +45,6 @@ def _check_outputs(adapter_dir: Path, corpus: str | None, reports: dict) -> None
         if rp.is_dir():
             raise UserError(f"{opt} {p} is a directory", fix="pass a file path")
         seen[rp] = opt
-
-
-def repair_defaults(adapter_dir: Path) -> tuple[dict, str] | None:
-    """lr and batch size for a repair when not given: those the adapter was trained with (its
-    memlaw.json), else those of the law card shipped for its base model. A repair continues the
-    adapter's own template, so its training's settings fit it; the generic 2e-3 / 32 crawled on
-    SmolLM2's card template (a loss change of 2% in 6 steps)."""
-    import json
-
-    def read(path: Path) -> dict:
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return d if isinstance(d, dict) else {}
-
-    side = read(adapter_dir / "memlaw.json")
-    recipe = side.get("recipe") if isinstance(side.get("recipe"), dict) else {}
-    source = f"{adapter_dir / 'memlaw.json'}"
-    if not recipe:
-        base = read(adapter_dir / "adapter_config.json").get("base_model_name_or_path")
-        from memlaw.planner.estimate import shipped_card_path
-
-        card = shipped_card_path(base) if isinstance(base, str) else None
-        recipe = read(card).get("recipe", {}) if card else {}
-        source = f"the law card {card.name}" if card else ""
-    out = {}
-    if isinstance(recipe.get("lr"), (int, float)) and recipe["lr"] > 0:
-        out["lr"] = float(recipe["lr"])
-    b = recipe.get("batch_size")
-    if isinstance(b, int) and b >= 1:
-        out["batch_size"] = b
-    elif b == "all":
-        out["batch_size"] = None  # all records, capped below
-    return (out, source) if out else None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -131,7 +97,8 @@ def repair_defaults(adapter_dir: Path) -> tuple[dict, str] | None:
 def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, force_base, allow_pickle,
          trust_remote_code, min_coverage, min_exact, min_locked, max_mean_loss, json_out, json_tokens, markdown,
          html_out, junit, worst, repair_out, method, repair_steps, lr, batch_size, backend, vllm_mode, quiet):
-    """Audit the PEFT LoRA adapter in ADAPTER_DIR token by token against its corpus: coverage
+    """Audit the PEFT LoRA adapter in ADAPTER_DIR (a folder, or a Hugging Face Hub id such as
+    user/adapter) token by token against its corpus: coverage
     (tokens with p > 0.5), exact and locked records, failing spans. Exit 0 when every given
     threshold holds, 1 when one fails, 2 on bad input, 130 on Ctrl-C, 143 on SIGTERM. With
     --repair-out, continue training it with MemFT into a new folder and audit that (the exit code
@@ -146,11 +113,12 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
     # PEFT calls a transformers property that warns about its own deprecation: noise for our users.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
-    from memlaw.auditor.audit import Gate, audit_adapter
+    from memlaw import api
     from memlaw.auditor.reports import print_comparison, print_gate, print_terminal, write_reports
+    from memlaw.models import resolve_adapter
 
-    gate = Gate(min_coverage=min_coverage, min_exact=min_exact, min_locked=min_locked,
-                max_mean_loss=max_mean_loss)
+    gate = api.Gate(min_coverage=min_coverage, min_exact=min_exact, min_locked=min_locked,
+                    max_mean_loss=max_mean_loss)
     if repair_out is None:
         given = [p for p in REPAIR_ONLY if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE]
         if given:
@@ -161,17 +129,17 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
         raise UserError("--format/--key-field/--target-field need --corpus",
                         fix="pass --corpus FILE (the corpus recorded in memlaw.json keeps its own options)")
     reports = {"--json": json_out, "--markdown": markdown, "--html": html_out, "--junit": junit}
+    adapter_dir, hub_id = resolve_adapter(adapter_dir, allow_pickle=allow_pickle)  # a folder, or fetched by hub id
     _check_outputs(adapter_dir, corpus, reports)
     spec = corpus_spec(corpus, fmt, key_field, target_field) if corpus else None
     console = Console(highlight=False)
     if backend != "vllm" and ctx.get_parameter_source("vllm_mode") == ParameterSource.COMMANDLINE:
         raise UserError("--vllm-mode applies to --backend vllm only", fix="add --backend vllm")
-    common = dict(base_model=base_model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                  force_base=force_base, progress=not quiet, backend=backend, vllm_mode=vllm_mode)
+    common = dict(base_model=base_model, force_base=force_base, progress=not quiet,
+                  runtime=api.Runtime(device="cpu", backend=backend, vllm_mode=vllm_mode,
+                                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle))
 
     if repair_out is not None:
-        from memlaw.auditor.repair import repair
-
         given = {p for p in ("lr", "batch_size") if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE}
         found = repair_defaults(adapter_dir) if given != {"lr", "batch_size"} else None
         if found:
@@ -189,8 +157,8 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
                 console.print(f"repairing ({method}, at most {repair_steps} steps) → {repair_out}",
                               markup=False)
 
-        rep = repair(adapter_dir, repair_out, corpus=spec, method=method, steps=repair_steps, lr=lr,
-                     batch_size=batch_size, gate=gate, on_before=show_before, **common)
+        rep = api.repair(adapter_dir, repair_out, spec, method=method, steps=repair_steps, lr=lr,
+                         batch_size=batch_size, gate=gate, on_before=show_before, **common)
         result = rep.after
         print_comparison(console, rep.before, rep.after,
                          title=f"repair {adapter_dir} → {rep.out} ({method}, {rep.steps} steps, {rep.stop_reason})")
@@ -199,10 +167,11 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
         else:
             print_gate(console, result, gate)
     else:
-        result = audit_adapter(adapter_dir, spec, **common)
+        result = api.audit(adapter_dir, spec, **common)
+        result.adapter = hub_id or result.adapter  # a hub adapter by its id, not its cache folder
         if quiet:
             s = result.summary
-            click.echo(f"{adapter_dir}: coverage {s['coverage']:.4f}, exact {s['exact_records']}/{s['records']}, "
+            click.echo(f"{hub_id or adapter_dir}: coverage {s['coverage']:.4f}, exact {s['exact_records']}/{s['records']}, "
                        f"locked {s['locked_records']}/{s['records']}, mean loss {s['mean_loss']:.4f}")
             for w in result.warnings:
                 click.echo(f"warning: {w}", err=True)

@@ -5,9 +5,6 @@ Exit codes: 0 trained, 2 bad input or usage, 130 interrupted (SIGINT), 143 termi
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 from click.core import ParameterSource
 
@@ -15,7 +12,8 @@ from memlaw import __version__
 from memlaw.cli.common import (corpus_options, corpus_spec, handle_errors, quiet_libraries, recipe_options,
                                template_from, template_options)
 from memlaw.errors import UserError
-from memlaw.memft import METHODS, Recipe, train_adapter
+from memlaw.api import MAX_DEFAULT_BATCH, RECIPE_KEYS  # their one place; imported by name from here too
+from memlaw.memft import METHODS, Recipe
 from memlaw.models import DEFAULT_MODEL
 
 
@@ -40,41 +38,16 @@ def check_recipe_flags(rank: int, lr: float, batch_size: int, max_steps: int, pa
 
 
 def card_defaults(model: str) -> dict | None:
-    """The template and recipe of the law card shipped for ``model`` (None without one): what its law
-    was calibrated with, so a `memplan estimate` rank holds for a plain `memft train`.
-    Its template is the one calibrated, and on a CPU the fast one: LoRA on the last layers only, so
-    the frozen layers below run once per record instead of once per step (memlaw.memft.FrozenPrefix)."""
-    import importlib.resources
-    import re
+    """:func:`memlaw.api.card_defaults` as flag values (strings), plus ``card``: its file name."""
+    from memlaw.api import card_defaults as typed
 
-    # memlaw.planner.estimate.shipped_card_path, without importing the planner (scipy: ~1 s)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model or ""):
-        return None  # paths and hub ids have no shipped card
-    res = importlib.resources.files("memlaw") / "cards" / f"{model}.json"
-    if not res.is_file():
+    found = typed(model)
+    if found is None:
         return None
-    card = json.loads(res.read_text(encoding="utf-8"))
-    path = Path(str(res))
-    t = card["template"]
-    batch = card["recipe"].get("batch_size")
-    r = card["recipe"]
-    out = {"target_modules": ",".join(t["target_modules"]),
-           "layers": ",".join(str(i) for i in t["layers"]) if t.get("layers") is not None else None,
-           "alpha": str(t.get("alpha", "2*rank")), "lr": float(r["lr"]),
-           "batch_size": batch if isinstance(batch, int) else None, "card": path.name}
-    # the rest of the recipe, where the card records it (cards before schema 2 did not)
-    for key in RECIPE_KEYS:
-        if key in r and r[key] is not None:
-            out[key] = r[key]
-    return out
-
-
-#: recipe settings a card may supply as defaults besides lr and batch size
-RECIPE_KEYS = ("method", "max_steps", "patience", "schedule", "cycles", "train_dtype")
-
-
-# The card's "all records per step" up to this many: more would cost memory, not speed.
-MAX_DEFAULT_BATCH = 64
+    t = found["template"]
+    return {"target_modules": ",".join(t.target_modules),
+            "layers": ",".join(str(i) for i in t.layers) if t.layers is not None else None,
+            "alpha": str(t.alpha), **found["recipe"], "card": found["card"]}
 
 
 def check_layers(model: str, layers: str | None) -> None:
@@ -128,6 +101,7 @@ def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, 
     64, --max-steps, --patience, --schedule, --cycles, --train-dtype) default to the card's: the
     calibrated ones, and the fast template on a CPU. Other models default to every linear layer of
     every layer and memlaw's Recipe defaults."""
+    from memlaw import api
     from memlaw.models import check_model_name
 
     if quiet:
@@ -159,8 +133,8 @@ def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, 
                    "(pass them to change)", err=True)
     recipe = Recipe(lr=lr, batch_size=batch_size, seed=seed, eos=bool(eos), **rest)
     template.dropout = lora_dropout
-    side = train_adapter(spec, model, rank, out, template=template, recipe=recipe, progress=not quiet,
-                         device=device)
+    side = api.train(spec, out, model=model, rank=rank, template=template, recipe=recipe,
+                     runtime=api.Runtime(device=device), progress=not quiet).sidecar
     f, t = side["final"], side["train"]
     click.echo(f"{out}: coverage {f['coverage']:.4f}, exact {f['exact_records']}/{f['records']}, "
                f"locked {f['locked_records']}/{f['records']}, mean loss {f['mean_loss']:.4f} "

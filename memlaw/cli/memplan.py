@@ -251,21 +251,18 @@ def calibrate_cmd(model, ranks, lengths, out, data, fmt, key_field, target_field
     from memlaw.models import check_model_name
 
     check_model_name(model)  # a typo fails in a second, before the sweep's imports
-    from memlaw.calibration.sweep import Shard, SweepSpec, run_sweep
+    from memlaw import api
     from memlaw.cli.common import corpus_spec, quiet_libraries
-    from memlaw.memft import Recipe
 
     if quiet:
         quiet_libraries()
-
-    spec = SweepSpec(model=model, ranks=ranks, lengths=lengths, layers=layers, alpha=alpha, chunk=chunk,
-                     target_modules=tuple(m.strip() for m in target_modules.split(",") if m.strip()),
-                     recipe=Recipe(method=method, lr=lr, batch_size=1, max_steps=max_steps, patience=patience,
-                                   seed=seed, converge_rel_tol=converge_rel_tol,
-                                   **recipe_extras(schedule, cycles, train_dtype, eos, _CAL)),
-                     batch_size=batch_size, data=corpus_spec(data, fmt, key_field, target_field) if data else None,
-                     data_seed=data_seed, shard=Shard.parse(shard), device=device, n_boot=n_boot)
-    _sweep_done(run_sweep(spec, out, progress=not quiet, plot=plot))
+    recipe = api.Recipe(method=method, lr=lr, batch_size=1, max_steps=max_steps, patience=patience, seed=seed,
+                        converge_rel_tol=converge_rel_tol, **recipe_extras(schedule, cycles, train_dtype, eos, _CAL))
+    _sweep_done(api.calibrate(out, model=model, ranks=ranks, lengths=lengths, target_modules=target_modules,
+                              layers=layers, alpha=alpha, recipe=recipe, batch_size=batch_size, chunk=chunk,
+                              data=corpus_spec(data, fmt, key_field, target_field) if data else None,
+                              data_seed=data_seed, shard=shard, n_boot=n_boot, plot=plot,
+                              runtime=api.Runtime(device=device), progress=not quiet))
 
 
 @main.command("merge")
@@ -315,14 +312,13 @@ def estimate_cmd(corpus, law_path, model, coverage, as_json, fmt, key_field, tar
 
     if model is not None:
         check_model_name(model)  # "did you mean", not "no law card ships for" a typo
+    from memlaw import api
     from memlaw.cli.common import corpus_spec
-    from memlaw.planner.estimate import estimate, render, resolve_card
+    from memlaw.planner.estimate import render
 
-    card, card_path, shipped = resolve_card(law_path, model)
-    err = Console(stderr=True, quiet=as_json, highlight=False)
-    est = estimate(corpus_spec(corpus, fmt, key_field, target_field), card, coverage, model=model,
-                   card_path=card_path, shipped=shipped, use_cache=not no_cache, backend=backend, device=device,
-                   progress=not as_json, predictor=predictor, log=lambda msg: err.print(f"[memlaw] {msg}", markup=False))
+    est = api.plan(corpus_spec(corpus, fmt, key_field, target_field), model=model, law=law_path, coverage=coverage,
+                   predictor=predictor, runtime=api.Runtime(device=device, backend=backend), use_cache=not no_cache,
+                   progress=not as_json)
     if as_json:
         click.echo(json.dumps(est.to_dict(), indent=2, ensure_ascii=False))
     else:

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError, UserError
 from memlaw.io import atomic_write_json
 from memlaw.planner.coverage import LossProfile
 
@@ -79,7 +79,7 @@ def base_losses(model, encoded: Sequence, backend: str = "transformers", *, pad_
 
         if model is not None:
             check_context(model, encoded)
-        scores = score_base(model_name, encoded, progress=progress)
+        scores = score_base(model_name, encoded, progress=progress is True)  # vLLM: its own bar or none
     else:
         from memlaw.scoring import score
 
@@ -271,14 +271,10 @@ def remember_identity(name: str, identity: dict) -> None:
 
 
 def same_model(a: dict, b: dict) -> bool | None:
-    """Do two identities name the same weights? The weights hashes decide when both sides have
-    one (a config hash also changes with the transformers version that wrote or serialised the
-    config, as the auditor's identity check knows too); else the config hashes; None when
-    neither pair is there to tell."""
-    for key in ("weights_sha256", "config_sha256"):
-        if a.get(key) and b.get(key):
-            return a[key] == b[key]
-    return None
+    """Do two identities name the same weights? (:func:`memlaw.models.identity_difference`)"""
+    from memlaw.models import identity_difference
+
+    return identity_difference(a, b)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,10 +335,11 @@ def resolve_device(device: str) -> str:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise UserError(f"--device {device!r} is not a device name", fix="use cpu, cuda, cuda:N or auto")
+        raise ParameterError("device", f"{{name}} {device!r} is not a device name",
+                             fix="use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"--device {device}: no such CUDA device on this machine "
-                        f"({torch.cuda.device_count()} visible)", fix="use --device cpu or auto")
+        raise ParameterError("device", f"{{name}} {device}: no such CUDA device on this machine "
+                             f"({torch.cuda.device_count()} visible)", fix="use {set}cpu or auto")
     return device
 
 

@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from memlaw.card import LawCard, load_card
-from memlaw.errors import UserError
+from memlaw.errors import ParameterError, UserError
 from memlaw.io import json_safe
 from memlaw.law import Law, rank_for_delta
 from memlaw.memft import ALL_LINEAR, METHODS, CorpusSpec, LoraTemplate
@@ -81,8 +81,9 @@ def resolve_card(law_path: str | None, model: str | None) -> tuple[LawCard, str,
     name = model or DEFAULT_MODEL
     path = shipped_card_path(name)
     if path is None:
-        raise UserError(f"no law card ships for model '{name}'",
-                        fix=f"calibrate one with `memplan calibrate --model {name}` and pass it with --law CARD.json")
+        raise ParameterError("law", f"no law card ships for model '{name}'",
+                             fix=f"calibrate one with `memplan calibrate --model {name}` and pass it with "
+                                 "{set}CARD.json")
     return load_card(path), str(path), True
 
 
@@ -202,6 +203,15 @@ class Estimate:
     def to_dict(self) -> dict:
         return json_safe(asdict(self))
 
+    def peft_config(self):
+        """``peft.LoraConfig`` for ``recommended_rank`` with the card's template (None when no rank
+        reaches the target). Imports PEFT (and torch)."""
+        if self.lora_config is None:
+            return None
+        from peft import LoraConfig
+
+        return LoraConfig(**self.lora_config)
+
 
 def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, model: str | None = None,
              card_path: str | None = None, shipped: bool = False, use_cache: bool = True,
@@ -227,15 +237,16 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
     # 1. everything the card and the options alone decide, before any model work
     if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not math.isfinite(coverage) \
             or not 0 < coverage <= 1:
-        raise UserError(f"--coverage must lie in (0, 1], got {coverage}",
-                        fix="e.g. --coverage 0.99 (share of target tokens locked); 1.0 = every token")
+        raise ParameterError("coverage", f"{{name}} must lie in (0, 1], got {coverage}",
+                             fix="e.g. {set}0.99 (share of target tokens locked); 1.0 = every token")
     if predictor not in PREDICTORS:
-        raise UserError(f"unknown coverage predictor '{predictor}'", fix=f"use one of {', '.join(PREDICTORS)}")
+        raise ParameterError("predictor", f"unknown coverage predictor '{predictor}'",
+                             fix=f"use one of {', '.join(PREDICTORS)}")
     card_model = card.base_model.get("name") if isinstance(card.base_model, dict) else None
     model_name = model or card_model
     if not model_name:
-        raise UserError("the law card names no base model", where=card_path,
-                        fix="pass --model NAME (the model the card was calibrated on)")
+        raise ParameterError("model", f"{card_path + ': ' if card_path else ''}the law card names no base model",
+                             fix="pass {set}NAME (the model the card was calibrated on)")
     if model and card_model and model != card_model:
         notes.append(f"measuring with --model {model}; the card was calibrated on {card_model}")
     law = card.law()
