@@ -229,8 +229,8 @@ def repair(adapter, out, corpus=None, *, method: str = "sft", steps: int = 300, 
            batch_size: int | None = None, gate: Gate | None = None, base_model: str | None = None,
            runtime: Runtime | None = None, force_base: bool = False, revision: str | None = None,
            progress: ProgressCallback | None = None, on_before: Callable[[AuditResult], Any] | None = None):
-    """Continue training ``adapter`` (``method``: sft, ot, sw, curriculum) into the NEW folder ``out`` (the input is never
-    modified) until ``gate`` holds (default: every token locked) or ``steps``, and audit the result
+    """Continue training ``adapter`` (``method``: sft, ot, sw, curriculum) into the NEW folder ``out``
+    (the input is never modified) until ``gate`` holds (default: every token locked) or ``steps``, and audit the result
     (:class:`memlaw.auditor.repair.RepairResult`: ``before``, ``after``, ``steps``, ``stop_reason``).
     ``lr`` / ``batch_size`` default to the adapter's own training (its ``memlaw.json``), else its
     base model's law card, else :class:`Recipe`'s. ``on_before(audit)`` sees the audit before training."""
