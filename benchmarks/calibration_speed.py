@@ -14,7 +14,9 @@ import argparse
 import dataclasses
 import time
 
-from memlaw.calibration.sweep import default_recipe, random_records, run_point, token_pool
+from memlaw.calibration.data import random_records, token_pool
+from memlaw.calibration.defaults import default_recipe
+from memlaw.calibration.point import run_point
 from memlaw.memft import LoraTemplate
 from memlaw.models import load_base
 from memlaw.scoring import score, summarize

@@ -28,7 +28,7 @@ def matmul_peak(dtype, n: int = 1024, reps: int = 20) -> float:
 
 
 def main():
-    from memlaw.calibration.sweep import random_records, token_pool
+    from memlaw.calibration.data import random_records, token_pool
     from memlaw.memft import FrozenPrefix, LoraTemplate, make_lora_model
     from memlaw.models import load_base
     from memlaw.scoring import make_batch, target_log_softmax, token_stats

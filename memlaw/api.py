@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from memlaw.auditor.audit import AuditResult, Gate
-from memlaw.errors import ParameterError, UserError
+from memlaw.errors import ParameterError
 from memlaw.memft import CorpusSpec, LoraTemplate, Recipe
 
 # PEFT calls a transformers property that warns about its own deprecation: noise for our users.
@@ -402,7 +402,8 @@ def calibrate(out, *, model: str | None = None, ranks: Sequence[int] | str | Non
     all records of a point. ``shard``: ``"i/n"``, only the grid points whose position ≡ i (mod n)."""
     from memlaw.calibration.defaults import (DEFAULT_CHUNK, DEFAULT_LENGTHS, DEFAULT_RANKS, DEFAULT_TARGET_MODULES,
                                              default_recipe)
-    from memlaw.calibration.sweep import Shard, SweepSpec, run_sweep
+    from memlaw.calibration.spec import Shard, SweepSpec
+    from memlaw.calibration.sweep import run_sweep
     from memlaw.models import DEFAULT_MODEL, check_model_name
 
     rt = _runtime(runtime)

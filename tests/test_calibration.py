@@ -23,7 +23,9 @@ import torch
 from click.testing import CliRunner
 
 from memlaw.calibration import default_card_path
-from memlaw.calibration.sweep import (Shard, SweepSpec, corpus_slice, random_records, run_point, token_pool)
+from memlaw.calibration.data import corpus_slice, random_records, token_pool
+from memlaw.calibration.point import run_point
+from memlaw.calibration.spec import Shard, SweepSpec
 from memlaw.card import load_card, read_points
 from memlaw.cli.memplan import main as memplan
 from memlaw.corpus import Encoded
