@@ -459,7 +459,12 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
 
     k = FrozenPrefix.usable(model) if cache_prefix else None
     prefix = FrozenPrefix(model, k, pad_id) if k else None
-    bar = _Callback(progress, total_steps) if callable(progress) else _Bar(progress, total_steps)
+    if callable(progress):
+        bar = _Callback(progress, total_steps)
+    else:
+        from memlaw.cli.progress import TrainBar  # the commands' display; silent when progress is False
+
+        bar = TrainBar(bool(progress), total_steps)
     stream = _batch_stream(len(encoded), recipe, gen, total_steps)
     epoch_loss, epoch_tokens, epoch_locked = 0.0, 0, 0
     model.train()
@@ -563,7 +568,7 @@ SFT_FALLBACK_EPS = {"ot": 0.0, "curriculum": 0.0, "sw": 1e-5}  # the paper's thr
 
 
 class _Callback:
-    """What :class:`_Bar` shows, as calls of ``fn(stage, done, total, info)`` (the Python API's progress):
+    """What :class:`memlaw.cli.progress.TrainBar` shows, as calls of ``fn(stage, done, total, info)`` (the Python API's progress):
     every step, and every epoch with its history entry (loss, coverage) as ``info``."""
 
     def __init__(self, fn, total: int):
@@ -577,62 +582,6 @@ class _Callback:
 
     def close(self):
         pass
-
-
-class _Bar:
-    """Progress over steps with the live coverage and an ETA: a rich bar on a terminal, a plain line
-    every ~10 s otherwise (logs, CI); silent when disabled. The ETA is for all max_steps at the
-    mean step time so far: an upper bound, as training stops early once every token is locked."""
-
-    def __init__(self, enabled: bool, total: int):
-        import sys
-
-        self.enabled, self.total = enabled, total
-        self.live = enabled and sys.stderr.isatty()
-        self.last_print = 0.0
-        self.start = time.perf_counter()
-        self.mark: tuple[float, int] | None = None  # (time, step) at the end of the first epoch
-        if self.live:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-
-            self.p = Progress("train", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA ≤"),
-                              TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
-            self.p.start()
-            self.task = self.p.add_task("train", total=total, info="")
-
-    def eta(self, step: int) -> float | None:
-        """Seconds left if every remaining step takes the mean time of the steps since the first
-        epoch (which also pays one-off costs: the frozen-prefix cache, warm-up)."""
-        now = time.perf_counter()
-        if self.mark is None:
-            self.mark = (now, step)
-            return None
-        t0, s0 = self.mark
-        if step <= s0:
-            return None
-        return (now - t0) / (step - s0) * max(0, self.total - step)
-
-    def update(self, step, *_):
-        if self.live:
-            self.p.update(self.task, completed=step)
-
-    def epoch(self, entry):
-        eta = self.eta(entry["step"])
-        if self.live:
-            self.p.update(self.task, info=f"loss {entry['mean_loss']:.3f} coverage {entry['coverage']:.3f}")
-        elif self.enabled and time.perf_counter() - self.last_print > 10:
-            import sys
-
-            self.last_print = time.perf_counter()
-            eta_text = "" if eta is None else f", ETA ≤ {eta:.0f} s"
-            print(f"train step {entry['step']}/{self.total}: loss {entry['mean_loss']:.3f} "
-                  f"coverage {entry['coverage']:.3f} ({entry['seconds']:.0f} s{eta_text})", file=sys.stderr,
-                  flush=True)
-
-    def close(self):
-        if self.live:
-            self.p.stop()
 
 
 def seed_everything(seed: int) -> None:

@@ -234,11 +234,13 @@ def score(model, encoded: Sequence, *, pad_id: int = 0, max_tokens: int = 8192, 
 
 
 class _progress:
-    """A rich progress bar over target tokens (``enabled`` True), nothing (False), or calls of a
-    callback ``enabled(stage, done, total, info)`` with the tokens scored so far (the Python API)."""
+    """Token progress: nothing (``enabled`` False), calls of a callback ``enabled(stage, done, total,
+    info)`` with the tokens scored so far (the Python API), or with True the commands' bar
+    (:class:`memlaw.cli.progress.TokenBar`)."""
 
     def __init__(self, enabled, description: str, total: int):
         self.enabled, self.description, self.total = enabled, description, total
+        self.bar = None
 
     def __enter__(self):
         if callable(self.enabled):
@@ -248,21 +250,17 @@ class _progress:
                 done[0] += int(n)
                 fn(self.description, done[0], self.total, None)
 
-            self.enabled = False  # no bar to close on exit
             return advance
         if not self.enabled:
             return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+        from memlaw.cli.progress import TokenBar
 
-        self.progress = Progress("[progress.description]{task.description}", BarColumn(),
-                                 MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-        self.progress.__enter__()
-        task = self.progress.add_task(self.description, total=self.total)
-        return lambda n: self.progress.advance(task, n)
+        self.bar = TokenBar(self.description, self.total)
+        return self.bar.__enter__()
 
     def __exit__(self, *exc):
-        if self.enabled:
-            self.progress.__exit__(*exc)
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
         return False
 
 

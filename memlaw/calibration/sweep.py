@@ -268,48 +268,37 @@ def _console():
 
 
 class _SweepBar:
-    """One progress bar over the whole sweep, weighted by length (a point's cost ~ ℓ), with an ETA;
-    one line per finished point (also readable in a batch job's log)."""
+    """Sweep progress: nothing, calls of the Python API's callback (stage, points done, points to
+    do, point), or with True the commands' bar (:class:`memlaw.cli.progress.SweepBar`)."""
 
     def __init__(self, enabled, todo, console):
-        # a callable (the Python API's progress) gets (stage, points done, points to do, point) instead
         self.callback = enabled if callable(enabled) else None
-        self.enabled, self.todo, self.console = bool(enabled) and self.callback is None, todo, console
-        self.n_done = 0
+        self.bar = None
+        if enabled and self.callback is None:
+            from memlaw.cli.progress import SweepBar
+
+            self.bar = SweepBar(todo, console)
+        self.todo, self.n_done = todo, 0
 
     def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.p = Progress(TextColumn("sweep {task.fields[what]}"), BarColumn(),
-                              TextColumn("{task.fields[count]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                              TimeRemainingColumn(), console=self.console, transient=False)
-            self.p.start()
-            self.task = self.p.add_task("sweep", total=sum(n for _, n in self.todo), what="",
-                                        count=f"0/{len(self.todo)} points")
+        if self.bar is not None:
+            self.bar.__enter__()
         return self
 
     def start(self, rank, length):
-        if self.enabled:
-            self.p.update(self.task, what=f"r={rank} ℓ={length}")
+        if self.bar is not None:
+            self.bar.start(rank, length)
 
     def done(self, pt):
         self.n_done += 1
         if self.callback is not None:
             self.callback("calibrate", self.n_done, len(self.todo), dict(pt))
-        if self.enabled:
-            self.p.update(self.task, advance=pt["length"], count=f"{self.n_done}/{len(self.todo)} points")
-            self.p.console.print(
-                f"r={pt['rank']} ℓ={pt['length']}: L {pt['loss_before']:.3f} → "
-                + (f"{pt['loss_after_B']:.3f} (B) → " if "loss_after_B" in pt else "")
-                + f"{pt['loss_after']:.3f}, coverage {pt['coverage']:.3f}, exact {pt['exact_records']}/{pt['records']}, "
-                f"{pt['steps']} steps ({pt['stop_reason']}, "
-                + {True: "converged", False: "NOT converged", None: "convergence not tested"}[pt.get("converged")]
-                + f"), {pt['seconds']:.1f} s", soft_wrap=True)
+        if self.bar is not None:
+            self.bar.done(pt)
 
     def __exit__(self, *exc):
-        if self.enabled:
-            self.p.stop()
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
         return False
 
 
