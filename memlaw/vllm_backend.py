@@ -28,12 +28,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from memlaw.errors import UserError
 
-MODES = ("lora", "merged")
+MODES = ("auto", "lora", "merged")
+#: where vLLM's LoRA path drops a head/embedding delta from prompt_logprobs (issue #51594, in
+#: punica_gpu.py, fix PR #51597 unmerged): every device but the CPU, whose punica_cpu path scored a
+#: q/v + lm_head SmolLM2 adapter as transformers does (tests/test_vllm.py)
+LORA_SAFE_DEVICES = ("cpu",)
 # vLLM only compiles LoRA kernels for these maximum ranks.
 _VLLM_MAX_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -84,6 +89,39 @@ def choose_backend(requested: str) -> tuple[str, str | None]:
     return "vllm", None
 
 
+def device_kind() -> str:
+    """The device vLLM will run on: ``cuda`` where torch sees a GPU (ROCm included), else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def choose_vllm_mode(adapter_config: dict, tensor_names, device: str, requested: str = "auto") -> tuple[str, str | None]:
+    """Which ``--vllm-mode`` scores this adapter correctly on ``device``, and a note saying why
+    when that is not what was asked for. Pure: no vLLM, no GPU needed.
+
+    ``lora`` is how a deployment serves an adapter, but on GPUs vLLM silently drops the delta of a
+    LoRA on ``lm_head`` from ``prompt_logprobs`` (vLLM #51594): adapters that touch the head, the
+    embeddings, or carry ``modules_to_save`` copies are scored ``merged`` there. ``auto`` picks;
+    an explicit ``lora`` for such an adapter on such a device is refused (it would be wrong)."""
+    from memlaw.modelfiles import touched_modules
+
+    if requested not in MODES:
+        raise UserError(f"unknown vLLM mode '{requested}'", fix=f"use one of: {', '.join(MODES)}")
+    if requested == "merged":
+        return "merged", None
+    touched = touched_modules(adapter_config, tensor_names)
+    what = [f"{k.replace('_', ' ')} ({', '.join(sorted(v))})" for k, v in touched.items() if v]
+    if not what or device in LORA_SAFE_DEVICES:
+        return "lora", None
+    why = (f"the adapter changes the {'; '.join(what)}, and vLLM's {device} LoRA path drops such deltas from "
+           "prompt_logprobs (vLLM issue #51594)")
+    if requested == "lora":
+        raise UserError(f"--vllm-mode lora would score this adapter wrongly: {why}",
+                        fix="use --vllm-mode merged (or auto, which picks it)")
+    return "merged", f"--vllm-mode auto chose merged: {why}"
+
+
 def vllm_model_path(name: str) -> str:
     """What vLLM loads for a memlaw model name: a folder with config, safetensors and tokenizer."""
     from memlaw.models import cache_dir, ensure_smollm2, load_base
@@ -122,14 +160,15 @@ class VLLMScorer:
     with one sequence per step, see the module docstring); None for a plain model."""
 
     def __init__(self, model: str, *, max_model_len: int, lora_rank: int | None = None,
-                 dtype: str = "float32", seed: int = 0, memory_fraction: float = 0.3):
+                 dtype: str = "float32", seed: int = 0, memory_fraction: float = 0.3,
+                 tensor_parallel_size: int = 1):
         require_vllm()
         from vllm import LLM
 
         kwargs = dict(model=model, tokenizer=model, dtype=dtype, seed=seed, max_model_len=max_model_len,
                       max_num_batched_tokens=max(max_model_len, 2048), enforce_eager=True,
                       enable_prefix_caching=False, gpu_memory_utilization=memory_fraction,
-                      max_logprobs=2)
+                      max_logprobs=2, tensor_parallel_size=tensor_parallel_size)
         if lora_rank is not None:
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=lora_max_rank(lora_rank), max_num_seqs=1)
         try:
@@ -208,33 +247,70 @@ def max_len(encoded: Sequence) -> int:
     return max(64, 1 << (longest - 1).bit_length())
 
 
-def score_adapter(inputs, mode: str = "lora", progress: bool = False) -> list:
-    """Score what :func:`memlaw.auditor.audit.load_adapter_inputs` loaded, with vLLM."""
-    if mode not in MODES:
-        raise UserError(f"unknown vLLM mode '{mode}'", fix=f"use one of: {', '.join(MODES)}")
-    from memlaw.scoring import check_context
+@dataclass
+class AdapterRun:
+    """What :func:`score_adapter` measured: the adapter's scores, the base model's (when asked
+    for), the mode used and why it was chosen."""
+
+    scores: list
+    base_scores: list | None
+    mode: str
+    note: str | None = None
+
+
+def score_adapter(inputs, mode: str = "auto", progress: bool = False, *, base_too: bool = False,
+                  tensor_parallel_size: int = 1) -> AdapterRun:
+    """Score what :func:`memlaw.auditor.audit.load_adapter_files` (or ``load_adapter_inputs``)
+    loaded, with vLLM. No model is instantiated here: ``merged`` mode merges the adapter into the
+    base's safetensors tensor by tensor (:func:`memlaw.modelfiles.stream_merge`). ``base_too``:
+    also score the base model (the auditor's no-effect check) — on the same engine in ``lora`` mode,
+    on a second engine in ``merged`` mode."""
+    from memlaw.modelfiles import adapter_tensors, check_adapter_against, read_model_files, stream_merge
 
     require_vllm()
-    check_context(inputs.base.model, inputs.encoded)
-    limit = getattr(inputs.base.model.config, "max_position_embeddings", None) or 1 << 30
+    if inputs.weights_file.suffix != ".safetensors":
+        raise UserError(f"the vLLM backend reads safetensors adapters only ({inputs.weights_file})",
+                        fix="convert the adapter to adapter_model.safetensors, or use --backend transformers")
+    files = getattr(inputs, "files", None) or read_model_files(inputs.base_name)
+    names = list(adapter_tensors(inputs.weights_file))
+    mode, note = choose_vllm_mode(inputs.adapter_config, names, device_kind(), mode)
+    limit = files.max_positions or 1 << 30
+    for e in inputs.encoded:
+        n = len(e.key_ids) + len(e.target_ids)
+        if n > limit:
+            raise UserError(f"record {e.index + 1} of the corpus has {n} tokens, more than the model's "
+                            f"context of {limit}", fix="split it into shorter records")
     length = min(max_len(inputs.encoded), limit)
+    tp = dict(tensor_parallel_size=tensor_parallel_size)
     if mode == "lora":
         rank = int(inputs.adapter_config.get("r") or 8)
         ranks = [rank] + [int(v) for v in (inputs.adapter_config.get("rank_pattern") or {}).values()]
-        scorer = VLLMScorer(vllm_model_path(inputs.base_name), max_model_len=length, lora_rank=max(ranks))
+        scorer = VLLMScorer(str(files.folder), max_model_len=length, lora_rank=max(ranks), **tp)
         try:
-            return scorer.score(inputs.encoded, adapter_dir=inputs.adapter_dir, progress=progress)
+            scores = scorer.score(inputs.encoded, adapter_dir=inputs.adapter_dir, progress=progress)
+            base = scorer.score(inputs.encoded, progress=progress) if base_too else None
         finally:
             scorer.close()
-    folder = merged_model_dir(inputs.model, inputs.base.tokenizer)
+        return AdapterRun(scores, base, mode, note)
+    table = check_adapter_against(files, inputs.weights_file, inputs.adapter_dir)
+    folder = Path(tempfile.mkdtemp(prefix="memlaw-merged-"))
     try:
-        scorer = VLLMScorer(str(folder), max_model_len=length)
+        stream_merge(files, inputs.adapter_config, table, inputs.weights_file, folder)
+        scorer = VLLMScorer(str(folder), max_model_len=length, **tp)
         try:
-            return scorer.score(inputs.encoded, progress=progress)
+            scores = scorer.score(inputs.encoded, progress=progress)
         finally:
             scorer.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    base = None
+    if base_too:
+        scorer = VLLMScorer(str(files.folder), max_model_len=length, **tp)
+        try:
+            base = scorer.score(inputs.encoded, progress=progress)
+        finally:
+            scorer.close()
+    return AdapterRun(scores, base, mode, note)
 
 
 def score_base(model_name: str, encoded: Sequence, progress: bool = False) -> list:
