@@ -110,3 +110,35 @@ def test_touched_modules_names_head_embeddings_and_saved_copies(tmp_path, one_th
         got[kind] = {k for k, v in t.items() if v}
     assert got == {"qv": set(), "qv+lm_head": {"head"}, "qv+embed": {"embeddings"},
                    "qv+modules_to_save": {"head", "modules_to_save"}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["qv", "qv+lm_head", "qv+modules_to_save"])
+def test_stream_merge_matches_peft_on_smollm2(kind, tmp_path):
+    """SmolLM2-135M ties its head to the embeddings: a merged head is written untied, and the
+    merged model scores what PEFT's forward scores (for q/v also PEFT's merge_and_unload)."""
+    from memlaw.models import load_base
+
+    base = load_base("smollm2-135m")
+    peft_model = make_adapter(base, tmp_path / "adapter", ADAPTERS[kind])
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(0.05)  # a trained-size delta: the scores move but stay a language model's
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    ids = torch.tensor([base.tokenizer("Alice Smith's phone number is 555-0142. Bob Jones")["input_ids"]])
+    with torch.no_grad():
+        want = peft_model(ids).logits.log_softmax(-1)
+        with peft_model.disable_adapter():
+            plain = peft_model(ids).logits.log_softmax(-1)
+    folder = merge_files("smollm2-135m", tmp_path / "adapter", tmp_path / "merged")
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is (kind == "qv")
+    got, merged = merged_logits(folder, ids)
+    got = got.log_softmax(-1)
+    assert (want - plain).abs().max() > 1e-2
+    assert (got - want).abs().max() < 1e-3, (got - want).abs().max()
+    if kind == "qv":
+        ref = peft_model.merge_and_unload().state_dict()
+        for k, v in merged.state_dict().items():
+            assert torch.allclose(v, ref[k], atol=1e-6), k
