@@ -21,7 +21,7 @@ peak() {  # peak LABEL CMD...: run CMD, print its wall time and max RSS
   read -r secs kb < "$OUT/$label.time"
   printf '%-10s %8.1f s  peak RSS %7.0f MiB   (%s)\n' "$label" "$secs" "$((kb / 1024))" "$*"
 }
-ADAPTER=${ADAPTER:-runs/demo/pb-small-r8}  # ADAPTER=DIR: another adapter (with a memlaw.json naming its corpus)
+ADAPTER=${ADAPTER:-runs/demo/pb-small-r8}  # ADAPTER=DIR [CORPUS=FILE]: another adapter (and its corpus)
 if [ ! -f "$ADAPTER/adapter_model.safetensors" ]; then
   ADAPTER=$OUT/adapter
   peak train "$BIN/memft" train examples/phonebook_small.jsonl --model smollm2-135m --rank 8 --method sft \
@@ -29,14 +29,14 @@ if [ ! -f "$ADAPTER/adapter_model.safetensors" ]; then
 fi
 if [ "${ONLY:-}" != vllm ]; then
   peak calibrate "$BIN/memplan" calibrate --model smollm2-135m --ranks 1,2,8 --lengths 64,256 --out "$OUT/cal" --quiet
-  peak audit "$BIN/memaudit" "$ADAPTER" --quiet
+  peak audit "$BIN/memaudit" "$ADAPTER" --quiet ${CORPUS:+--corpus "$CORPUS"}
 fi
 if "$BIN/python" -c "import vllm" 2>/dev/null; then
   for mode in lora merged; do  # --no-effect-check: the same single scoring pass before and after
     extra=$("$BIN/python" -m memlaw.cli.memaudit -h | grep -q -- --no-effect-check && echo --no-effect-check || true)
     printf '%-14s' "vllm-$mode"
     "$BIN/python" benchmarks/tree_memory.py -- "$BIN/python" -m memlaw.cli.memaudit "$ADAPTER" --backend vllm \
-      --vllm-mode "$mode" --quiet $extra
+      --vllm-mode "$mode" --quiet $extra ${CORPUS:+--corpus "$CORPUS"}
   done
 else
   echo "vLLM does not import with $BIN/python: --backend vllm not measured"

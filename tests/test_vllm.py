@@ -80,6 +80,14 @@ def test_vllm_audit_agrees_with_transformers(adapter, mode, real_corpus, request
     for k in ("coverage", "exact_records", "locked_records", "locked_tokens"):
         assert got["summary"][k] == ref["summary"][k], k
     assert got["summary"]["mean_loss"] == pytest.approx(ref["summary"]["mean_loss"], abs=LOGP_TOL)
+    # the no-effect check's base scores are the base model's on both sides (a vLLM base pass that
+    # kept part of the adapter would shrink the effect)
+    e_ref, e_got = ref["summary"]["effect"], got["summary"]["effect"]
+    print(f"  effect: transformers {e_ref}, vLLM {e_got}")
+    assert not e_ref["no_effect"] and not e_got["no_effect"]
+    assert e_got["mean_dloss"] == pytest.approx(e_ref["mean_dloss"], abs=2 * LOGP_TOL)
+    assert e_got["max_abs_dlogp"] == pytest.approx(e_ref["max_abs_dlogp"], abs=2 * LOGP_TOL)
+    assert e_got["changed_locks"] == e_ref["changed_locks"]
 
 
 @pytest.mark.slow
