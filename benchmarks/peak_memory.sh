@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/peak_memory.sh            # uses .venv/bin; writes under runs/peak-memory/
 #   ONLY=vllm BIN=/path/to/venv/bin bash benchmarks/peak_memory.sh    # the vLLM lines only
-#   ONLY=vllm PYTHONPATH=/other/checkout bash benchmarks/peak_memory.sh  # another version's code (before/after)
+#   (it measures the memlaw of the checkout it lies in: `python -m` puts that folder first on sys.path;
+#   for a before/after comparison copy this script and tree_memory.py into the other checkout)
 #
 # calibrate: 6 points of the reference grid (ranks 1,2,8 x lengths 64,256; memory peaks at the
 # longest length and largest rank, so the full 4 x 3 grid peaks the same); audit: the demo adapter
