@@ -231,9 +231,29 @@ def read_model_files(name: str) -> ModelFiles:
     # tiny is built in code: its identity is the hash of its weights in memory, cheap to recompute
     if name == "tiny":
         identity = dict(load_base("tiny").identity)
-    else:  # memoised by the files' size and mtime: a 70B model's weights are hashed once, not per audit
+    elif name == "smollm2-135m" or Path(name).expanduser().is_dir():
+        # memoised by the files' size and mtime: a 70B model's weights are hashed once, not per audit
         identity = model_identity(name) or _identity_of_path(name, str(folder), None)
+    else:
+        identity = _hub_identity(name, folder)
     return ModelFiles(name, folder, config, tensors, shards, index, identity)
+
+
+def _hub_identity(name: str, folder: Path) -> dict:
+    """What load_base's identity is for a hub id (it hashes the loaded model's config, in float32,
+    and no weights): the same hash from the config alone, so a sidecar's identity still matches."""
+    import hashlib
+
+    import torch
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(folder))
+        cfg.dtype = torch.float32
+        digest = hashlib.sha256(cfg.to_json_string(use_diff=False).encode()).hexdigest()
+    except (OSError, ValueError, KeyError):
+        digest = None
+    return {"name": name, "config_sha256": digest, "weights_sha256": None}
 
 
 # --------------------------------------------------------------------------------------------
