@@ -245,10 +245,14 @@ def test_vllm_flags_an_untrained_adapter(tmp_path, real_corpus):
     cfg = json.loads((folder / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = "smollm2-135m"
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
-    r = run("memaudit", folder, "--corpus", real_corpus, "--backend", "vllm", "--quiet", "--fail-on-no-effect",
+    # the records in another order: a corpus no base-loss cache has, so vLLM scores the base model too
+    corpus = tmp_path / "reversed.jsonl"
+    corpus.write_text("\n".join(reversed(real_corpus.read_text().splitlines())) + "\n")
+    r = run("memaudit", folder, "--corpus", corpus, "--backend", "vllm", "--quiet", "--fail-on-no-effect",
             "--json", tmp_path / "a.json")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "adapter has no measurable effect" in r.stderr
     eff = json.loads((tmp_path / "a.json").read_text())["summary"]["effect"]
-    assert eff["no_effect"] and eff["max_abs_dlogp"] <= 1e-3 and eff["tokens"] > 0
     print(eff)
+    assert eff["no_effect"] and eff["max_abs_dlogp"] <= 1e-3 and eff["tokens"] > 0
+    assert eff["source"] == "a base-model scoring pass (vLLM)"
