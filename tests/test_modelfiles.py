@@ -142,3 +142,28 @@ def test_stream_merge_matches_peft_on_smollm2(kind, tmp_path):
         ref = peft_model.merge_and_unload().state_dict()
         for k, v in merged.state_dict().items():
             assert torch.allclose(v, ref[k], atol=1e-6), k
+
+
+def test_stream_merge_of_a_sharded_model_links_the_shards_it_does_not_change(tmp_path, one_thread):
+    """A base saved in many shards (as large models are): the merged folder has the same index,
+    rewrites only the shards holding adapted tensors, links the others, and scores as PEFT does."""
+    from memlaw.models import load_base
+
+    base = load_base("tiny")
+    folder = tmp_path / "sharded"
+    base.model.save_pretrained(str(folder), max_shard_size="40KB")
+    base.tokenizer.save_pretrained(str(folder))
+    shards = sorted(folder.glob("model-*.safetensors"))
+    assert len(shards) > 3 and (folder / "model.safetensors.index.json").is_file()
+    peft_model = make_adapter(load_base("tiny"), tmp_path / "adapter", ADAPTERS["qv"])
+    ids = torch.randint(3, 259, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = peft_model(ids).logits
+    out = merge_files(str(folder), tmp_path / "adapter", tmp_path / "merged")
+    linked = [p for p in out.glob("model-*.safetensors") if p.is_symlink()]
+    written = [p for p in out.glob("model-*.safetensors") if not p.is_symlink()]
+    assert linked and written and len(linked) + len(written) == len(shards)
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert index == json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    got, _ = merged_logits(out, ids)
+    assert (got - want).abs().max() < 1e-4
