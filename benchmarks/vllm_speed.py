@@ -8,7 +8,9 @@ vLLM's engine start-up time apart, and the largest |Δ log p| against transforme
     .venv/bin/python benchmarks/vllm_speed.py --model smollm2-135m --records 500
 
 vLLM's LoRA path runs one sequence at a time (its batched LoRA prompt_logprobs crashes, see
-memlaw/vllm_backend.py); "merged" folds the adapter into the weights and batches.
+memlaw/vllm_backend.py); "merged" folds the adapter into the weights from the safetensors files
+(memlaw.modelfiles.stream_merge, as memaudit does) and batches. --tensor-parallel-size N splits
+the model over N GPUs.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ def main():
     from audit_speed import make_records
     from memlaw.models import load_base
     from memlaw.scoring import score
-    from memlaw.vllm_backend import VLLMScorer, max_len, merged_model_dir, require_vllm, vllm_model_path
+    from memlaw.modelfiles import check_adapter_against, read_model_files, stream_merge
+    from memlaw.models import read_adapter_config
+    from memlaw.vllm_backend import VLLMScorer, max_len, require_vllm, vllm_model_path
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--records", type=int, default=500)
+    ap.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs vLLM splits the model over")
     args = ap.parse_args()
+    tp = dict(tensor_parallel_size=args.tensor_parallel_size)
     require_vllm()
 
     base = load_base(args.model)
@@ -55,7 +61,7 @@ def main():
 
     # (a) base model
     ref_base, t_hf_base = timed(lambda: score(base.model, recs, pad_id=pad))
-    scorer, t_start = timed(lambda: VLLMScorer(vllm_model_path(args.model), max_model_len=length))
+    scorer, t_start = timed(lambda: VLLMScorer(vllm_model_path(args.model), max_model_len=length, **tp))
     got, t_v = timed(lambda: scorer.score(recs))
     scorer.close()
     rows.append(("base model", t_hf_base, t_v, t_start, max_dlogp(ref_base, got)))
@@ -70,12 +76,18 @@ def main():
         adapter = tmp / "adapter"
         peft_model.save_pretrained(str(adapter))
         ref, t_hf = timed(lambda: score(peft_model, recs, pad_id=pad))
-        scorer, t_start = timed(lambda: VLLMScorer(vllm_model_path(args.model), max_model_len=length, lora_rank=8))
+        scorer, t_start = timed(lambda: VLLMScorer(vllm_model_path(args.model), max_model_len=length, lora_rank=8, **tp))
         got, t_v = timed(lambda: scorer.score(recs, adapter_dir=adapter))
         scorer.close()
         rows.append(("adapter, vLLM LoRA (1 seq/step)", t_hf, t_v, t_start, max_dlogp(ref, got)))
-        (folder, t_merge) = timed(lambda: merged_model_dir(peft_model, base.tokenizer, parent=tmp))
-        scorer, t_start = timed(lambda: VLLMScorer(str(folder), max_model_len=length))
+        def merge():  # what memaudit --vllm-mode merged does: from the files, tensor by tensor
+            files = read_model_files(args.model)
+            weights = adapter / "adapter_model.safetensors"
+            table = check_adapter_against(files, weights, adapter)
+            return stream_merge(files, read_adapter_config(adapter), table, weights, tmp / "merged")
+
+        (folder, t_merge) = timed(merge)
+        scorer, t_start = timed(lambda: VLLMScorer(str(folder), max_model_len=length, **tp))
         got, t_v = timed(lambda: scorer.score(recs))
         scorer.close()
         rows.append((f"adapter, vLLM merged (+{t_merge:.1f} s merge)", t_hf, t_v, t_start, max_dlogp(ref, got)))

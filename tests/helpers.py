@@ -16,17 +16,19 @@ def masked_label_batch(encoded, pad_id: int):
     return ids, mask, labels
 
 
-def train_plain_peft(base, encoded, *, rank: int, alpha: int, lr: float, max_steps: int, pad_id: int, stop):
-    """What another trainer would do: plain PEFT on q_proj/v_proj with HF-style masked labels.
-    Stops as soon as ``stop(summary of a scoring pass)`` holds; returns the PeftModel, or None
-    when it never did within ``max_steps``."""
+def train_plain_peft(base, encoded, *, rank: int, alpha: int, lr: float, max_steps: int, pad_id: int, stop,
+                     target_modules=("q_proj", "v_proj"), modules_to_save=None):
+    """What another trainer would do: plain PEFT (default on q_proj/v_proj) with HF-style masked
+    labels. Stops as soon as ``stop(summary of a scoring pass)`` holds; returns the PeftModel, or
+    None when it never did within ``max_steps``."""
     from peft import LoraConfig, get_peft_model
 
     from memlaw.scoring import score, summarize
 
     torch.manual_seed(0)
-    model = get_peft_model(base.model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=["q_proj", "v_proj"],
-                                                  lora_dropout=0.0, task_type="CAUSAL_LM"))
+    model = get_peft_model(base.model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules),
+                                                  modules_to_save=modules_to_save, lora_dropout=0.0,
+                                                  task_type="CAUSAL_LM"))
     ids, mask, labels = masked_label_batch(encoded, pad_id=pad_id)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     for _ in range(max_steps):

@@ -216,6 +216,7 @@ class Gate:
     min_exact: float | None = None
     min_locked: float | None = None
     max_mean_loss: float | None = None
+    fail_on_no_effect: bool = False  # an adapter that scores like its base model fails the gate
 
     _OPTIONS = {"min_coverage": "--min-coverage", "min_exact": "--min-exact", "min_locked": "--min-locked",
                 "max_mean_loss": "--max-mean-loss"}
@@ -238,7 +239,7 @@ class Gate:
 
     @property
     def active(self) -> bool:
-        return any(getattr(self, k) is not None for k in self._OPTIONS)
+        return self.fail_on_no_effect or any(getattr(self, k) is not None for k in self._OPTIONS)
 
     def values(self, summary: dict) -> dict:
         """The measured quantity each threshold applies to."""
@@ -264,6 +265,14 @@ class Gate:
                 out.append(f"{label} {got[k]:.4f} < {want:g} ({names[k]})")
         if self.max_mean_loss is not None and got["max_mean_loss"] > self.max_mean_loss:
             out.append(f"mean loss {got['max_mean_loss']:.4f} > {self.max_mean_loss:g} ({names['max_mean_loss']})")
+        if self.fail_on_no_effect:
+            eff = getattr(summary, "summary", summary).get("effect")
+            flag = names.get("fail_on_no_effect", "--fail-on-no-effect")
+            if not isinstance(eff, dict):
+                out.append(f"no base-model comparison was made ({flag} needs the effect check)")
+            elif eff.get("no_effect"):
+                out.append(f"adapter has no measurable effect: max |Δ log p| {eff['max_abs_dlogp']:.1e} ≤ "
+                           f"{eff['tolerance']:g} over {eff['tokens']} target tokens ({flag})")
         return out
 
     def passed(self, summary) -> bool:
@@ -271,10 +280,12 @@ class Gate:
         return not self.check(summary)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self._OPTIONS}
+        return {**{k: getattr(self, k) for k in self._OPTIONS}, "fail_on_no_effect": self.fail_on_no_effect}
 
     def describe(self) -> str:
         parts = [f"{self._OPTIONS[k]} {getattr(self, k):g}" for k in self._OPTIONS if getattr(self, k) is not None]
+        if self.fail_on_no_effect:
+            parts.append("--fail-on-no-effect")
         return ", ".join(parts) if parts else "no thresholds"
 
 
@@ -380,6 +391,7 @@ class AdapterInputs:
     encoded: list
     weights_file: Path
     warnings: list[str] = field(default_factory=list)
+    files: "object" = None  # memlaw.modelfiles.ModelFiles when loaded from files alone (model is None)
 
     @property
     def pad_id(self) -> int:
@@ -558,29 +570,203 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
                          weights_file=weights, warnings=warnings)
 
 
+def load_adapter_files(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
+                       allow_pickle: bool = False, trust_remote_code: bool = False,
+                       force_base: bool = False) -> AdapterInputs:
+    """What :func:`load_adapter_inputs` checks and loads, for the vLLM backend, without
+    instantiating the base model: its config.json, safetensors headers and tokenizer give the
+    identity, shapes, dtypes, vocabulary and context checks; vLLM loads the weights itself (and
+    ``merged`` mode merges from the files, :func:`memlaw.modelfiles.stream_merge`). The returned
+    inputs have ``model`` None and ``base.model`` None, and ``files`` set."""
+    from memlaw.corpus import encode_records
+    from memlaw.modelfiles import check_adapter_against, read_model_files
+    from memlaw.models import Base, _check_finite, _safetensors_tensors, check_adapter_files, read_adapter_config
+
+    adapter_dir = Path(adapter_dir)
+    cfg = read_adapter_config(adapter_dir)
+    weights = check_adapter_files(adapter_dir, allow_pickle=allow_pickle)
+    if weights.suffix != ".safetensors":
+        raise UserError(f"the vLLM backend reads safetensors adapters only ({weights})",
+                        fix="convert the adapter to adapter_model.safetensors, or use --backend transformers")
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise UserError(f"{adapter_dir}: adapter type {cfg.get('peft_type')} is not LoRA",
+                        fix="memlaw audits LoRA adapters")
+    sidecar, problem = read_sidecar(adapter_dir)
+    warnings = [problem] if problem else []
+    spec, w = resolve_corpus(adapter_dir, corpus, sidecar, problem)
+    warnings += w
+    records = spec.read()
+    name = base_model or cfg.get("base_model_name_or_path")
+    if not name or not isinstance(name, str):
+        raise UserError(f"{adapter_dir / 'adapter_config.json'} names no base model "
+                        "(base_model_name_or_path)", fix="pass --base-model")
+    if not base_model:
+        _check_config_base_name(name, adapter_dir)
+    try:
+        files = read_model_files(name)
+        tok = files.tokenizer(trust_remote_code=trust_remote_code)
+    except UserError as e:
+        if base_model:
+            raise
+        raise UserError(f"the base model named in {adapter_dir / 'adapter_config.json'} cannot be loaded: {e}",
+                        fix="pass --base-model") from None
+    base = Base(name, None, tok, identity=dict(files.identity))
+    warnings += _check_identity(base, sidecar, adapter_dir, force_base)
+    warnings += _check_tokenizer(base, adapter_dir, trust_remote_code, force_base)
+    eos = bool(((sidecar or {}).get("recipe") or {}).get("eos"))
+    encoded = encode_records(tok, records, eos=eos)
+    vocab = files.vocab_rows()
+    top = max((max(e.input_ids) for e in encoded if e.input_ids), default=0)
+    if vocab is not None and top >= vocab:
+        raise UserError(f"the tokenizer of '{name}' produces token id {top}, but the model's vocabulary "
+                        f"has {vocab} entries: tokenizer and model do not match",
+                        fix="pass a base model folder whose tokenizer belongs to it (--base-model)")
+    check_adapter_against(files, weights, adapter_dir)  # dtypes, sizes, shapes: before a tensor is read
+    _check_finite(weights, _safetensors_tensors(weights))
+    return AdapterInputs(adapter_dir=adapter_dir, adapter_config=cfg, sidecar=sidecar, corpus=spec,
+                         base_name=name, base=base, model=None, records=records, encoded=encoded,
+                         weights_file=weights, warnings=warnings, files=files)
+
+
+# --------------------------------------------------------------------------------------------
+# does the adapter change anything?
+
+#: an adapter whose every target token scores within this many nats of the base model's has no
+#: measurable effect: the same bound as the agreement of two engines (tests/test_vllm.py), so a
+#: smaller difference cannot be told from numerical noise
+NO_EFFECT_TOL = 1e-3
+
+
+def cached_base_logprobs(inputs: AdapterInputs) -> tuple[dict, str] | None:
+    """The base model's per-token log p for the audited records from the planner's base-loss cache
+    (``memplan estimate`` on this corpus and model wrote them), or None when it lacks them. A record
+    is taken when its cached target ids are the audited ones (or their start: an adapter trained
+    with ``--eos`` scores one more token, which is then left out of the comparison)."""
+    import numpy as np
+
+    from memlaw.corpus import corpus_sha256
+    from memlaw.planner.baseloss import cache_key, read_cached_tokens
+
+    ident = getattr(inputs.base, "identity", None) or {}
+    if not (ident.get("weights_sha256") or ident.get("config_sha256")):
+        return None
+    try:
+        sha = corpus_sha256(inputs.corpus.path)
+    except (OSError, UserError):
+        return None
+    for backend in ("transformers", "vllm"):
+        got = read_cached_tokens(cache_key(ident, sha, inputs.corpus, backend))
+        if got is None:
+            continue
+        ends = np.cumsum(got["lengths"])
+        where = {int(i): (int(e - n), int(e)) for i, n, e in zip(got["index"], got["lengths"], ends)}
+        out = {}
+        for e in inputs.encoded:
+            if e.index not in where:
+                break
+            a, b = where[e.index]
+            ids = got["ids"][a:b]
+            if len(ids) > len(e.target_ids) or list(ids) != list(e.target_ids[: len(ids)]):
+                break
+            out[e.index] = got["logprob"][a:b].astype(np.float64)
+        else:
+            return out, f"the base-loss cache ({backend})"
+    return None
+
+
+def adapter_effect(scores: Sequence, base_logprobs: dict, source: str) -> dict:
+    """How far the adapter's per-token log p lie from the base model's, over the target tokens both
+    scored: ``max_abs_dlogp``, ``mean_dloss`` (base loss − adapter loss, nats a token; > 0 when
+    the adapter helps), ``changed_locks`` (tokens whose p > 0.5 verdict differs), ``no_effect``."""
+    import numpy as np
+
+    d, flips = [], 0
+    for s in scores:
+        b = base_logprobs.get(s.index)
+        if b is None:
+            continue
+        a = np.asarray(s.logprob[: len(b)], dtype=np.float64)
+        b = np.asarray(b[: len(a)], dtype=np.float64)
+        both = np.isfinite(a) & np.isfinite(b)
+        # a token p = 0 under one and not the other is an effect; under both, none
+        diff = np.where(both, a - b, np.where(np.isfinite(a) == np.isfinite(b), 0.0, np.inf))
+        d.append(diff)
+        flips += int(((a > -math.log(2)) != (b > -math.log(2))).sum())
+    diff = np.concatenate(d) if d else np.zeros(0)
+    biggest = float(np.abs(diff).max()) if diff.size else 0.0
+    return {"tokens": int(diff.size), "max_abs_dlogp": biggest,
+            "mean_dloss": float(diff[np.isfinite(diff)].mean()) if diff.size else 0.0,
+            "changed_locks": flips, "tolerance": NO_EFFECT_TOL, "source": source,
+            "no_effect": bool(diff.size) and biggest <= NO_EFFECT_TOL}
+
+
+def no_effect_warning(effect: dict) -> str:
+    return (f"adapter has no measurable effect: all {effect['tokens']:,} target tokens score within "
+            f"{effect['tolerance']:g} nats of the base model (max |Δ log p| {effect['max_abs_dlogp']:.1e}; base "
+            f"scores from {effect['source']}). Untrained (all-zero B)? Target modules the engine did not match? "
+            "A silent fallback to the base model? --fail-on-no-effect fails the gate on this")
+
+
 BACKENDS = ("auto", "transformers", "vllm")
 
 
 def audit_inputs(inputs: AdapterInputs, *, progress: bool = False, backend: str = "transformers",
-                 vllm_mode: str = "lora") -> AuditResult:
-    """Audit what :func:`load_adapter_inputs` loaded. ``backend`` ``vllm`` scores with vLLM
-    (``vllm_mode``: ``lora`` or ``merged``, see :mod:`memlaw.vllm_backend`); ``auto`` picks one
-    (:func:`memlaw.vllm_backend.choose_backend`) and records why in ``backend_note``."""
+                 vllm_mode: str = "auto", effect_check: bool = True, tensor_parallel_size: int = 1) -> AuditResult:
+    """Audit what :func:`load_adapter_inputs` (or :func:`load_adapter_files`, vLLM only) loaded.
+    ``backend`` ``vllm`` scores with vLLM (``vllm_mode``: ``auto``, ``lora`` or ``merged``, see
+    :func:`memlaw.vllm_backend.choose_vllm_mode`); ``auto`` picks one
+    (:func:`memlaw.vllm_backend.choose_backend`) and records why in ``backend_note``.
+
+    ``effect_check``: compare the adapter's scores with the base model's (from the base-loss cache
+    when it has this corpus, else one more scoring pass) into ``summary["effect"]``, with a warning
+    when the adapter has no measurable effect (:data:`NO_EFFECT_TOL`)."""
+    from memlaw.scoring import score
     from memlaw.vllm_backend import choose_backend
 
     if backend not in BACKENDS:
         raise UserError(f"unknown scoring backend '{backend}'", fix=f"use one of: {', '.join(BACKENDS)}")
     backend, note = choose_backend(backend)
-    scorer = None
+    if backend == "transformers" and inputs.model is None:
+        raise ValueError("transformers scoring needs inputs from load_adapter_inputs (a model)")
+    cached = cached_base_logprobs(inputs) if effect_check else None
+    need_base = effect_check and cached is None
+    run = {}
+
     if backend == "vllm":
         from memlaw.vllm_backend import score_adapter
 
         def scorer(encoded):
-            return score_adapter(inputs, mode=vllm_mode, progress=progress is True)  # vLLM: its own bar or none
+            # vLLM draws its own bar or none: the Python API's callback cannot reach its engine
+            r = score_adapter(inputs, mode=vllm_mode, progress=progress is True, base_too=need_base,
+                              tensor_parallel_size=tensor_parallel_size)
+            run.update(scores=r.scores, base=r.base_scores, mode=r.mode, note=r.note)
+            return r.scores
+    else:
+        def scorer(encoded):
+            run["scores"] = score(inputs.model, encoded, pad_id=inputs.pad_id, progress=progress,
+                                  description="auditing")
+            return run["scores"]
     result = audit(inputs.model, inputs.base, inputs.encoded, inputs.records, pad_id=inputs.pad_id,
                    progress=progress, scorer=scorer)
-    result.backend = backend if backend == "transformers" else f"vllm ({vllm_mode})"
-    result.backend_note = note
+    result.backend = backend if backend == "transformers" else f"vllm ({run['mode']})"
+    notes = [n for n in (note, run.get("note")) if n]
+    result.backend_note = "; ".join(notes) if notes else None
+    if effect_check:
+        if cached is not None:
+            base_lp, source = cached
+        else:
+            if backend == "transformers":
+                with inputs.model.disable_adapter():
+                    base_scores = score(inputs.model, inputs.encoded, pad_id=inputs.pad_id, progress=progress,
+                                        description="base model")
+                source = "a base-model scoring pass (transformers)"
+            else:
+                base_scores, source = run["base"], "a base-model scoring pass (vLLM)"
+            base_lp = {s.index: s.logprob for s in base_scores}
+        effect = adapter_effect(run["scores"], base_lp, source)
+        result.summary["effect"] = effect
+        if effect["no_effect"]:
+            result.warnings.append(no_effect_warning(effect))
     result.adapter = str(inputs.adapter_dir)
     try:
         result.corpus = inputs.corpus.to_dict()
@@ -594,19 +780,30 @@ def audit_inputs(inputs: AdapterInputs, *, progress: bool = False, backend: str 
 def audit_adapter(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
                   allow_pickle: bool = False, trust_remote_code: bool = False, force_base: bool = False,
                   device: str = "cpu", progress: bool = False, base=None, backend: str = "auto",
-                  vllm_mode: str = "lora") -> AuditResult:
+                  vllm_mode: str = "auto", effect_check: bool = True,
+                  tensor_parallel_size: int = 1) -> AuditResult:
     """Audit the PEFT LoRA adapter in ``adapter_dir``.
 
     ``corpus``: a :class:`~memlaw.memft.CorpusSpec` (or a path); default: the corpus recorded in the
     adapter's ``memlaw.json``. ``base_model``: default ``base_model_name_or_path`` from
     ``adapter_config.json``. ``base``: an already loaded :class:`~memlaw.models.Base` to use instead
-    (its model gets the adapter injected). ``backend``: ``auto``, ``transformers`` or ``vllm``. Raises
-    :class:`UserError` on any bad input."""
+    (its model gets the adapter injected). ``backend``: ``auto``, ``transformers`` or ``vllm``; with
+    vLLM the base model is not instantiated here (:func:`load_adapter_files`). ``effect_check``:
+    see :func:`audit_inputs`. Raises :class:`UserError` on any bad input."""
+    from memlaw.vllm_backend import choose_backend
+
+    if backend not in BACKENDS:
+        raise UserError(f"unknown scoring backend '{backend}'", fix=f"use one of: {', '.join(BACKENDS)}")
     if backend == "vllm":
         from memlaw.vllm_backend import require_vllm
 
         require_vllm()  # before loading anything
-    inputs = load_adapter_inputs(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
-                                 trust_remote_code=trust_remote_code, force_base=force_base,
-                                 device=device, base=base)
-    return audit_inputs(inputs, progress=progress, backend=backend, vllm_mode=vllm_mode)
+    if choose_backend(backend)[0] == "vllm" and base is None:
+        inputs = load_adapter_files(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
+                                    trust_remote_code=trust_remote_code, force_base=force_base)
+    else:
+        inputs = load_adapter_inputs(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
+                                     trust_remote_code=trust_remote_code, force_base=force_base,
+                                     device=device, base=base)
+    return audit_inputs(inputs, progress=progress, backend=backend, vllm_mode=vllm_mode,
+                        effect_check=effect_check, tensor_parallel_size=tensor_parallel_size)

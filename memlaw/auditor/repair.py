@@ -12,6 +12,7 @@ and that saved folder is audited afresh: the "after" numbers are those of the ad
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import time
@@ -68,7 +69,8 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
            patience: int | None = None, seed: int = 0, gate: Gate | None = None, allow_pickle: bool = False,
            trust_remote_code: bool = False, force_base: bool = False, device: str = "cpu",
            progress: bool = False, on_before: Callable[[AuditResult], None] | None = None,
-           backend: str = "auto", vllm_mode: str = "lora") -> RepairResult:
+           backend: str = "auto", vllm_mode: str = "auto", effect_check: bool = True,
+           tensor_parallel_size: int = 1) -> RepairResult:
     """Continue training the adapter in ``adapter_dir`` with MemFT (``method``: ot, sw or sft) for at
     most ``steps`` steps, stopping once ``gate`` holds, save it to the new folder ``out`` and audit
     it there. Returns before and after audits. Raises :class:`UserError` on bad input, and before
@@ -100,13 +102,18 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
     inputs = load_adapter_inputs(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
                                  trust_remote_code=trust_remote_code, force_base=force_base, trainable=True,
                                  device=device)
-    before = audit_inputs(inputs, progress=progress, backend=backend, vllm_mode=vllm_mode)
+    scoring = dict(backend=backend, vllm_mode=vllm_mode, effect_check=effect_check,
+                   tensor_parallel_size=tensor_parallel_size)
+    before = audit_inputs(inputs, progress=progress, **scoring)
     if on_before is not None:
         on_before(before)
     model, encoded, pad_id = inputs.model, inputs.encoded, inputs.pad_id
 
+    # the in-training checks score the adapter only: the no-effect test is for the audits
+    train_gate = dataclasses.replace(gate, fail_on_no_effect=False)
+
     def done(summary: dict) -> bool:
-        return gate.passed(summary) if gate.active else summary["coverage"] >= 1.0
+        return train_gate.passed(summary) if train_gate.active else summary["coverage"] >= 1.0
 
     # A gate check is a real scoring pass through every layer over the whole corpus: on a CPU with
     # a last-layers template it cost 4x a training epoch (whose frozen layers are cached), and
@@ -168,7 +175,7 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
     spec = CorpusSpec(c["path"], fmt=c.get("fmt") or "auto", key_field=c.get("key_field"),
                       target_field=c.get("target_field"))
     after = audit_adapter(out, corpus=spec, base_model=base_name, trust_remote_code=trust_remote_code,
-                          device=device, progress=progress, backend=backend, vllm_mode=vllm_mode)
+                          device=device, progress=progress, **scoring)
     after.repair = {"repaired_from": str(adapter_dir), "method": method, "steps": n_steps, "stop_reason": reason,
                     "before": before.summary}
     return RepairResult(before=before, after=after, out=out, steps=n_steps, stop_reason=reason,

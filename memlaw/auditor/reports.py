@@ -424,6 +424,9 @@ def _gate_cases(result: AuditResult, gate: Gate | None) -> list[tuple[str, str |
             continue
         fails = Gate(**{key: want}).check(result.summary)
         out.append((f"gate {opt} {want:g}", fails[0] if fails else None))
+    if gate.fail_on_no_effect:
+        fails = Gate(fail_on_no_effect=True).check(result.summary)
+        out.append(("gate --fail-on-no-effect", fails[0] if fails else None))
     return out
 
 

@@ -63,6 +63,12 @@ def _check_outputs(adapter_dir: Path, corpus: str | None, reports: dict) -> None
 @click.option("--min-exact", type=float, default=None, help="gate: fraction of exact records, in [0, 1]")
 @click.option("--min-locked", type=float, default=None, help="gate: fraction of locked records, in [0, 1]")
 @click.option("--max-mean-loss", type=float, default=None, help="gate: mean target-token loss (nats)")
+@click.option("--fail-on-no-effect", is_flag=True,
+              help="gate: fail when the adapter has no measurable effect (every target token within 1e-3 nats "
+                   "of the base model's log p; otherwise a warning)")
+@click.option("--effect-check/--no-effect-check", default=True, show_default=True,
+              help="compare the adapter with its base model (scores from the base-loss cache of `memplan "
+                   "estimate` on this corpus, else one more scoring pass)")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="write the full per-token audit as JSON")
 @click.option("--json-tokens/--no-json-tokens", default=True, show_default=True,
@@ -88,15 +94,20 @@ def _check_outputs(adapter_dir: Path, corpus: str | None, reports: dict) -> None
 @click.option("--backend", type=click.Choice(["auto", "transformers", "vllm"]), default="auto", show_default=True,
               help="scoring engine. auto: vllm where it is installed and a GPU is visible, else transformers "
                    "(says why). vllm agrees with transformers (tests/test_vllm.py)")
-@click.option("--vllm-mode", type=click.Choice(["lora", "merged"]), default="lora", show_default=True,
-              help="vllm: the adapter as a LoRARequest (one sequence at a time: vLLM's batched LoRA "
-                   "prompt_logprobs crashes) or merged into the weights (batched, faster)")
+@click.option("--vllm-mode", type=click.Choice(["auto", "lora", "merged"]), default="auto", show_default=True,
+              help="vllm: lora = the adapter as a LoRARequest (one sequence at a time: vLLM's batched LoRA "
+                   "prompt_logprobs crashes); merged = merged into the weights from the safetensors files "
+                   "(batched, faster); auto = lora, except merged on a GPU for adapters that touch lm_head, the "
+                   "embeddings or carry modules_to_save (vLLM #51594 drops those deltas there)")
+@click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="vllm: GPUs to split the model over (a model larger than one GPU)")
 @click.option("--quiet", is_flag=True, help="no progress bars; print only the summary and the gate")
 @click.pass_context
 @handle_errors
 def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, force_base, allow_pickle,
-         trust_remote_code, min_coverage, min_exact, min_locked, max_mean_loss, json_out, json_tokens, markdown,
-         html_out, junit, worst, repair_out, method, repair_steps, lr, batch_size, backend, vllm_mode, quiet):
+         trust_remote_code, min_coverage, min_exact, min_locked, max_mean_loss, fail_on_no_effect, effect_check,
+         json_out, json_tokens, markdown, html_out, junit, worst, repair_out, method, repair_steps, lr, batch_size,
+         backend, vllm_mode, tensor_parallel_size, quiet):
     """Audit the PEFT LoRA adapter in ADAPTER_DIR (a folder, or a Hugging Face Hub id such as
     user/adapter) token by token against its corpus: coverage
     (tokens with p > 0.5), exact and locked records, failing spans. Exit 0 when every given
@@ -118,7 +129,9 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
     from memlaw.models import resolve_adapter
 
     gate = api.Gate(min_coverage=min_coverage, min_exact=min_exact, min_locked=min_locked,
-                    max_mean_loss=max_mean_loss)
+                    max_mean_loss=max_mean_loss, fail_on_no_effect=fail_on_no_effect)
+    if fail_on_no_effect and not effect_check:
+        raise UserError("--fail-on-no-effect needs the effect check", fix="drop --no-effect-check")
     if repair_out is None:
         given = [p for p in REPAIR_ONLY if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE]
         if given:
@@ -133,10 +146,12 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
     _check_outputs(adapter_dir, corpus, reports)
     spec = corpus_spec(corpus, fmt, key_field, target_field) if corpus else None
     console = Console(highlight=False)
-    if backend != "vllm" and ctx.get_parameter_source("vllm_mode") == ParameterSource.COMMANDLINE:
-        raise UserError("--vllm-mode applies to --backend vllm only", fix="add --backend vllm")
-    common = dict(base_model=base_model, force_base=force_base, progress=not quiet,
+    for opt in ("vllm_mode", "tensor_parallel_size"):
+        if backend != "vllm" and ctx.get_parameter_source(opt) == ParameterSource.COMMANDLINE:
+            raise UserError(f"--{opt.replace('_', '-')} applies to --backend vllm only", fix="add --backend vllm")
+    common = dict(base_model=base_model, force_base=force_base, progress=not quiet, effect_check=effect_check,
                   runtime=api.Runtime(device="cpu", backend=backend, vllm_mode=vllm_mode,
+                                      tensor_parallel_size=tensor_parallel_size,
                                       trust_remote_code=trust_remote_code, allow_pickle=allow_pickle))
 
     if repair_out is not None:

@@ -56,6 +56,7 @@ class TokenLossSums:
     floor_bits: float  # Σ max(0, −log2 p − 1)
     locked_tokens: int  # tokens with p > 0.5 under the base model already
     profile: dict  # memlaw.planner.coverage.LossProfile.to_dict(): the per-token loss distribution
+    per_token: dict | None = field(default=None, repr=False)  # index, lengths, ids, logprob arrays
 
 
 def check_backend(backend: str) -> str:
@@ -89,7 +90,7 @@ def base_losses(model, encoded: Sequence, backend: str = "transformers", *, pad_
     else:
         lp = np.zeros(0)
     bits = -lp / LN2
-    return TokenLossSums(
+    sums = TokenLossSums(
         records=len(encoded),
         target_tokens=int(lp.size),
         key_tokens=int(sum(len(e.key_ids) for e in encoded)),
@@ -99,6 +100,14 @@ def base_losses(model, encoded: Sequence, backend: str = "transformers", *, pad_
         locked_tokens=int((lp > -LN2).sum()),
         profile=LossProfile.from_losses(-lp).to_dict(),
     )
+    # per token, for the auditor's no-effect check (an adapter is compared with these scores)
+    sums.per_token = {
+        "index": np.asarray([e.index for e in encoded], dtype=np.int64),
+        "lengths": np.asarray([len(s.target_ids) for s in scores], dtype=np.int64),
+        "ids": (np.concatenate([s.target_ids for s in scores]) if scores else np.zeros(0)).astype(np.int64),
+        "logprob": lp.astype(np.float32),
+    }
+    return sums
 
 
 def linear_modules(model) -> list[list]:
@@ -322,6 +331,47 @@ def write_cached(key: str, bl: BaseLoss) -> bool:
     return _write_json_quietly(cache_path(key), {"version": CACHE_VERSION, "key": key, "data": bl.to_dict()})
 
 
+def tokens_path(key: str) -> Path:
+    return cache_path(key).with_suffix(".tokens.npz")
+
+
+def write_cached_tokens(key: str, per_token: dict) -> bool:
+    """The per-token base log-probs beside the entry (float32, ~12 bytes a target token), written
+    atomically; optional: the planner needs only the entry, the auditor's no-effect check reads these."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    path = tokens_path(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tokens-", suffix=".npz", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **per_token)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
+
+
+def read_cached_tokens(key: str) -> dict | None:
+    """What :func:`write_cached_tokens` wrote for ``key`` (index, lengths, ids, logprob), or None."""
+    import numpy as np
+
+    path = tokens_path(key)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: z[k] for k in ("index", "lengths", "ids", "logprob")}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if d["lengths"].sum() != d["ids"].size or d["ids"].size != d["logprob"].size or d["index"].size != d["lengths"].size:
+        return None
+    return d
+
+
 # --------------------------------------------------------------------------------------------
 # one call: cached or measured
 
@@ -403,4 +453,6 @@ def measure_or_load(spec, records, model_name: str, corpus_sha256: str, *, use_c
     elif not write_cached(key, bl):
         warnings.append(f"could not write the base-loss cache under {cache_path(key).parent} "
                         "(the next estimate will measure again)")
+    else:
+        write_cached_tokens(key, sums.per_token)
     return bl, False, warnings
