@@ -596,10 +596,12 @@ def load_adapter_files(adapter_dir: str | os.PathLike, corpus=None, base_model: 
     spec, w = resolve_corpus(adapter_dir, corpus, sidecar, problem)
     warnings += w
     records = spec.read()
-    name = base_model or cfg.get("base_model_name_or_path")
+    # the same base-name rule as load_adapter_inputs: memft's own adapters name the model's cache
+    # folder in adapter_config.json (for plain PEFT) and memlaw's name in the sidecar
+    name = base_model or _sidecar_base_name(sidecar, cfg) or cfg.get("base_model_name_or_path")
     if not name or not isinstance(name, str):
-        raise UserError(f"{adapter_dir / 'adapter_config.json'} names no base model "
-                        "(base_model_name_or_path)", fix="pass --base-model")
+        raise ParameterError("base_model", f"{adapter_dir / 'adapter_config.json'} names no base model "
+                                           "(base_model_name_or_path)", fix="pass {name}")
     if not base_model:
         _check_config_base_name(name, adapter_dir)
     try:
@@ -608,8 +610,8 @@ def load_adapter_files(adapter_dir: str | os.PathLike, corpus=None, base_model: 
     except UserError as e:
         if base_model:
             raise
-        raise UserError(f"the base model named in {adapter_dir / 'adapter_config.json'} cannot be loaded: {e}",
-                        fix="pass --base-model") from None
+        raise ParameterError("base_model", f"the base model named in {adapter_dir / 'adapter_config.json'} "
+                                           f"cannot be loaded: {e}", fix="pass {name}") from None
     base = Base(name, None, tok, identity=dict(files.identity))
     warnings += _check_identity(base, sidecar, adapter_dir, force_base)
     warnings += _check_tokenizer(base, adapter_dir, trust_remote_code, force_base)
