@@ -538,34 +538,16 @@ def attach_adapter(base: Base, adapter_dir: str | os.PathLike, *, allow_pickle: 
 
 
 # safetensors dtype → bytes per element (the format's full list)
-_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-_ST_HEADER_MAX = 100_000_000  # the safetensors library's own limit on a header
-
-
 def _check_safetensors_header(weights: Path, base: Base) -> None:
-    """Read the header ourselves (8-byte little-endian length, then JSON) and refuse, before any
-    tensor is read or allocated, a file whose tensors claim more bytes than the file holds, more
-    than the whole base model (a sparse file can be "huge" on a small disk), or a dtype that is not
-    a floating-point type this base model computes in."""
+    """Refuse, before any tensor is read or allocated, a file that is not safetensors or whose
+    tensors claim more bytes than the file holds (:func:`memlaw.modelfiles.read_header`), more than
+    the whole base model (a sparse file can be "huge" on a small disk), or a dtype that is not a
+    floating-point type this base model computes in."""
     import math
 
-    def bad(what, fix="the file is damaged or not an adapter for this model; pass the adapter's own folder"):
-        return UserError(f"{weights}: {what}", fix=fix)
+    from memlaw.modelfiles import ST_ITEMSIZE, read_header
 
-    size = weights.stat().st_size
-    with open(weights, "rb") as f:
-        raw = f.read(8)
-        n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
-        if n < 2 or n > min(size - 8, _ST_HEADER_MAX):
-            raise bad(f"not a safetensors file: its header length field says {n:,} bytes, the file has {size:,}")
-        try:
-            header = json.loads(f.read(n).decode("utf-8"))
-            if not isinstance(header, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            raise bad(f"not a safetensors file: unreadable header ({e})") from None
-    data = size - 8 - n
+    header, _ = read_header(weights)
     torch_names = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
     allowed = {"F16", "BF16", "F32"} | {torch_names.get(str(p.dtype).removeprefix("torch."), "") for p in
                                          base.model.parameters()}
@@ -573,27 +555,15 @@ def _check_safetensors_header(weights: Path, base: Base) -> None:
     model_bytes = sum(p.numel() * p.element_size() for p in base.model.parameters())
     total = 0
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (a, b) = info["dtype"], info["shape"], info["data_offsets"]
-            if not all(isinstance(x, int) and x >= 0 for x in (*shape, a, b)) or dtype not in _ST_ITEMSIZE:
-                raise ValueError
-        except (TypeError, KeyError, ValueError):
-            raise bad(f"tensor {name!r} has a malformed header entry") from None
-        if dtype not in allowed:
-            raise bad(f"tensor {name} has dtype {dtype}, which base model '{base.name}' does not compute in "
-                      f"(LoRA weights must be one of {', '.join(sorted(allowed))})",
-                      fix="convert the adapter's weights to the base model's floating-point dtype")
-        nbytes = math.prod(shape) * _ST_ITEMSIZE[dtype]
-        if nbytes != b - a or b > data:
-            raise bad(f"tensor {name} claims shape {shape} ({nbytes:,} bytes) but the file holds "
-                      f"{max(0, min(b, data) - a):,} bytes for it")
-        total += nbytes
+        if info["dtype"] not in allowed:
+            raise UserError(f"{weights}: tensor {name} has dtype {info['dtype']}, which base model '{base.name}' "
+                            f"does not compute in (LoRA weights must be one of {', '.join(sorted(allowed))})",
+                            fix="convert the adapter's weights to the base model's floating-point dtype")
+        total += math.prod(info["shape"]) * ST_ITEMSIZE[info["dtype"]]
     if total > model_bytes:
-        raise bad(f"its tensors claim {total:,} bytes, more than the whole base model '{base.name}' "
-                  f"({model_bytes:,} bytes): not a LoRA adapter of it; nothing was loaded",
-                  fix="pass the adapter's own folder, or the base model it was trained on (--base-model)")
+        raise UserError(f"{weights}: its tensors claim {total:,} bytes, more than the whole base model "
+                        f"'{base.name}' ({model_bytes:,} bytes): not a LoRA adapter of it; nothing was loaded",
+                        fix="pass the adapter's own folder, or the base model it was trained on (--base-model)")
 
 
 def _safetensors_tensors(weights: Path):

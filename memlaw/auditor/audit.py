@@ -524,6 +524,19 @@ def _sidecar_base_name(sidecar: dict | None, cfg: dict) -> str | None:
     return name if named == name or Path(named).parts[-2:] == ("models", name) else None
 
 
+def _base_name(base_model: str | None, sidecar: dict | None, cfg: dict, adapter_dir: Path) -> str:
+    """The base model to audit against: ``base_model`` as given, else memlaw's name from the sidecar
+    (memft's adapter_config.json names the model's cache folder, for plain PEFT), else the config's
+    name, which must not be a local path."""
+    name = base_model or _sidecar_base_name(sidecar, cfg) or cfg.get("base_model_name_or_path")
+    if not name or not isinstance(name, str):
+        raise ParameterError("base_model", f"{adapter_dir / 'adapter_config.json'} names no base model "
+                                           "(base_model_name_or_path)", fix="pass {name}")
+    if not base_model:
+        _check_config_base_name(name, adapter_dir)
+    return name
+
+
 def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
                         allow_pickle: bool = False, trust_remote_code: bool = False,
                         force_base: bool = False, trainable: bool = False, device: str = "cpu",
@@ -545,12 +558,7 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
     if base is not None:
         name = base.name
     else:
-        name = base_model or _sidecar_base_name(sidecar, cfg) or cfg.get("base_model_name_or_path")
-        if not name or not isinstance(name, str):
-            raise ParameterError("base_model", f"{adapter_dir / 'adapter_config.json'} names no base model "
-                                               "(base_model_name_or_path)", fix="pass {name}")
-        if not base_model:
-            _check_config_base_name(name, adapter_dir)
+        name = _base_name(base_model, sidecar, cfg, adapter_dir)
         try:
             base = load_base(name, trust_remote_code=trust_remote_code, device=device)
         except UserError as e:
@@ -596,14 +604,7 @@ def load_adapter_files(adapter_dir: str | os.PathLike, corpus=None, base_model: 
     spec, w = resolve_corpus(adapter_dir, corpus, sidecar, problem)
     warnings += w
     records = spec.read()
-    # the same base-name rule as load_adapter_inputs: memft's own adapters name the model's cache
-    # folder in adapter_config.json (for plain PEFT) and memlaw's name in the sidecar
-    name = base_model or _sidecar_base_name(sidecar, cfg) or cfg.get("base_model_name_or_path")
-    if not name or not isinstance(name, str):
-        raise ParameterError("base_model", f"{adapter_dir / 'adapter_config.json'} names no base model "
-                                           "(base_model_name_or_path)", fix="pass {name}")
-    if not base_model:
-        _check_config_base_name(name, adapter_dir)
+    name = _base_name(base_model, sidecar, cfg, adapter_dir)
     try:
         files = read_model_files(name)
         tok = files.tokenizer(trust_remote_code=trust_remote_code)
