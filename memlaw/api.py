@@ -272,7 +272,7 @@ def repair(adapter, out, corpus=None, *, method: str = "sft", steps: int = 300, 
 # train
 
 #: recipe settings a shipped card supplies as defaults besides lr and batch size
-RECIPE_KEYS = ("method", "max_steps", "patience", "schedule", "cycles", "train_dtype")
+RECIPE_KEYS = ("method", "max_steps", "patience", "schedule", "cycles", "until_converged", "train_dtype")
 #: a card's "all records per step" up to this many: more would cost memory, not speed
 MAX_DEFAULT_BATCH = 64
 

@@ -19,14 +19,14 @@ import numpy as np
 from memlaw import __version__
 from memlaw.errors import ParameterError, UserError
 from memlaw.io import atomic_write_json, json_safe
-from memlaw.law import NAMES, FitError, Law, bootstrap, coverage_loss_thresholds, fit
+from memlaw.law import FORMS, NAMES, FitError, Law, bootstrap, coverage_loss_thresholds, fit
 
 SCHEMA_VERSION = 2  # 2: convergence evidence, censoring of non-converged points, delta_definition
 MIN_POINTS = 5
 INTERVAL_LEVEL = 0.9
 REQUIRED_POINT_KEYS = ("rank", "length", "loss_before", "loss_after", "coverage")
 
-from memlaw.calibration.defaults import DELTA_DEFINITIONS  # noqa: E402  (raw | source)
+from memlaw.calibration.defaults import DEFAULT_DELTA, DEFAULT_LAW_FORM, DELTA_DEFINITIONS  # noqa: E402
 #: the convergence test's tolerance (a recipe may record its own): a second cycle of B steps may
 #: lower the loss by at most this share of ΔL, or this many nats
 CONVERGE_REL_TOL = 0.10
@@ -54,6 +54,7 @@ class LawCard:
     delta_definition: str = "raw"  # see DELTA_DEFINITIONS
     n_not_converged: int = 0
     sweep: dict = field(default_factory=dict)  # wall time, template reason, … (free-form)
+    law_form: str = "pml"  # see memlaw.law.FORMS; cards from before the capacity form are "pml"
 
     def law(self) -> Law:
         return Law.from_dict(self.coefficients)
@@ -82,38 +83,54 @@ def point_delta(p: dict, definition: str = "raw") -> float:
     return lb - float(p["loss_after"])
 
 
-def converged(p: dict, rel_tol: float = CONVERGE_REL_TOL, abs_tol: float = CONVERGE_ABS_TOL) -> bool:
-    """The convergence test, from a point's own evidence: the second cycle (budget B → 2B) lowered
-    the loss by at most max(abs_tol, rel_tol·ΔL). A point without that evidence counts as converged
-    only if it says so itself."""
+def converged(p: dict, rel_tol: float = CONVERGE_REL_TOL, abs_tol: float = CONVERGE_ABS_TOL,
+              cov_tol: float | None = None) -> bool:
+    """The convergence test, from a point's own evidence: the last cycle (budget B → 2B) lowered
+    the loss by at most max(abs_tol, rel_tol·ΔL) and, with ``cov_tol`` (a recipe that records one),
+    raised coverage by at most ``cov_tol``. A point without that evidence counts as converged only
+    if it says so itself."""
     lb, la, la_b = _num(p.get("loss_before")), _num(p.get("loss_after")), _num(p.get("loss_after_B"))
     if None not in (lb, la, la_b):
         from memlaw.memft import passes_convergence_test
 
-        return passes_convergence_test(lb, la_b, la, rel_tol, abs_tol)
+        return passes_convergence_test(lb, la_b, la, rel_tol, abs_tol, _num(p.get("coverage_B")),
+                                       _num(p.get("coverage")), cov_tol)
     return p.get("converged") is True
 
 
+#: a point whose adapter holds this share of all the information its records carry (ΔL ≥ 90 % of
+#: its L_before under the ΔL definition) is bounded by the data, not by its rank
+NEAR_CEILING_SHARE = 0.9
+
+
 def censoring(p: dict, saturation_loss: float = math.log(2), rel_tol: float = CONVERGE_REL_TOL,
-              abs_tol: float = CONVERGE_ABS_TOL) -> str | None:
+              abs_tol: float = CONVERGE_ABS_TOL, cov_tol: float | None = None,
+              delta_definition: str | None = None) -> str | None:
     """Why a point is only a lower bound on the converged ΔL, or None when it is an observation.
 
     * ``saturated`` — every token locked (coverage 1, loss ≤ ln 2): the adapter held everything,
-      so its capacity was at least that much;
+      so its capacity was at least that much; with a ``delta_definition`` (the capacity form)
+      also ``near_ceiling``: ΔL reached NEAR_CEILING_SHARE of what the records hold under that
+      definition — the data ran out before the rank did;
     * ``not_converged`` — the convergence test failed (another cycle still lowered the loss more
       than its tolerance), or the point carries no evidence (made before the test existed), so
       more training would have raised ΔL."""
     if float(p["coverage"]) >= 1.0 and float(p["loss_after"]) <= saturation_loss:
         return "saturated"
-    if not converged(p, rel_tol, abs_tol):
+    if delta_definition is not None:
+        held = point_delta(p, delta_definition)
+        if held >= NEAR_CEILING_SHARE * (held + float(p["loss_after"])):
+            return "near_ceiling"
+    if not converged(p, rel_tol, abs_tol, cov_tol):
         return "not_converged"
     return None
 
 
 def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: dict, data_kind: str,
                n_boot: int = 200, seed: int = 0, saturation_loss: float = math.log(2),
-               delta_definition: str = "raw", sweep: dict | None = None) -> LawCard:
-    """Fit the law to sweep points and wrap it in a card.
+               delta_definition: str = DEFAULT_DELTA, sweep: dict | None = None,
+               law_form: str = DEFAULT_LAW_FORM) -> LawCard:
+    """Fit the law to sweep points and wrap it in a card (``law_form``: see memlaw.law.FORMS).
 
     ΔL per point by ``delta_definition`` (DELTA_DEFINITIONS). Points that are only lower bounds —
     saturated ones, and ones that did not pass the convergence test (:func:`censoring`) — enter
@@ -125,6 +142,8 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
     """
     if delta_definition not in DELTA_DEFINITIONS:
         raise UserError(f"unknown ΔL definition '{delta_definition}'", fix=f"use one of {', '.join(DELTA_DEFINITIONS)}")
+    if law_form not in FORMS:
+        raise UserError(f"unknown law form '{law_form}'", fix=f"use one of {', '.join(FORMS)}")
     usable = []
     for i, p in enumerate(points):
         if not isinstance(p, dict):
@@ -148,11 +167,13 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
     dl = np.array([point_delta(p, delta_definition) for p in usable])
     rel_tol = _num((recipe or {}).get("converge_rel_tol")) or CONVERGE_REL_TOL
     abs_tol = _num((recipe or {}).get("converge_abs_tol")) or CONVERGE_ABS_TOL
-    why = [censoring(p, saturation_loss, rel_tol, abs_tol) for p in usable]
+    cov_tol = _num((recipe or {}).get("converge_cov_tol"))  # None for recipes from before the coverage clause
+    ceiling_rule = delta_definition if law_form == "capacity" else None
+    why = [censoring(p, saturation_loss, rel_tol, abs_tol, cov_tol, ceiling_rule) for p in usable]
     cens = np.array([w is not None for w in why])
 
     try:
-        res = fit(r, l, dl, cens)
+        res = fit(r, l, dl, cens, form=law_form)
     except FitError as e:
         raise ParameterError("max_steps", f"the law fit failed: {e}",
                              fix="train the points longer (a larger {name}, so they pass the convergence test) "
@@ -160,14 +181,14 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
     if not math.isfinite(res.r2):
         raise UserError("R² is undefined: the converged, unsaturated points all have the same ΔL",
                         fix="sweep a wider range of ranks and lengths")
-    boot = bootstrap(r, l, dl, cens, n=n_boot, seed=seed) if n_boot > 0 else None
+    boot = bootstrap(r, l, dl, cens, n=n_boot, seed=seed, form=law_form) if n_boot > 0 else None
     intervals = boot.intervals(INTERVAL_LEVEL) if boot is not None else {}
 
     stored = []
     for p, d, w in zip(usable, dl, why):
         q = dict(p)
         q["delta_loss"] = float(d)
-        q["saturated"] = w == "saturated"
+        q["saturated"] = w in ("saturated", "near_ceiling")
         q["censored"] = w
         q["converged"] = w != "not_converged"
         stored.append(q)
@@ -186,12 +207,13 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
         points=stored,
         coverage_loss=coverage_loss_thresholds(la[ok], cov[ok]) if ok.any() else {},
         bootstrap_samples=[] if boot is None else boot.samples.tolist(),
-        n_saturated=int(sum(w == "saturated" for w in why)),
+        n_saturated=int(sum(w in ("saturated", "near_ceiling") for w in why)),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         memlaw_version=__version__,
         delta_definition=delta_definition,
         n_not_converged=int(sum(w == "not_converged" for w in why)),
         sweep=dict(sweep or {}),
+        law_form=law_form,
     )
 
 
@@ -236,6 +258,8 @@ def load_card(path) -> LawCard:
 
     if d.get("delta_definition", "raw") not in DELTA_DEFINITIONS:
         raise _bad(path, f"unknown delta_definition {d.get('delta_definition')!r}")
+    if d.get("law_form", "pml") not in FORMS:
+        raise _bad(path, f"unknown law_form {d.get('law_form')!r}")
     for k in ("base_model", "template", "recipe", "coefficients", "intervals", "domain", "coverage_loss"):
         if not isinstance(d[k], dict):
             raise _bad(path, f"'{k}' must be a JSON object")
@@ -337,7 +361,9 @@ def card_summary(card: LawCard) -> list[tuple[str, str]]:
         ("lora alpha", _fmt(t.get("alpha"))),
         ("params per rank", _fmt(t.get("params_per_rank"))),
         ("objective", _fmt(card.recipe.get("objective"))),
-        ("law", f"ΔL = {c['C']:.4g} · r^{c['alpha']:.4g} · ℓ^(−{c['beta']:.4g}) + {c['b']:.4g}"),
+        ("law", f"ΔL = {c['C']:.4g} · r^{c['alpha']:.4g} / ℓ  (capacity: {c['C']:.4g} · r^{c['alpha']:.4g} nats "
+                "stored at rank r)" if card.law_form == "capacity" else
+                f"ΔL = {c['C']:.4g} · r^{c['alpha']:.4g} · ℓ^(−{c['beta']:.4g}) + {c['b']:.4g}"),
     ]
     for k in NAMES:
         iv = card.intervals.get(k)
@@ -346,8 +372,9 @@ def card_summary(card: LawCard) -> list[tuple[str, str]]:
     rows += [
         ("R²", f"{card.r2:.4f} (over converged, unsaturated points)"),
         ("ΔL", "L_before − L_after" if card.delta_definition == "raw" else "min(L_before, ln N) − L_after"),
-        ("points", f"{len(card.points)} ({card.n_saturated} saturated, {card.n_not_converged} not converged: "
-                   "fitted as lower bounds)"),
+        ("points", f"{len(card.points)} ({card.n_saturated} saturated"
+                   + (" or near the data's ceiling" if card.law_form == "capacity" else "")
+                   + f", {card.n_not_converged} not converged: fitted as lower bounds)"),
         ("rank domain", f"{_fmt(card.domain['rank'][0])} – {_fmt(card.domain['rank'][1])}"),
         ("length domain", f"{_fmt(card.domain['length'][0])} – {_fmt(card.domain['length'][1])}"),
     ]

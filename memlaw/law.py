@@ -5,6 +5,15 @@
 r is the LoRA rank, ℓ the number of target tokens the adapter must hold, and ΔL = L_before − L_after
 the mean per-token loss reduction (nats, target tokens only) after training to convergence.
 
+Two forms (``FORMS``):
+
+* ``pml`` — the paper's four free coefficients;
+* ``capacity`` — β = 1, b = 0: ΔL·ℓ = C·r^α, i.e. an adapter of rank r stores a fixed number of
+  nats however many tokens they are spread over. Fitted in logs (relative errors), it is what the
+  converged sweep measures (docs/results.md §1: the nats stored at ranks 1, 2, 4 are the same
+  within 10–30 % from ℓ = 64 to 4,096), and it extrapolates in ℓ by construction instead of by
+  a fitted β.
+
 Pure numpy/scipy (no torch), so the planner can use a law card without a deep-learning stack.
 """
 
@@ -16,7 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
+from memlaw.calibration.defaults import LAW_FORMS
+
 NAMES = ("C", "alpha", "beta", "b")
+FORMS = LAW_FORMS  # ("pml", "capacity"), defined with the calibration defaults (light to import)
 
 # Bounds on the exponents. They are loose (the paper reports α, β well inside (0, 1)); they only
 # stop a degenerate data set from sending the optimiser to absurd powers.
@@ -162,6 +174,54 @@ class _Problem:
         return sol
 
 
+class _CapacityProblem:
+    """log(ΔL·ℓ) = k + α·(log r − m_r): the capacity form (β = 1, b = 0) fitted in logs, so every
+    point weighs by its relative error (the nats a rank stores span orders of magnitude). Points
+    with ΔL ≤ 0 stored nothing measurable and carry no log; callers leave them out. Censored
+    points count only when the prediction falls below them, as in :class:`_Problem`."""
+
+    def __init__(self, r, l, y, sat):
+        self.lr = np.log(r)
+        self.mr = float(self.lr.mean())
+        self.xr = self.lr - self.mr
+        self.z = np.log(y * l)
+        self.sat = sat
+        self.bounds = (np.array([-np.inf, _ALPHA_BOUNDS[0]]), np.array([np.inf, _ALPHA_BOUNDS[1]]))
+
+    def residuals(self, th):
+        res = th[0] + th[1] * self.xr - self.z
+        return np.where(self.sat, np.minimum(res, 0.0), res)
+
+    def jac(self, th):
+        J = np.column_stack([np.ones_like(self.xr), self.xr])
+        if self.sat.any():
+            J[self.sat & (th[0] + th[1] * self.xr - self.z > 0)] = 0.0
+        return J
+
+    def to_law(self, th) -> Law:
+        return Law(C=float(math.exp(th[0] - th[1] * self.mr)), alpha=float(th[1]), beta=1.0, b=0.0)
+
+    def from_law(self, law: Law) -> np.ndarray:
+        return np.array([math.log(law.C) + law.alpha * self.mr, law.alpha])
+
+    def starts(self):
+        free = ~self.sat
+        X = np.column_stack([np.ones(free.sum()), self.xr[free]])
+        coef, *_ = np.linalg.lstsq(X, self.z[free], rcond=None)
+        lo, hi = self.bounds
+        yield np.clip(coef, lo + 1e-9, hi - 1e-9)
+
+    solve = _Problem.solve
+
+
+def _problem(form: str, r, l, y, sat):
+    if form == "capacity":
+        return _CapacityProblem(r, l, y, sat)
+    if form == "pml":
+        return _Problem(r, l, y, sat)
+    raise FitError(f"unknown law form {form!r}; use one of {', '.join(FORMS)}")
+
+
 def _r2(y, pred, sat) -> float:
     free = ~sat
     if free.sum() < 2:
@@ -187,8 +247,9 @@ def _fit_problem(p: _Problem, x0=None) -> np.ndarray:
     return best.x
 
 
-def fit(ranks, lengths, delta_losses, saturated=None) -> FitResult:
-    """Fit ΔL = C·r^α·ℓ^(−β) + b by nonlinear least squares.
+def fit(ranks, lengths, delta_losses, saturated=None, form: str = "pml") -> FitResult:
+    """Fit ΔL = C·r^α·ℓ^(−β) + b by nonlinear least squares (``form="capacity"``: β = 1 and b = 0,
+    fitted in logs of ΔL·ℓ over the points with ΔL > 0 — see :class:`_CapacityProblem`).
 
     Starts from a log-space linear regression (log(ΔL − b0) on log r and log ℓ, for a few offsets
     b0), refines each start with ``scipy.optimize.least_squares`` (C > 0 by construction, loose
@@ -204,14 +265,30 @@ def fit(ranks, lengths, delta_losses, saturated=None) -> FitResult:
     Raises FitError when the points cannot determine the four coefficients.
     """
     r, l, y, sat = _prepare(ranks, lengths, delta_losses, saturated)
-    _check_identifiable(r, l, sat)
-    p = _Problem(r, l, y, sat)
-    law = p.to_law(_fit_problem(p))
+    if form == "capacity":
+        law = _fit_capacity(r, l, y, sat)
+    else:
+        _check_identifiable(r, l, sat)
+        p = _problem(form, r, l, y, sat)
+        law = p.to_law(_fit_problem(p))
     pred = law.predict(r, l)
     if not (np.all(np.isfinite(pred)) and all(math.isfinite(v) for v in law.as_array())):
         raise FitError("the fitted law is not finite")
     return FitResult(law=law, r2=_r2(y, pred, sat), n_points=int(len(y)),
                      n_saturated=int(sat.sum()), residuals=y - pred)
+
+
+def _fit_capacity(r, l, y, sat, x0: Law | None = None) -> Law:
+    keep = y > 0  # ΔL ≤ 0: nothing measurable was stored; no log
+    r, l, y, sat = r[keep], l[keep], y[keep], sat[keep]
+    if len(np.unique(r)) < 2:
+        raise FitError("the capacity form needs points at 2 or more ranks with ΔL > 0")
+    if np.count_nonzero(~sat) < 2:
+        raise FitError("fewer than 2 uncensored points (converged and not saturated) with ΔL > 0: the others "
+                       "are only lower bounds, so the law is undetermined")
+    p = _CapacityProblem(r, l, y, sat)
+    start = None if x0 is None else np.clip(p.from_law(x0), p.bounds[0] + 1e-9, p.bounds[1] - 1e-9)
+    return p.to_law(_fit_problem(p, x0=start))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +311,8 @@ class Bootstrap:
         return {name: [float(q[0, j]), float(q[1, j])] for j, name in enumerate(self.names)}
 
 
-def bootstrap(ranks, lengths, delta_losses, saturated=None, n: int = 200, seed: int = 0) -> Bootstrap:
+def bootstrap(ranks, lengths, delta_losses, saturated=None, n: int = 200, seed: int = 0,
+              form: str = "pml") -> Bootstrap:
     """Case-resampling bootstrap of ``fit``: draw the points with replacement ``n`` times and refit.
 
     Each refit starts from the full-data fit (one local solve, so 200 resamples of a dozen points
@@ -244,12 +322,18 @@ def bootstrap(ranks, lengths, delta_losses, saturated=None, n: int = 200, seed: 
     cannot be fitted.
     """
     r, l, y, sat = _prepare(ranks, lengths, delta_losses, saturated)
-    full = fit(r, l, y, sat).law
+    full = fit(r, l, y, sat, form=form).law
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(n):
         idx = rng.integers(0, len(y), len(y))
         rr, ll, yy, ss = r[idx], l[idx], y[idx], sat[idx]
+        if form == "capacity":
+            try:
+                rows.append(_fit_capacity(rr, ll, yy, ss, x0=full).as_array())
+            except (FitError, OverflowError, ValueError):
+                pass
+            continue
         try:
             _check_identifiable(rr, ll, ss)
             p = _Problem(rr, ll, yy, ss)

@@ -106,8 +106,10 @@ class Recipe:
 
     ``max_steps`` is the budget of one *cycle*: the lr follows ``schedule`` over it (``linear``:
     from ``lr`` down to 0, as the paper trains; ``constant``). ``cycles`` > 1 restarts the schedule
-    that many times (warm restarts, optimiser state kept): the loss at the end of cycle 1 (budget B)
-    and cycle 2 (budget 2B) is the convergence test a law card records for every point.
+    that many times (warm restarts, optimiser state kept): the loss at the end of the last two
+    cycles (budget kB and (k+1)B) is the convergence test a law card records for every point. With
+    ``until_converged``, ``cycles`` is a ceiling: training stops after the first cycle that passes
+    the test, so a corpus that needs more steps gets them (long corpora converge later).
     ``patience`` (0: off) stops on a plateau of the epoch mean loss. ``train_dtype`` ``bfloat16``
     runs the training forward under autocast (fast where the CPU has AVX512-BF16, or on a GPU);
     every scoring pass stays float32. ``eos``: also train the EOS / end-of-turn token after each
@@ -132,8 +134,10 @@ class Recipe:
     sw_tau: float = 20.0
     sw_floor: float = 0.01
     sw_stuck_visits: int = 4  # the window grows from this consecutive visit at the same anchor on
-    converge_rel_tol: float = 0.10  # cycle 2 may lower the loss by at most this share of ΔL …
-    converge_abs_tol: float = 0.05  # … or this many nats, and still count as converged
+    converge_rel_tol: float = 0.10  # the last cycle may lower the loss by at most this share of ΔL …
+    converge_abs_tol: float = 0.05  # … or this many nats, and still count as converged …
+    converge_cov_tol: float = 0.02  # … and raise coverage by at most this much (the planner predicts coverage)
+    until_converged: bool = False  # stop after the first cycle that passes the test (cycles: the ceiling)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -161,8 +165,9 @@ class Recipe:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["stop_rule"] = ("all target tokens locked (confirmed by a scoring pass), or plateau (patience), or "
-                          "cycles × max_steps; converged = the loss fell by ≤ max(converge_abs_tol, "
-                          "converge_rel_tol·ΔL) in the last cycle")
+                          + ("the first cycle that passes the convergence test, at most " if self.until_converged
+                             else "") + "cycles × max_steps; converged = in the last cycle the loss fell by ≤ "
+                          "max(converge_abs_tol, converge_rel_tol·ΔL) and coverage rose by ≤ converge_cov_tol")
         return d
 
     @classmethod
@@ -360,18 +365,29 @@ def make_lora_model(base_model, template: LoraTemplate, rank: int, seed: int):
         return get_peft_model(base_model, template.lora_config(rank))
 
 
-def passes_convergence_test(before: float, at_b: float, at_2b: float, rel_tol: float, abs_tol: float) -> bool:
+def passes_convergence_test(before: float, at_b: float, at_2b: float, rel_tol: float, abs_tol: float,
+                            coverage_b: float | None = None, coverage_2b: float | None = None,
+                            cov_tol: float | None = None) -> bool:
     """The convergence test (one definition, used by training and by law cards): another full cycle
-    (budget B → 2B) lowered the loss by no more than max(abs_tol, rel_tol·ΔL), ΔL = before − loss at 2B."""
-    return at_b - at_2b <= max(abs_tol, rel_tol * max(0.0, before - at_2b))
+    (budget B → 2B) lowered the loss by no more than max(abs_tol, rel_tol·ΔL), ΔL = before − loss at
+    2B, and — when both coverages and ``cov_tol`` are given — raised coverage by no more than
+    ``cov_tol``. The coverage clause matters because the planner predicts coverage: a loss that moves
+    little while tokens still cross p = 0.5 is not converged for its purpose."""
+    loss_ok = at_b - at_2b <= max(abs_tol, rel_tol * max(0.0, before - at_2b))
+    if cov_tol is None or coverage_b is None or coverage_2b is None:
+        return loss_ok
+    return loss_ok and coverage_2b - coverage_b <= cov_tol
 
 
-def converged(before: float, cycle_losses: Sequence[float], recipe: Recipe) -> bool | None:
-    """The convergence test over the last two cycles; None with fewer than two."""
-    if len(cycle_losses) < 2:
+def converged(before: float, cycle_ends: Sequence[dict], recipe: Recipe) -> bool | None:
+    """The convergence test over the last two cycles (``cycle_ends``: mean_loss and coverage at the
+    end of each); None with fewer than two."""
+    if len(cycle_ends) < 2:
         return None
-    return passes_convergence_test(before, cycle_losses[-2], cycle_losses[-1], recipe.converge_rel_tol,
-                                   recipe.converge_abs_tol)
+    b, b2 = cycle_ends[-2], cycle_ends[-1]
+    return passes_convergence_test(before, b["mean_loss"], b2["mean_loss"], recipe.converge_rel_tol,
+                                   recipe.converge_abs_tol, b.get("coverage"), b2.get("coverage"),
+                                   recipe.converge_cov_tol)
 
 
 #: the paper's PhoneBook curriculum: (share of samples active, epochs before it grows, as a share
@@ -452,6 +468,10 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
         model.train()
         return summary
 
+    def ref_loss() -> float:
+        """ΔL's reference for the test's relative tolerance: the base loss, else the first epoch's."""
+        return loss_before if loss_before is not None else (history[0]["mean_loss"] if history else math.nan)
+
     def autocast():
         if recipe.train_dtype == "bfloat16":
             return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -497,6 +517,9 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
                 s = measure()
                 cycle_ends.append({"step": step, "mean_loss": float(s["mean_loss"]), "coverage": float(s["coverage"]),
                                    "seconds": round(time.perf_counter() - start, 2)})
+                if recipe.until_converged and step < total_steps and converged(ref_loss(), cycle_ends, recipe):
+                    reason = "converged"
+                    break
             if not epoch_done:
                 continue
             entry = {"step": step, "mean_loss": epoch_loss / epoch_tokens, "coverage": epoch_locked / epoch_tokens,
@@ -531,8 +554,7 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
             for p, saved in zip(params, best_state):
                 p.copy_(saved)
         reason += "+restored_best"
-    ref = loss_before if loss_before is not None else (history[0]["mean_loss"] if history else math.nan)
-    conv = True if reason == "all_locked" else converged(ref, [c["mean_loss"] for c in cycle_ends], recipe)
+    conv = True if reason == "all_locked" else converged(ref_loss(), cycle_ends, recipe)
     return TrainResult(step, time.perf_counter() - start, reason, history, cycle_ends, conv)
 
 

@@ -266,7 +266,8 @@ def test_calibrate_reports_each_point_and_fits_a_card(env, tmp_path):
     from memlaw.calibration.defaults import default_recipe
 
     # test_calibration.py's grid and budget: the calibration recipe, 15 steps a cycle
-    recipe = dataclasses.replace(default_recipe(), lr=0.02, max_steps=15, converge_rel_tol=10)
+    recipe = dataclasses.replace(default_recipe(), lr=0.02, max_steps=15, cycles=2, converge_rel_tol=10,
+                                 converge_cov_tol=1)
     res = memlaw.calibrate(tmp_path / "sweep", model="tiny", ranks=[1, 2, 4], lengths="48,96", chunk=16,
                            recipe=recipe, n_boot=0, runtime=memlaw.Runtime(device="cpu"), progress=events.append)
     points = [e for e in events if e.stage == "calibrate"]

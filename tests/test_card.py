@@ -21,6 +21,7 @@ META = {
                "seed": 0, "dtype": "float32"},
     "data_kind": "random",
 }
+PML = {"law_form": "pml"}
 
 
 def make_points(L_before=2.0, seed=0):
@@ -39,7 +40,7 @@ def make_points(L_before=2.0, seed=0):
 
 @pytest.fixture(scope="module")
 def card():
-    return build_card(make_points(), n_boot=40, **META)
+    return build_card(make_points(), n_boot=40, **META, **PML)
 
 
 def test_build_card(card):
@@ -57,14 +58,14 @@ def test_build_card(card):
 
 
 def test_delta_loss_definitions():
-    """raw: L_before − L_after (the default); source: only the nats below the random source's ln N."""
+    """raw: L_before − L_after; source (the default): only the nats below the random source's ln N."""
     source = 1.5
     pts = [dict(p, loss_before=4.0, loss_source=source) for p in make_points(L_before=2.0)]
-    c = build_card(pts, n_boot=0, delta_definition="source", **META)
+    c = build_card(pts, n_boot=0, delta_definition="source", **META, **PML)
     assert c.delta_definition == "source"
     for p in c.points:
         assert p["delta_loss"] == pytest.approx(source - p["loss_after"])
-    plain = build_card(pts, n_boot=0, **META)
+    plain = build_card(pts, n_boot=0, delta_definition="raw", **META, **PML)
     assert plain.delta_definition == "raw"
     for p in plain.points:
         assert p["delta_loss"] == pytest.approx(4.0 - p["loss_after"])
@@ -72,8 +73,9 @@ def test_delta_loss_definitions():
     assert plain.law().b - c.law().b == pytest.approx(4.0 - source, abs=1e-6)
     assert plain.law().alpha == pytest.approx(c.law().alpha, abs=1e-6)
     # a source entropy above L_before changes nothing
-    high = build_card([dict(p, loss_source=99.0) for p in make_points()], n_boot=0, delta_definition="source", **META)
-    assert high.coefficients == pytest.approx(build_card(make_points(), n_boot=0, **META).coefficients)
+    high = build_card([dict(p, loss_source=99.0) for p in make_points()], n_boot=0, delta_definition="source", **META, **PML)
+    assert high.coefficients == pytest.approx(build_card(make_points(), n_boot=0, delta_definition="raw", **META,
+                                                         **PML).coefficients)
 
 
 def test_a_point_that_did_not_converge_is_never_fitted_as_converged():
@@ -87,7 +89,7 @@ def test_a_point_that_did_not_converge_is_never_fitted_as_converged():
     pts[k]["loss_after_B"] = pts[k]["loss_after"] + 0.2 * dl + 0.1  # still improving fast
     pts[k]["converged"] = True  # a stale flag: the evidence wins
     del pts[free[1]]["loss_after_B"]  # no evidence at all
-    c = build_card(pts, n_boot=0, **META)
+    c = build_card(pts, n_boot=0, **META, **PML)
     stored = {(p["rank"], p["length"]): p for p in c.points}
     assert stored[(pts[k]["rank"], pts[k]["length"])]["censored"] == "not_converged"
     assert stored[(pts[free[1]]["rank"], pts[free[1]]["length"])]["censored"] == "not_converged"
@@ -95,8 +97,8 @@ def test_a_point_that_did_not_converge_is_never_fitted_as_converged():
     # its ΔL sits below the law; as a censored point it pulls nothing down. Fitted as an equality
     # (flag removed, evidence removed) it would.
     low = dict(pts[k], loss_after=pts[k]["loss_after"] + 0.5 * dl, loss_after_B=pts[k]["loss_after"] + 0.5 * dl)
-    cens = build_card(pts[:k] + [dict(low, loss_after_B=low["loss_after"] + dl)] + pts[k + 1:], n_boot=0, **META)
-    eq = build_card(pts[:k] + [low] + pts[k + 1:], n_boot=0, **META)
+    cens = build_card(pts[:k] + [dict(low, loss_after_B=low["loss_after"] + dl)] + pts[k + 1:], n_boot=0, **META, **PML)
+    eq = build_card(pts[:k] + [low] + pts[k + 1:], n_boot=0, **META, **PML)
     assert cens.r2 > eq.r2
     x = (pts[k]["rank"], pts[k]["length"])
     assert cens.law().predict(*x) > eq.law().predict(*x)
@@ -104,14 +106,14 @@ def test_a_point_that_did_not_converge_is_never_fitted_as_converged():
 
 def test_build_card_needs_enough_points():
     with pytest.raises(UserError, match="at least 5"):
-        build_card(make_points()[:4], **META)
+        build_card(make_points()[:4], **META, **PML)
     bad = make_points()
     for p in bad[3:]:
         p["loss_after"] = None  # failed runs are not usable
     with pytest.raises(UserError, match="ranks and lengths"):
-        build_card(bad, **META)
+        build_card(bad, **META, **PML)
     with pytest.raises(UserError, match="lacks loss_before, loss_after, coverage"):
-        build_card([{"rank": 1, "length": 2}], **META)
+        build_card([{"rank": 1, "length": 2}], **META, **PML)
 
 
 def test_save_load_roundtrip(card, tmp_path):
@@ -247,3 +249,51 @@ def test_cli_bad_card_one_line_exit_2(tmp_path):
 
     r = CliRunner().invoke(main, ["fit", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o.json")])
     assert r.exit_code == 2 and "none.jsonl" in r.stderr
+
+
+def capacity_points(seed=0, source=5.0):
+    """Random-token sweep points from a capacity law (C·r^α nats, α = 1.3), L_before 8 above a
+    source entropy of 5: the first 3 nats are free, and a rank that holds more than the records
+    carry sits at the data's ceiling."""
+    rng = np.random.default_rng(seed)
+    pts = []
+    for rank in (1, 2, 4, 8, 16):
+        for length in (64, 256, 1024):
+            stored = 100.0 * rank ** 1.3 * (1 + 0.03 * rng.standard_normal()) / length
+            la = max(source - stored, 0.02)
+            pts.append({"rank": rank, "length": length, "loss_before": 8.0, "loss_source": source, "loss_after": la,
+                        "loss_after_B": la + 0.01, "coverage": 0.0 if la > 1 else 0.9, "steps": 10})
+    return pts
+
+
+def test_capacity_card_censors_points_at_the_data_ceiling():
+    """The default form and ΔL: capacity on the source ΔL. A point whose adapter holds ≥ 90 % of
+    what its records carry is bounded by the data, not the rank: censored ('near_ceiling'), so
+    it never drags the nats-per-rank down; the pml form does not apply that rule."""
+    pts = capacity_points()
+    c = build_card(pts, n_boot=20, **META)
+    assert c.law_form == "capacity" and c.delta_definition == "source"
+    assert c.law().alpha == pytest.approx(1.3, abs=0.08) and c.law().C == pytest.approx(100.0, rel=0.15)
+    near = [p for p in c.points if p["censored"] == "near_ceiling"]
+    assert near and all(p["loss_after"] <= 0.1 * 5.0 for p in near)
+    assert all(p["saturated"] for p in near) and c.n_saturated >= len(near)
+    pml = build_card(pts, n_boot=0, law_form="pml", **META)
+    assert not any(p["censored"] == "near_ceiling" for p in pml.points)
+    rows = dict(card_summary(c))
+    assert "capacity" in rows["law"] and "near the data's ceiling" in rows["points"]
+
+
+def test_law_form_round_trips_and_unknown_forms_are_refused(tmp_path):
+    c = build_card(capacity_points(), n_boot=0, **META)
+    save_card(c, tmp_path / "c.json")
+    assert load_card(tmp_path / "c.json").law_form == "capacity"
+    d = json.loads((tmp_path / "c.json").read_text())
+    d["law_form"] = "cubic"
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(UserError, match="law_form"):
+        load_card(tmp_path / "bad.json")
+    del d["law_form"]  # cards from before the capacity form
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    assert load_card(tmp_path / "old.json").law_form == "pml"
+    with pytest.raises(UserError, match="law form"):
+        build_card(capacity_points(), n_boot=0, law_form="cubic", **META)

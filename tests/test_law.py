@@ -155,3 +155,53 @@ def test_coverage_loss_thresholds_conservative():
     # non-finite points are ignored
     t = coverage_loss_thresholds([0.1, float("nan")], [1.0, 0.0], targets=(1.0,))
     assert t == {"1.0": 0.1}
+
+
+# ---------------------------------------------------------------------------------------------
+# the capacity form: ΔL·ℓ = C·r^α
+
+
+CAPACITY = Law(C=650.0, alpha=1.37, beta=1.0, b=0.0)
+
+
+def test_capacity_fit_recovers_the_nats_per_rank():
+    r, l = grid([1, 2, 4, 8, 16], [64, 256, 1024, 4096])
+    y = noisy(CAPACITY, r, l, noise=0.05, seed=3)
+    res = fit(r, l, y, form="capacity")
+    assert res.law.beta == 1.0 and res.law.b == 0.0
+    assert res.law.alpha == pytest.approx(1.37, abs=0.05)
+    assert res.law.C == pytest.approx(650.0, rel=0.1)
+    # ΔL·ℓ does not depend on ℓ: the prediction at a length never swept scales as 1/ℓ
+    assert res.law.predict(4, 10_000) * 10_000 == pytest.approx(res.law.predict(4, 100) * 100)
+
+
+def test_capacity_fit_takes_censored_points_as_lower_bounds_and_skips_nothing_stored():
+    r, l = grid([1, 2, 4, 8], [256, 1024, 4096])
+    y = CAPACITY.predict(r, l)
+    cens = np.zeros(r.size, bool)
+    # a censored point far *below* the law (a run the data stopped, e.g. every token locked) pulls nothing down
+    y_low = y.copy()
+    y_low[0] *= 0.2
+    cens[0] = True
+    assert fit(r, l, y_low, cens, form="capacity").law.C == pytest.approx(650.0, rel=1e-6)
+    # as an observation it would
+    assert fit(r, l, y_low, form="capacity").law.C < 600.0
+    # ΔL ≤ 0 (nothing stored beyond the source's entropy) has no logarithm: left out, not an error
+    y_zero = y.copy()
+    y_zero[1] = -0.2
+    assert fit(r, l, y_zero, form="capacity").law.alpha == pytest.approx(1.37, abs=1e-6)
+    with pytest.raises(FitError, match="2 or more ranks"):
+        fit([1, 1, 1], [64, 256, 1024], [1.0, 0.5, 0.2], form="capacity")
+    with pytest.raises(FitError, match="form"):
+        fit(r, l, y, form="cubic")
+
+
+def test_capacity_bootstrap_brackets_the_truth():
+    r, l = grid([1, 2, 4, 8, 16], [64, 256, 1024, 4096])
+    y = noisy(CAPACITY, r, l, noise=0.1, seed=5)
+    boot = bootstrap(r, l, y, n=100, seed=0, form="capacity")
+    iv = boot.intervals(0.9)
+    assert iv["alpha"][0] < 1.37 < iv["alpha"][1] and iv["C"][0] < 650.0 < iv["C"][1]
+    assert iv["beta"] == [1.0, 1.0] and iv["b"] == [0.0, 0.0]
+    # the inversion is exact: the rank whose C·r^α nats cover ℓ·ΔL
+    assert rank_for_delta(CAPACITY, 1000, CAPACITY.predict(8, 1000)) == pytest.approx(8.0)

@@ -263,3 +263,41 @@ def test_frozen_prefix_cache_is_exact(kv_corpus):
         states.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
     for n in states[0]:
         assert torch.allclose(states[0][n], states[1][n], atol=1e-5), n
+
+
+def test_convergence_test_has_a_coverage_clause():
+    """A last cycle that barely moved the loss but still locked tokens is not converged: the
+    planner predicts coverage, so coverage must have settled too."""
+    from memlaw.memft import passes_convergence_test
+
+    assert passes_convergence_test(10.0, 2.00, 1.98, 0.1, 0.05)  # loss only: converged
+    assert passes_convergence_test(10.0, 2.00, 1.98, 0.1, 0.05, 0.50, 0.51, 0.02)
+    assert not passes_convergence_test(10.0, 2.00, 1.98, 0.1, 0.05, 0.50, 0.60, 0.02)
+    assert not passes_convergence_test(10.0, 3.00, 1.50, 0.1, 0.05, 0.50, 0.50, 0.02)  # the loss clause still
+
+
+def test_until_converged_stops_at_the_first_converged_cycle(kv_corpus, tmp_path):
+    """With until_converged, cycles is a ceiling: a run whose loss has settled stops after the
+    first cycle that passes the test, with the evidence of its last two cycles; without it every
+    cycle runs. Tiny rank 1 at a small lr settles within a few 10-step cycles."""
+    spec = CorpusSpec(str(kv_corpus))
+    base = dict(method="sft", lr=3e-3, max_steps=10, batch_size=24, patience=0, schedule="linear", cycles=12,
+                converge_rel_tol=0.5, converge_abs_tol=0.5, converge_cov_tol=0.5)
+    stop = train_adapter(spec, "tiny", 1, tmp_path / "a", recipe=Recipe(**base, until_converged=True),
+                         progress=False)["train"]
+    full = train_adapter(spec, "tiny", 1, tmp_path / "b", recipe=Recipe(**base), progress=False)["train"]
+    assert stop["stop_reason"] == "converged" and stop["converged"] is True
+    assert stop["steps"] < 120 and stop["steps"] % 10 == 0 and len(stop["cycle_ends"]) == stop["steps"] // 10
+    assert full["steps"] == 120 and full["stop_reason"] == "max_steps"
+    # the same run up to the stop: the schedule and the data order do not depend on the flag
+    n = len(stop["cycle_ends"])
+    assert [c["mean_loss"] for c in full["cycle_ends"][:n]] == pytest.approx([c["mean_loss"] for c in stop["cycle_ends"]])
+
+
+def test_memft_cli_until_converged_flag(kv_corpus, tmp_path):
+    r = CliRunner().invoke(memft_cli, ["train", str(kv_corpus), "--model", "tiny", "--rank", "1", "--max-steps", "4",
+                                       "--cycles", "3", "--all-cycles", "--patience", "0", "--lr", "1e-3",
+                                       "--out", str(tmp_path / "a"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "a" / "memlaw.json").read_text())
+    assert meta["recipe"]["until_converged"] is False and meta["train"]["steps"] == 12

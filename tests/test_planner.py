@@ -109,7 +109,7 @@ def make_card(base, *, delta: float, ell: int, r_target: float = R_TARGET, templ
     tdict["params_per_rank"] = template.params_per_rank(base.model)
     card = build_card(points, base_model=base.identity, template=tdict,
                       recipe={"method": "ot", "lr": 0.002, "batch_size": 32, "max_steps": 600},
-                      data_kind="random", n_boot=200, seed=0,
+                      data_kind="random", n_boot=200, seed=0, law_form="pml", delta_definition="raw",
                       saturation_loss=0.0)  # the points follow the law exactly: none is censored
     return card, C
 
@@ -145,6 +145,28 @@ def cache_entries(cache: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------------------------
 # the card is what we meant it to be
+
+
+def test_capacity_card_names_the_rank_whose_nats_cover_the_corpus(base, corpus, measured, tmp_path, monkeypatch):
+    """With the capacity form (the shipped cards') the rank is r = (ℓ·ΔL_needed / C)^(1/α): the
+    smallest rank whose C·r^α nats cover what the corpus needs, with the budget predictor."""
+    monkeypatch.setenv("MEMLAW_CACHE", str(tmp_path / "cache"))
+    template = LoraTemplate()
+    tdict = dict(template.to_dict(), params_per_rank=template.params_per_rank(base.model))
+    C, alpha = 40.0, 1.3
+    points = [{"rank": r, "length": l, "loss_before": 6.0, "loss_after": 6.0 - C * r ** alpha / l,
+               "coverage": 0.0, "steps": 10, "converged": True} for r in (1, 2, 4, 8) for l in (256, 512, 1024)]
+    card = build_card(points, base_model=base.identity, template=tdict, recipe={"method": "sft", "lr": 0.02},
+                      data_kind="random", n_boot=50, seed=0)
+    assert card.law_form == "capacity" and card.law().alpha == pytest.approx(alpha)
+    est = run_estimate(corpus, card, 0.9)
+    from memlaw.planner.coverage import LossProfile, delta_for_coverage
+
+    needed = delta_for_coverage(LossProfile.from_losses(-measured["logprob"]), 0.9, "budget")
+    assert est.predictor == "budget" and est.delta_needed == pytest.approx(needed)
+    r = (measured["ell"] * needed / C) ** (1 / alpha)
+    assert est.rank_raw == pytest.approx(r, rel=1e-6)
+    assert est.recommended_rank == max(1, 2 ** math.ceil(math.log2(r)))
 
 
 def test_synthetic_card_recovers_coefficients(card):

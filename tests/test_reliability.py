@@ -21,7 +21,7 @@ from memlaw.cli.memplan import main as memplan
 ROOT = Path(__file__).resolve().parent.parent
 GRID = [(r, n) for r in (1, 2, 4) for n in (16, 32)]
 ARGS = ["--model", "tiny", "--ranks", "1,2,4", "--lengths", "16,32", "--chunk", "16", "--max-steps", "15",
-        "--n-boot", "20", "--quiet", "--converge-rel-tol", "10"]
+        "--cycles", "2", "--n-boot", "20", "--quiet", "--converge-rel-tol", "10", "--converge-cov-tol", "1"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
            PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 

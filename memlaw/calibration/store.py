@@ -45,15 +45,18 @@ def _short(v, n=40) -> str:
 
 
 #: recipe fields that say how points are judged, not how they are trained: they may change on resume
-FIT_ONLY_RECIPE_KEYS = ("converge_rel_tol", "converge_abs_tol", "stop_rule")
+#: — unless the recipe trains until converged, where the test also decides when training stops
+FIT_ONLY_RECIPE_KEYS = ("converge_rel_tol", "converge_abs_tol", "converge_cov_tol", "stop_rule")
 
 
 def check_compatible(old: dict, new: dict, where: str, fix: str) -> None:
     for key in COMPAT_KEYS:
         a, b = _canon(old.get(key)), _canon(new.get(key))
         if key == "recipe" and isinstance(a, dict) and isinstance(b, dict):
-            a = {k: v for k, v in a.items() if k not in FIT_ONLY_RECIPE_KEYS}
-            b = {k: v for k, v in b.items() if k not in FIT_ONLY_RECIPE_KEYS}
+            judged_only = [k for k in FIT_ONLY_RECIPE_KEYS if k == "stop_rule" or not
+                           (a.get("until_converged") or b.get("until_converged"))]
+            a = {k: v for k, v in a.items() if k not in judged_only}
+            b = {k: v for k, v in b.items() if k not in judged_only}
         d = _diff(a, b, key)
         if d:
             raise UserError(f"was measured with another {key} ({d[0]}: {_short(d[1])} ≠ {_short(d[2])})",

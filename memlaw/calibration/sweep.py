@@ -38,17 +38,22 @@ corpus.jsonl`` takes the corpus's encoded records in file order until ℓ target
 record truncated).
 
 **Convergence.** Every point trains B = ``max_steps`` steps with the lr decaying linearly to 0,
-then a second cycle of B more (warm restart): ``loss_after_B`` and ``loss_after`` (at 2B) are both
-recorded, and the point is ``converged`` when the second cycle lowered the loss by no more than
-max(0.05 nats, 3 % of ΔL). A point that fails the test is a lower bound on what its rank can hold
-and the card fits it as one (censored), never as a converged observation; so is a saturated point
-(every token locked, training stopped there).
+then restarts (warm) cycle after cycle until the convergence test passes or ``cycles`` are spent
+(``until_converged``, the default recipe: at most 6): the last cycle lowered the loss by no more
+than max(0.05 nats, 10 % of ΔL) and raised coverage by no more than 0.02. ``loss_after_B`` /
+``coverage_B`` (the last-but-one cycle) and ``loss_after`` / ``coverage`` (the last) are recorded.
+A point that fails the test is a lower bound on what its rank can hold and the card fits it as one
+(censored), never as a converged observation; so is a saturated point (every token locked,
+training stopped there) and, for the capacity form, one near the data's ceiling (ΔL ≥ 90 % of
+what its records carry).
 
-**What ΔL counts.** ΔL = L_before − L_after, the definition the planner applies to a user's corpus.
-Random-data points also record ``loss_source = ln N`` (N: the pool size) and ``loss_fresh_after``,
-the adapter's loss on fresh random records it never saw — the held-out test of whether it learnt
-anything but the records (``memplan fit --delta source`` fits min(L_before, ln N) − L_after
-instead; docs/results.md §2 compares the two on held-out corpora).
+**What ΔL counts.** Random-data points record ``loss_source = ln N`` (N: the pool size) and
+``loss_fresh_after``, the adapter's loss on fresh random records it never saw. The card fits the
+source ΔL = min(L_before, ln N) − L_after (the default, ``memplan fit --delta``): the nats between
+the base model's ~14 and ln N are learnt by any adapter as "targets are uniform over the pool" (at
+large ℓ the fresh-record loss falls too), not as facts; on corpus data it equals L_before −
+L_after. The law's form is ``capacity`` by default (ΔL·ℓ = C·r^α, the nats a rank stores;
+``memplan fit --form pml`` for the paper's four free coefficients); docs/results.md §1–2.
 
 **Shards and Slurm.** ``--shard i/n`` runs only the grid points whose position in the grid
 (row-major over sorted ranks × sorted lengths) is ≡ i (mod n). Give every shard its own ``--out``,

@@ -151,15 +151,19 @@ def recipe_options(fn):
     fn = click.option("--train-dtype", type=click.Choice(TRAIN_DTYPES), default=None,
                       help="bfloat16: autocast the training forward (fast on CPUs with AVX512-BF16 and on GPUs); "
                            "scoring stays float32")(fn)
+    fn = click.option("--until-converged/--all-cycles", default=None,
+                      help="stop after the first cycle that passes the convergence test (--cycles is then the "
+                           "ceiling), or always run every cycle")(fn)
     fn = click.option("--cycles", type=click.IntRange(min=1), default=None,
-                      help="run the lr schedule this many times (warm restarts); 2 = the convergence test: "
-                           "the loss at budget B and 2B")(fn)
+                      help="run the lr schedule this many times (warm restarts); ≥ 2 gives the convergence test: "
+                           "the loss and coverage at the end of the last two cycles")(fn)
     fn = click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
                       help="lr schedule over --max-steps: linear decay to 0 (the paper's) or constant")(fn)
     return fn
 
 
-def recipe_extras(schedule, cycles, train_dtype, eos, defaults) -> dict:
+def recipe_extras(schedule, cycles, until_converged, train_dtype, eos, defaults) -> dict:
     """The recipe fields these options set, falling back to ``defaults`` (a Recipe)."""
     return {"schedule": schedule or defaults.schedule, "cycles": cycles or defaults.cycles,
+            "until_converged": defaults.until_converged if until_converged is None else bool(until_converged),
             "train_dtype": train_dtype or defaults.train_dtype, "eos": bool(eos) or defaults.eos}

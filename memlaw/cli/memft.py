@@ -66,6 +66,12 @@ def check_layers(model: str, layers: str | None) -> None:
                         f"{', '.join(map(str, bad))} is out of range", fix=f"e.g. --layers {n - 2},{n - 1}")
 
 
+def _flag(key: str, value) -> str:
+    if isinstance(value, bool):  # the one boolean recipe key: --until-converged / --all-cycles
+        return "--until-converged" if value else "--all-cycles"
+    return f"--{key.replace('_', '-')} {value}"
+
+
 @main.command("train")
 @click.argument("corpus", type=click.Path(dir_okay=False))
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="tiny, smollm2-135m, an HF id or a path")
@@ -91,14 +97,14 @@ def check_layers(model: str, layers: str | None) -> None:
 @click.pass_context
 @handle_errors
 def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, patience, seed, schedule, cycles,
-              train_dtype, eos, lora_dropout, fmt, key_field, target_field, target_modules, layers, alpha, device,
+              until_converged, train_dtype, eos, lora_dropout, fmt, key_field, target_field, target_modules, layers, alpha, device,
               quiet):
     """Train a LoRA adapter on CORPUS until every target token is locked (p > 0.5), the loss
     plateaus, or --max-steps. Writes a PEFT adapter folder plus memlaw.json.
 
     For a model with a shipped law card (smollm2-135m, tiny) the template (--target-modules,
     --layers, --alpha) and the recipe (--method, --lr, --batch-size: all records per step, at most
-    64, --max-steps, --patience, --schedule, --cycles, --train-dtype) default to the card's: the
+    64, --max-steps, --patience, --schedule, --cycles, --until-converged, --train-dtype) default to the card's: the
     calibrated ones, and the fast template on a CPU. Other models default to every linear layer of
     every layer and memlaw's Recipe defaults."""
     from memlaw import api
@@ -112,7 +118,8 @@ def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, 
     given = {p for p in fields if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE}
     defaults = card_defaults(model) if given != set(fields) else None
     rest = {"method": method, "max_steps": max_steps, "patience": patience, "schedule": schedule or Recipe.schedule,
-            "cycles": cycles or Recipe.cycles, "train_dtype": train_dtype or Recipe.train_dtype}
+            "cycles": cycles or Recipe.cycles, "train_dtype": train_dtype or Recipe.train_dtype,
+            "until_converged": Recipe.until_converged if until_converged is None else until_converged}
     spec = corpus_spec(corpus, fmt, key_field, target_field)
     if defaults:
         target_modules = target_modules if "target_modules" in given else defaults["target_modules"]
@@ -127,7 +134,7 @@ def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, 
     template = template_from(target_modules, layers, alpha)
     check_layers(model, layers)
     if defaults and not quiet:
-        extra = " ".join(f"--{k.replace('_', '-')} {rest[k]}" for k in RECIPE_KEYS if k in defaults and k not in given)
+        extra = " ".join(_flag(k, rest[k]) for k in RECIPE_KEYS if k in defaults and k not in given)
         click.echo(f"[memlaw] defaults from the law card {defaults['card']}: --target-modules {target_modules} "
                    f"--layers {layers} --alpha {alpha} --lr {lr:g} --batch-size {batch_size} {extra} "
                    "(pass them to change)", err=True)

@@ -21,7 +21,8 @@ from rich.table import Table
 from memlaw import __version__
 # memlaw.card and memlaw.law import scipy (~1 s): loaded in the commands that use them, so that
 # --help, --version and a typo'd --model answer at once.
-from memlaw.calibration.defaults import (DEFAULT_LENGTHS, DEFAULT_RANKS, DEFAULT_TARGET_MODULES, DELTA_DEFINITIONS,
+from memlaw.calibration.defaults import (DEFAULT_DELTA, DEFAULT_LAW_FORM, DEFAULT_LENGTHS, DEFAULT_RANKS,
+                                         DEFAULT_TARGET_MODULES, DELTA_DEFINITIONS, LAW_FORMS,
                                          default_recipe)
 from memlaw.cli.common import handle_errors, recipe_extras, recipe_options
 from memlaw.memft import METHODS
@@ -59,16 +60,19 @@ def _coef_table(card) -> Table:
     from memlaw.law import NAMES
 
     level = f"{card.interval_level:.0%} interval"
-    t = Table(title=f"Parametric Memory Law  ΔL = C·r^α·ℓ^(−β) + b   ({card.base_model.get('name', '?')})")
+    capacity = card.law_form == "capacity"
+    form = "capacity  ΔL·ℓ = C·r^α (nats stored at rank r)" if capacity else "Parametric Memory Law  ΔL = C·r^α·ℓ^(−β) + b"
+    t = Table(title=f"{form}   ({card.base_model.get('name', '?')})")
     t.add_column("coefficient")
     t.add_column("value", justify="right")
     t.add_column(level, justify="right")
-    for k in NAMES:
+    for k in NAMES[:2] if capacity else NAMES:  # β = 1 and b = 0 are fixed in the capacity form
         iv = card.intervals.get(k)
         t.add_row(k, f"{card.coefficients[k]:.4g}", f"[{iv[0]:.4g}, {iv[1]:.4g}]" if iv else "—")
     t.add_row("R²", f"{card.r2:.4f}", "")
-    t.add_row("points", f"{len(card.points)}", f"{card.n_saturated} saturated, {card.n_not_converged} not converged "
-                                               "(censored: lower bounds)")
+    t.add_row("points", f"{len(card.points)}", f"{card.n_saturated} saturated"
+              + (" or near the data's ceiling" if capacity else "")
+              + f", {card.n_not_converged} not converged (censored: lower bounds)")
     return t
 
 
@@ -80,14 +84,16 @@ def _coef_table(card) -> Table:
 @click.option("--n-boot", default=200, show_default=True, type=click.IntRange(min=0),
               help="Bootstrap resamples for the confidence intervals (0: none).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap seed.")
-@click.option("--delta", type=click.Choice(DELTA_DEFINITIONS), default="raw", show_default=True,
+@click.option("--delta", type=click.Choice(DELTA_DEFINITIONS), default=DEFAULT_DELTA, show_default=True,
               help="raw: ΔL = L_before − L_after; source: min(L_before, ln N) − L_after for random tokens")
+@click.option("--form", "law_form", type=click.Choice(LAW_FORMS), default=DEFAULT_LAW_FORM, show_default=True,
+              help="capacity: ΔL·ℓ = C·r^α (the nats a rank stores); pml: the paper's C·r^α·ℓ^(−β) + b")
 @click.option("--converge-rel-tol", type=click.FloatRange(min=0), default=None,
-              help="convergence test: the second cycle may lower the loss by this share of ΔL "
+              help="convergence test: the last cycle may lower the loss by this share of ΔL "
                    "(default: the sweep recipe's)")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out.")
 @handle_errors
-def fit_cmd(points_jsonl: Path, out: Path, base_model, n_boot, seed, delta, converge_rel_tol, force):
+def fit_cmd(points_jsonl: Path, out: Path, base_model, n_boot, seed, delta, law_form, converge_rel_tol, force):
     """Fit the law to a sweep's POINTS_JSONL and write a law card.
 
     If a sweep.json sits next to the points file, the base model, LoRA template, recipe and data
@@ -120,7 +126,7 @@ def fit_cmd(points_jsonl: Path, out: Path, base_model, n_boot, seed, delta, conv
         recipe["converge_rel_tol"] = converge_rel_tol
     card = build_card(with_loss_source(points, meta), base_model=bm, template=template, recipe=recipe,
                       data_kind=str(meta.get("data_kind") or "unknown"), n_boot=n_boot, seed=seed,
-                      delta_definition=delta, sweep=sweep_summary(points, meta))
+                      delta_definition=delta, law_form=law_form, sweep=sweep_summary(points, meta))
     save_card(card, out)
     console = Console()
     console.print(_coef_table(card))
@@ -176,20 +182,21 @@ def law_show(card_path: Path):
         dom.add_row("sweep time (sum over points)", f"{card.sweep['points_seconds'] / 60:.1f} min")
     console.print(dom)
 
-    pts = Table(title="sweep points (L_0: L_before; L_B, L_2B: L_after at budget B and 2B, the convergence evidence)")
-    for col in ("r", "ℓ", "L_0", "L_B", "L_2B", "ΔL", "cov", "steps", "fit", "s"):
+    pts = Table(title="sweep points (L_0: L_before; L_B, L_end: L_after at the last two cycles, the convergence "
+                      "evidence)")
+    for col in ("r", "ℓ", "L_0", "L_B", "L_end", "ΔL", "cov", "steps", "fit", "s"):
         pts.add_column(col, justify="right")
     for p in sorted(card.points, key=lambda p: (p.get("rank") or 0, p.get("length") or 0)):
         lb, la = p.get("loss_before"), p.get("loss_after")
         dl = p.get("delta_loss", lb - la if isinstance(lb, (int, float)) and isinstance(la, (int, float)) else None)
-        how = {None: "=", "saturated": "≥ sat", "not_converged": "≥ unconv"}.get(
+        how = {None: "=", "saturated": "≥ sat", "near_ceiling": "≥ ceil", "not_converged": "≥ unconv"}.get(
             p.get("censored"), str(p.get("censored")))
         pts.add_row(_num(p.get("rank"), "g"), _num(p.get("length"), "g"), _num(lb), _num(p.get("loss_after_B")),
                     _num(la), _num(dl), _num(p.get("coverage"), ".3f"), _num(p.get("steps"), "g"), how,
                     _num(p.get("seconds"), ".1f"))
     console.print(pts)
-    console.print("fit: = an observation; ≥ a lower bound on ΔL (sat: every token locked; unconv: still "
-                  "improving in the second cycle), which the law may only exceed")
+    console.print("fit: = an observation; ≥ a lower bound on ΔL (sat: every token locked; ceil: holds ≥ 90 % of "
+                  "what its records carry; unconv: still improving in the last cycle), which the law may only exceed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,8 +240,10 @@ _CAL = default_recipe()  # the shipped calibration recipe: one place for its def
               help="plateau stop (0: off; calibration trains its whole budget)")
 @recipe_options
 @click.option("--converge-rel-tol", type=click.FloatRange(min=0), default=_CAL.converge_rel_tol, show_default=True,
-              help="convergence test: the second cycle may lower the loss by at most this share of ΔL (a point "
+              help="convergence test: the last cycle may lower the loss by at most this share of ΔL … (a point "
                    "that fails is fitted as a lower bound)")
+@click.option("--converge-cov-tol", type=click.FloatRange(min=0), default=_CAL.converge_cov_tol, show_default=True,
+              help="convergence test: … and may raise coverage by at most this much")
 @click.option("--seed", default=0, show_default=True, type=int, help="adapter init and batch order seed")
 @click.option("--shard", default=None, help="i/n: run only grid points whose position ≡ i (mod n)")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, …")
@@ -243,8 +252,8 @@ _CAL = default_recipe()  # the shipped calibration recipe: one place for its def
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @handle_errors
 def calibrate_cmd(model, ranks, lengths, out, data, fmt, key_field, target_field, chunk, data_seed, target_modules,
-                  layers, alpha, method, lr, batch_size, max_steps, patience, schedule, cycles, train_dtype, eos,
-                  converge_rel_tol, seed, shard, device, n_boot, plot, quiet):
+                  layers, alpha, method, lr, batch_size, max_steps, patience, schedule, cycles, until_converged,
+                  train_dtype, eos, converge_rel_tol, converge_cov_tol, seed, shard, device, n_boot, plot, quiet):
     """Sweep LoRA ranks × lengths on a base model, each point trained to convergence (the loss at
     budget B and 2B recorded), and fit the Parametric Memory Law (see memlaw.calibration.sweep for
     the recipe, resume, shards and Slurm)."""
@@ -257,7 +266,8 @@ def calibrate_cmd(model, ranks, lengths, out, data, fmt, key_field, target_field
     if quiet:
         quiet_libraries()
     recipe = api.Recipe(method=method, lr=lr, batch_size=1, max_steps=max_steps, patience=patience, seed=seed,
-                        converge_rel_tol=converge_rel_tol, **recipe_extras(schedule, cycles, train_dtype, eos, _CAL))
+                        converge_rel_tol=converge_rel_tol, converge_cov_tol=converge_cov_tol, **recipe_extras(schedule, cycles, until_converged, train_dtype, eos,
+                                                                   _CAL))
     _sweep_done(api.calibrate(out, model=model, ranks=ranks, lengths=lengths, target_modules=target_modules,
                               layers=layers, alpha=alpha, recipe=recipe, batch_size=batch_size, chunk=chunk,
                               data=corpus_spec(data, fmt, key_field, target_field) if data else None,

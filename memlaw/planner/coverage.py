@@ -8,7 +8,8 @@ histogram of the *log-odds deficit*
     x = ln(e^l − 1)      (x < 0 ⇔ p > 0.5 ⇔ locked; x ≈ l for hard tokens)
 
 and turns a predicted ΔL (the law's mean loss reduction, nats/token) into a predicted coverage.
-Two predictors, compared on held-out corpora in docs/results.md §2:
+Two predictors, compared on held-out corpora in docs/results.md §2 (``budget`` is the default: with
+the capacity law it was the closer one there):
 
 * ``boost`` — training adds one common log-odds boost ``m`` to every token (a token's log-odds
   of its target rises by m): its loss becomes ln(1 + e^(x − m)), which is never negative; m is
@@ -29,7 +30,7 @@ import numpy as np
 LN2 = math.log(2.0)
 X_LO, X_HI, X_WIDTH = -30.0, 50.0, 0.02  # histogram range and bin width of x (nats of log-odds)
 PREDICTORS = ("boost", "budget")
-DEFAULT_PREDICTOR = "boost"
+DEFAULT_PREDICTOR = "budget"  # better on held-out corpora with the capacity law (docs/results.md §2)
 
 
 def deficit(losses) -> np.ndarray:

@@ -5,12 +5,13 @@ For a corpus and a card (see DESIGN.md, "Planner output"):
 1. ℓ (target tokens) and L_before (mean target-token loss of the base model) from one scoring pass
    of the card's base model, cached by model identity and corpus hash (:mod:`memlaw.planner.baseloss`).
 2. The ΔL the coverage target needs, from this corpus's own per-token base losses (not a mean):
-   :mod:`memlaw.planner.coverage` turns ΔL into coverage (one common log-odds boost per token by
-   default), capped by the structural ceiling (conflicting keys, first tokens that share one
+   :mod:`memlaw.planner.coverage` turns ΔL into coverage (by default the adapter's ℓ·ΔL nats lock
+   the cheapest tokens first), capped by the structural ceiling (conflicting keys, first tokens that share one
    context: :func:`memlaw.corpus.coverage_ceiling`) — a target above the ceiling is planned at the
    ceiling, with a warning.
 3. The smallest rank the law predicts reaches that ΔL, r = ((ΔL_needed − b) · ℓ^β / C)^(1/α)
-   (:func:`memlaw.law.rank_for_delta`), rounded up to a practical rank (the next power of two ≥ r,
+   (:func:`memlaw.law.rank_for_delta`; the shipped cards' capacity form has β = 1, b = 0: the rank
+   whose C·r^α nats cover ℓ·ΔL_needed), rounded up to a practical rank (the next power of two ≥ r,
    at least 1). Its interval: the same inversion for every bootstrap sample of the card, 5th and
    95th percentiles (``lower``/``higher`` order statistics). The predicted coverage and loss at
    each power-of-two rank around it are reported too.
@@ -373,10 +374,18 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
     card_lb = [float(p["loss_before"]) for p in card.points if isinstance(p, dict)
                and isinstance(p.get("loss_before"), (int, float))]
     if card_lb and not any_rank and L_before < 0.5 * min(card_lb):
-        warnings.append(f"the card was calibrated on {card.data_kind} data (L_before {min(card_lb):.1f}–"
-                        f"{max(card_lb):.1f} nats/token), far above this corpus's {L_before:.2f}: on such corpora a "
-                        "random-token law over-predicted coverage at low ranks in held-out tests (docs/results.md §2); "
-                        "prefer 2× the rank, or calibrate on your kind of data (memplan calibrate --data)")
+        if card.law_form == "capacity":
+            warnings.append(f"the card was calibrated on {card.data_kind} data (L_before {min(card_lb):.1f}–"
+                            f"{max(card_lb):.1f} nats/token), far above this corpus's {L_before:.2f}: on held-out "
+                            "corpora of other kinds its predicted coverage was off by 0.04 on average and by up to "
+                            "0.39 at one rank (docs/results.md §2); for a tighter plan calibrate on your kind of "
+                            "data (memplan calibrate --data)")
+        else:
+            warnings.append(f"the card was calibrated on {card.data_kind} data (L_before {min(card_lb):.1f}–"
+                            f"{max(card_lb):.1f} nats/token), far above this corpus's {L_before:.2f}: on such corpora "
+                            "a random-token law over-predicted coverage at low ranks in held-out tests "
+                            "(docs/results.md §2); prefer 2× the rank, or calibrate on your kind of data "
+                            "(memplan calibrate --data)")
     if conflicts:
         warnings.append(f"{len(conflicts)} key(s) have conflicting targets: no adapter can lock all of them, "
                         "so coverage 1.0 is out of reach for those records")
@@ -504,6 +513,8 @@ def _memft_command(spec: CorpusSpec, model: str, rank: int, template: LoraTempla
     for key, flag in (("schedule", "--schedule"), ("train_dtype", "--train-dtype")):
         if isinstance(recipe.get(key), str):
             parts += [flag, q(recipe[key])]
+    if recipe.get("until_converged") is True:
+        parts.append("--until-converged")
     if recipe.get("eos") is True:
         parts.append("--eos")
     parts += ["--target-modules", q(",".join(template.target_modules))]
