@@ -12,7 +12,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from memlaw.corpus import Record, encode_records, read_corpus
 from memlaw.errors import UserError
-from memlaw.integrations import MemAuditCallback, MemFTLoss, RightPadCollator, corpus_dataset
+from memlaw.integrations import MemAuditCallback, MemFTLoss, RightPadCollator, corpus_dataset, memft_trainer_class
 from memlaw.memft import AnchorTracker, LoraTemplate, Recipe, make_lora_model, token_weights, train
 from memlaw.models import load_base
 from memlaw.scoring import make_batch, score, summarize, target_log_softmax, token_stats
@@ -89,19 +89,32 @@ def _reset(model, state):
             p.grad = None
 
 
-def _trainer_grads(tmp_path, model, tok, recs, loss_func, batch, accum, sft_trainer=False):
-    """One optimizer step of a real Trainer (or SFTTrainer) over all 8 records; its accumulated grads."""
+def _trainer_grads(tmp_path, model, tok, recs, loss_func, batch, accum, sft_trainer=False, override=False):
+    """One optimizer step of a real Trainer (or SFTTrainer) over all 8 records; its accumulated grads.
+    ``override``: MemFT as the trainer's compute_loss (memft_trainer_class), not as compute_loss_func."""
     grab = GradGrab()
     common = dict(per_device_train_batch_size=batch, gradient_accumulation_steps=accum, max_steps=1,
                   max_grad_norm=0.0)
-    if sft_trainer:
+    # SFTConfig defaults to bf16 autocast where the CPU has it: exactness is a float32 question
+    if override:
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        rows = [{"prompt": r.key, "completion": r.target} for r in recs]
+        with warnings.catch_warnings():
+            # no deprecated compute_loss_func on this path
+            warnings.filterwarnings("error", message=".*compute_loss_func.*deprecated", category=FutureWarning)
+            tr = memft_trainer_class(SFTTrainer)(model=model, args=_args(tmp_path, SFTConfig, bf16=False, **common),
+                                                 train_dataset=Dataset.from_list(rows), processing_class=tok,
+                                                 memft_loss=loss_func, callbacks=[grab])
+    elif sft_trainer:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
         rows = [{"prompt": r.key, "completion": r.target} for r in recs]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            tr = SFTTrainer(model=model, args=_args(tmp_path, SFTConfig, **common),
+            tr = SFTTrainer(model=model, args=_args(tmp_path, SFTConfig, bf16=False, **common),
                             train_dataset=Dataset.from_list(rows), processing_class=tok,
                             compute_loss_func=loss_func, callbacks=[grab])
     else:
@@ -170,6 +183,22 @@ def test_accumulation_is_exact_in_trl_sfttrainer(half_trained, tmp_path):
     g2x4 = _trainer_grads(tmp_path / "b2", model, base.tokenizer, recs, MemFTLoss("ot"), 2, 4, sft_trainer=True)
     _reset(model, state)
     assert _rel_err(g2x4, g8) < 1e-5
+
+
+@pytest.mark.filterwarnings(TRL_DEPRECATION)
+def test_compute_loss_override_for_trl_matches_compute_loss_func(half_trained, tmp_path):
+    """TRL deprecates compute_loss_func; memft_trainer_class(SFTTrainer) puts the same loss in a
+    compute_loss override: no deprecation warning, accumulation 4 × 2 equals batch 8, and both
+    equal the compute_loss_func path's gradients."""
+    base, model, recs, enc, state = half_trained
+    _reset(model, state)
+    g8 = _trainer_grads(tmp_path / "o8", model, base.tokenizer, recs, MemFTLoss("ot"), 8, 1, override=True)
+    _reset(model, state)
+    g2x4 = _trainer_grads(tmp_path / "o2", model, base.tokenizer, recs, MemFTLoss("ot"), 2, 4, override=True)
+    _reset(model, state)
+    ref = _trainer_grads(tmp_path / "f8", model, base.tokenizer, recs, MemFTLoss("ot"), 8, 1, sft_trainer=True)
+    _reset(model, state)
+    assert _rel_err(g2x4, g8) < 1e-5 and _rel_err(g8, ref) < 1e-5
 
 
 def test_sft_loss_is_the_models_own_loss_and_ot_uses_memlaw_weights(half_trained):

@@ -132,3 +132,38 @@ class MemFTLoss:
 def memft_loss(method: str = "ot", **kwargs) -> MemFTLoss:
     """Shorthand: ``Trainer(..., compute_loss_func=memft_loss("ot"))``."""
     return MemFTLoss(method, **kwargs)
+
+
+class MemFTLossMixin:
+    """MemFT as a ``compute_loss`` override, for trainers that deprecate ``compute_loss_func``:
+    TRL's ``SFTTrainer`` warns that it goes in TRL 2.0 ("subclass SFTTrainer and override
+    compute_loss"). This is that override, with the same loss as :class:`MemFTLoss`::
+
+        class MemFTSFTTrainer(MemFTLossMixin, SFTTrainer): pass
+        trainer = MemFTSFTTrainer(model=..., args=..., train_dataset=..., memft_loss=MemFTLoss("ot"))
+
+    (or :func:`memft_trainer_class`). The loss is normalised by the Trainer's ``num_items_in_batch``
+    (target tokens of the whole accumulated batch), so ``loss_is_scaled_for_ga`` tells the Trainer
+    not to divide it by the accumulation steps again; across devices it is multiplied by their
+    number when ``average_tokens_across_devices`` is on, as ``Trainer.compute_loss`` does. It
+    replaces the trainer's own loss and its extra metrics (TRL's entropy and token accuracy)."""
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, memft_loss: "MemFTLoss | str" = "sft", **kwargs):
+        self.memft_loss = memft_loss if isinstance(memft_loss, MemFTLoss) else MemFTLoss(memft_loss)
+        super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        loss = self.memft_loss(outputs, labels, num_items_in_batch=num_items_in_batch)
+        if num_items_in_batch is not None and getattr(self.args, "average_tokens_across_devices", False):
+            loss = loss * self.accelerator.num_processes  # DDP averages over processes; N counts all of them
+        return (loss, outputs) if return_outputs else loss
+
+
+def memft_trainer_class(trainer_cls: type) -> type:
+    """``trainer_cls`` (``transformers.Trainer``, TRL's ``SFTTrainer`` …) with MemFT's loss as its
+    ``compute_loss``; it takes one more keyword, ``memft_loss`` (a :class:`MemFTLoss` or a method name)."""
+    return type(f"MemFT{trainer_cls.__name__}", (MemFTLossMixin, trainer_cls), {})
