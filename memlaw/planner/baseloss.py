@@ -60,12 +60,6 @@ class TokenLossSums:
     per_token: dict | None = field(default=None, repr=False)  # index, lengths, ids, logprob arrays
 
 
-def check_backend(backend: str) -> str:
-    """``backend`` when it names an engine (``auto`` is resolved before the planner measures)."""
-    get_backend(backend, allow_auto=False)
-    return backend
-
-
 def base_losses(model, encoded: Sequence, backend: str | ScoringBackend = "transformers", *, pad_id: int = 0,
                 progress: bool = False, model_name: str | None = None) -> TokenLossSums:
     """Score every target token of ``encoded`` with ``model`` and return the sums the planner needs.
