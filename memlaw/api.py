@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from memlaw.auditor.audit import AuditResult, Gate
+from memlaw.backends import CHOICES as BACKEND_CHOICES
 from memlaw.errors import ParameterError
 from memlaw.memft import CorpusSpec, LoraTemplate, Recipe
+from memlaw.sidecar import Sidecar
 
 # PEFT calls a transformers property that warns about its own deprecation: noise for our users.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -43,7 +45,7 @@ __all__ = ["Runtime", "Progress", "Corpus", "Gate", "Recipe", "LoraTemplate", "T
 # settings and progress
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-_BACKENDS = ("auto", "transformers", "vllm")
+_BACKENDS = BACKEND_CHOICES
 _VLLM_MODES = ("auto", "lora", "merged")
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -308,12 +310,12 @@ class TrainedAdapter:
     """A saved adapter folder (standard PEFT files plus ``memlaw.json``) and what training recorded."""
 
     path: Path
-    sidecar: dict = field(repr=False)
+    sidecar: dict = field(repr=False)  # the content of memlaw.json (memlaw.sidecar.Sidecar.to_dict)
 
     @property
     def summary(self) -> dict:
         """The final scoring pass: records, target_tokens, coverage, exact_records, locked_records, mean_loss."""
-        return self.sidecar["final"]
+        return Sidecar.from_dict(self.sidecar).final
 
     @property
     def coverage(self) -> float:
@@ -321,11 +323,11 @@ class TrainedAdapter:
 
     @property
     def steps(self) -> int:
-        return int(self.sidecar["train"]["steps"])
+        return int(Sidecar.from_dict(self.sidecar).train["steps"])
 
     @property
     def stop_reason(self) -> str:
-        return self.sidecar["train"]["stop_reason"]
+        return Sidecar.from_dict(self.sidecar).train["stop_reason"]
 
     def passed(self, gate: Gate) -> bool:
         """Does the final training pass meet ``gate``? (:func:`audit` re-measures from the saved files.)"""

@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from memlaw.errors import ParameterError, UserError
+from memlaw.sidecar import Sidecar
 
 LN2 = math.log(2.0)
 METHODS = ("sft", "ot", "sw", "curriculum")
@@ -650,9 +651,10 @@ def check_new_dir(out: str | Path) -> Path:
     return out
 
 
-def save_adapter(model, out: str | Path, base_name: str, sidecar: dict) -> Path:
-    """Write a standard PEFT adapter folder plus memlaw.json, atomically: into a hidden temporary
-    folder beside ``out``, then one rename. A killed run leaves no half-written adapter."""
+def save_adapter(model, out: str | Path, base_name: str, sidecar: Sidecar | dict) -> Path:
+    """Write a standard PEFT adapter folder plus memlaw.json (``sidecar``: a
+    :class:`memlaw.sidecar.Sidecar`, or its dict), atomically: into a hidden temporary folder beside
+    ``out``, then one rename. A killed run leaves no half-written adapter."""
     import json
     import os
     import shutil
@@ -660,6 +662,8 @@ def save_adapter(model, out: str | Path, base_name: str, sidecar: dict) -> Path:
 
     from memlaw.io import atomic_write_json, follow_umask
 
+    if not isinstance(sidecar, Sidecar):
+        sidecar = Sidecar.from_dict(sidecar)
     out = check_new_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -677,7 +681,7 @@ def save_adapter(model, out: str | Path, base_name: str, sidecar: dict) -> Path:
 
         cfg["base_model_name_or_path"] = plain_model_path(base_name)
         atomic_write_json(cfg_file, cfg)
-        atomic_write_json(tmp / "memlaw.json", sidecar)
+        sidecar.write(tmp)
         follow_umask(tmp)  # mkdtemp made it 0700: readable by others as the umask allows
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -697,7 +701,8 @@ def train_adapter(corpus: CorpusSpec, model_name: str, rank: int, out: str | Pat
                   init_adapter: str | Path | None = None, allow_pickle: bool = False,
                   progress: bool = True, on_epoch=None, base=None, device: str = "cpu") -> dict:
     """Read and encode the corpus, train a LoRA adapter (fresh, or continued from ``init_adapter``)
-    on ``device`` (cpu, cuda, cuda:N or auto) and save it with its sidecar. Returns the sidecar dict."""
+    on ``device`` (cpu, cuda, cuda:N or auto) and save it with its sidecar. Returns the sidecar
+    as a dict (:meth:`memlaw.sidecar.Sidecar.to_dict`)."""
     from datetime import datetime, timezone
 
     import memlaw
@@ -722,18 +727,18 @@ def train_adapter(corpus: CorpusSpec, model_name: str, rank: int, out: str | Pat
         model = make_lora_model(base.model, template, rank, recipe.seed)
     result = train(model, encoded, recipe, pad_id=pad_id, progress=progress, on_epoch=on_epoch)
     final = summarize(score(model, encoded, pad_id=pad_id))
-    sidecar = {
-        "memlaw_version": memlaw.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "corpus": corpus.to_dict(),
-        "base_model": base.identity,
-        "rank": rank,
-        "template": template.to_dict(),
-        "params_per_rank": template.params_per_rank(base.model if init_adapter is None else model),
-        "recipe": recipe.to_dict(),
-        "init_adapter": str(Path(init_adapter).resolve()) if init_adapter else None,
-        "train": result.to_dict(),
-        "final": final,
-    }
+    sidecar = Sidecar(
+        memlaw_version=memlaw.__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        corpus=corpus.to_dict(),
+        base_model=base.identity,
+        rank=rank,
+        template=template.to_dict(),
+        params_per_rank=template.params_per_rank(base.model if init_adapter is None else model),
+        recipe=recipe.to_dict(),
+        init_adapter=str(Path(init_adapter).resolve()) if init_adapter else None,
+        train=result.to_dict(),
+        final=final,
+    )
     save_adapter(model, out, base.name, sidecar)
-    return sidecar
+    return sidecar.to_dict()

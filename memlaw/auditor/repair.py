@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Callable
 
 from memlaw.auditor.audit import AuditResult, Gate, audit_adapter, audit_inputs, load_adapter_inputs
+from memlaw.backends import ScoringBackend, get_backend
 from memlaw.errors import ParameterError
+from memlaw.sidecar import FILENAME as SIDECAR
+from memlaw.sidecar import Sidecar
 
 
 @dataclass
@@ -69,7 +72,7 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
            patience: int | None = None, seed: int = 0, gate: Gate | None = None, allow_pickle: bool = False,
            trust_remote_code: bool = False, force_base: bool = False, device: str = "cpu",
            progress: bool = False, on_before: Callable[[AuditResult], None] | None = None,
-           backend: str = "auto", vllm_mode: str = "auto", effect_check: bool = True,
+           backend: str | ScoringBackend = "auto", vllm_mode: str = "auto", effect_check: bool = True,
            tensor_parallel_size: int = 1) -> RepairResult:
     """Continue training the adapter in ``adapter_dir`` with MemFT (``method``: ot, sw or sft) for at
     most ``steps`` steps, stopping once ``gate`` holds, save it to the new folder ``out`` and audit
@@ -84,10 +87,8 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
 
     adapter_dir, out = Path(adapter_dir), Path(out)
     check_new_dir(out)
-    if backend == "vllm":
-        from memlaw.vllm_backend import require_vllm
-
-        require_vllm()
+    engine = get_backend(backend, vllm_mode=vllm_mode, tensor_parallel_size=tensor_parallel_size)
+    engine.require()  # before anything loads or trains
     if adapter_dir.exists() and _inside(out, adapter_dir):
         raise ParameterError("out", f"{{name}} {out} lies inside the adapter folder {adapter_dir}, which is never "
                                     "modified", fix="choose a folder outside it")
@@ -102,8 +103,7 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
     inputs = load_adapter_inputs(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
                                  trust_remote_code=trust_remote_code, force_base=force_base, trainable=True,
                                  device=device)
-    scoring = dict(backend=backend, vllm_mode=vllm_mode, effect_check=effect_check,
-                   tensor_parallel_size=tensor_parallel_size)
+    scoring = dict(backend=engine, effect_check=effect_check)
     before = audit_inputs(inputs, progress=progress, **scoring)
     if on_before is not None:
         on_before(before)
@@ -145,33 +145,33 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
         final = summarize(score(model, encoded, pad_id=pad_id))
 
     cfg = inputs.adapter_config
-    sidecar = dict(inputs.sidecar or {})
-    sidecar.update({
-        "memlaw_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "corpus": inputs.corpus.to_dict(),
-        "base_model": inputs.base.identity,
-        "rank": cfg.get("r"),
-        "template": _template_of(cfg, model),
-        "params_per_rank": sum(i + o for _, i, o in _lora_modules(model)),
-        "recipe": recipe.to_dict(),
-        "init_adapter": str(adapter_dir.resolve()),
-        "train": {"steps": n_steps, "seconds": round(seconds, 2), "stop_reason": reason, "history": history},
-        "final": final,
-        "repaired_from": {
+    # the input's sidecar, updated: keys this version does not know are carried over
+    sidecar = (inputs.sidecar or Sidecar()).updated(
+        memlaw_version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        corpus=inputs.corpus.to_dict(),
+        base_model=inputs.base.identity,
+        rank=cfg.get("r"),
+        template=_template_of(cfg, model),
+        params_per_rank=sum(i + o for _, i, o in _lora_modules(model)),
+        recipe=recipe.to_dict(),
+        init_adapter=str(adapter_dir.resolve()),
+        train={"steps": n_steps, "seconds": round(seconds, 2), "stop_reason": reason, "history": history},
+        final=final,
+        repaired_from={
             "adapter": str(adapter_dir.resolve()),
             "weights_sha256": sha256_file(inputs.weights_file),
             "method": method,
             "gate": gate.to_dict(),
             "before": before.summary,
         },
-    })
+    )
     save_adapter(model, out, inputs.base_name, sidecar)
 
     base_name = inputs.base_name
     del model, inputs  # free the trained copy before loading the saved one
     gc.collect()
-    c = sidecar["corpus"]
+    c = sidecar.corpus
     spec = CorpusSpec(c["path"], fmt=c.get("fmt") or "auto", key_field=c.get("key_field"),
                       target_field=c.get("target_field"))
     after = audit_adapter(out, corpus=spec, base_model=base_name, trust_remote_code=trust_remote_code,
@@ -179,7 +179,7 @@ def repair(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, corpus=Non
     after.repair = {"repaired_from": str(adapter_dir), "method": method, "steps": n_steps, "stop_reason": reason,
                     "before": before.summary}
     return RepairResult(before=before, after=after, out=out, steps=n_steps, stop_reason=reason,
-                        seconds=time.perf_counter() - start, sidecar=sidecar)
+                        seconds=time.perf_counter() - start, sidecar=sidecar.to_dict())
 
 
 def repair_defaults(adapter_dir: str | os.PathLike) -> tuple[dict, str] | None:
@@ -187,28 +187,18 @@ def repair_defaults(adapter_dir: str | os.PathLike) -> tuple[dict, str] | None:
     memlaw.json), else those of the law card shipped for its base model. A repair continues the
     adapter's own template, so its training's settings fit it; the generic 2e-3 / 32 crawled on
     SmolLM2's card template (a loss change of 2% in 6 steps)."""
-    import json
-
     adapter_dir = Path(adapter_dir)
-
-    def read(path: Path) -> dict:
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return d if isinstance(d, dict) else {}
-
-    side = read(adapter_dir / "memlaw.json")
-    recipe = side.get("recipe") if isinstance(side.get("recipe"), dict) else {}
-    source = f"{adapter_dir / 'memlaw.json'}"
+    side = Sidecar.read(adapter_dir)[0] or Sidecar()
+    recipe = side.recipe_dict
+    source = f"{adapter_dir / SIDECAR}"
     if not recipe:
         # memlaw's own name for the base (the sidecar's) first: adapter_config.json may hold a folder
-        named = side.get("base_model") if isinstance(side.get("base_model"), dict) else {}
-        base = named.get("name") or read(adapter_dir / "adapter_config.json").get("base_model_name_or_path")
+        base = (side.base_model_name
+                or _read_json_object(adapter_dir / "adapter_config.json").get("base_model_name_or_path"))
         from memlaw.planner.estimate import shipped_card_path
 
         card = shipped_card_path(base) if isinstance(base, str) else None
-        recipe = read(card).get("recipe", {}) if card else {}
+        recipe = _read_json_object(card).get("recipe", {}) if card else {}
         source = f"the law card {card.name}" if card else ""
     out = {}
     if isinstance(recipe.get("lr"), (int, float)) and recipe["lr"] > 0:
@@ -219,3 +209,14 @@ def repair_defaults(adapter_dir: str | os.PathLike) -> tuple[dict, str] | None:
     elif b == "all":
         out["batch_size"] = None  # all records, capped below
     return (out, source) if out else None
+
+
+def _read_json_object(path: Path) -> dict:
+    """A JSON object from ``path``, or {} when the file is missing, unreadable or not an object."""
+    import json
+
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}

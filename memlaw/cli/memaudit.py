@@ -18,6 +18,8 @@ import click
 from click.core import ParameterSource
 
 from memlaw import __version__
+from memlaw.backends import CHOICES as BACKEND_CHOICES
+from memlaw.backends import takes_vllm_options
 from memlaw.cli.common import corpus_options, corpus_spec, handle_errors, quiet_libraries
 from memlaw.errors import UserError
 from memlaw.auditor.repair import repair_defaults  # noqa: F401 (moved there; imported by name elsewhere)
@@ -91,7 +93,7 @@ def _check_outputs(adapter_dir: Path, corpus: str | None, reports: dict) -> None
                    "law card)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=Recipe.batch_size, show_default=True,
               help="repair batch size (default: as --lr)")
-@click.option("--backend", type=click.Choice(["auto", "transformers", "vllm"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(list(BACKEND_CHOICES)), default="auto", show_default=True,
               help="scoring engine. auto: vllm where it is installed and a GPU is visible, else transformers "
                    "(says why). vllm agrees with transformers (tests/test_vllm.py)")
 @click.option("--vllm-mode", type=click.Choice(["auto", "lora", "merged"]), default="auto", show_default=True,
@@ -147,7 +149,7 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
     spec = corpus_spec(corpus, fmt, key_field, target_field) if corpus else None
     console = Console(highlight=False)
     for opt in ("vllm_mode", "tensor_parallel_size"):
-        if backend != "vllm" and ctx.get_parameter_source(opt) == ParameterSource.COMMANDLINE:
+        if not takes_vllm_options(backend) and ctx.get_parameter_source(opt) == ParameterSource.COMMANDLINE:
             raise UserError(f"--{opt.replace('_', '-')} applies to --backend vllm only", fix="add --backend vllm")
     common = dict(base_model=base_model, force_base=force_base, progress=not quiet, effect_check=effect_check,
                   runtime=api.Runtime(device="cpu", backend=backend, vllm_mode=vllm_mode,

@@ -24,6 +24,7 @@ from memlaw import __version__
 from memlaw.calibration.defaults import (DEFAULT_DELTA, DEFAULT_LAW_FORM, DEFAULT_LENGTHS, DEFAULT_RANKS,
                                          DEFAULT_TARGET_MODULES, DELTA_DEFINITIONS, LAW_FORMS,
                                          default_recipe)
+from memlaw.backends import CHOICES as BACKEND_CHOICES
 from memlaw.cli.common import handle_errors, recipe_extras, recipe_options
 from memlaw.memft import METHODS
 from memlaw.planner.coverage import DEFAULT_PREDICTOR, PREDICTORS
@@ -306,7 +307,7 @@ from memlaw.cli.common import corpus_options as _corpus_options  # noqa: E402
 @click.option("--json", "as_json", is_flag=True, help="print JSON to stdout instead of tables")
 @_corpus_options
 @click.option("--no-cache", is_flag=True, help="measure L_before again, ignoring (and refreshing) the cache")
-@click.option("--backend", type=click.Choice(["auto", "transformers", "vllm"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(list(BACKEND_CHOICES)), default="auto", show_default=True,
               help="scoring engine for L_before. auto: vllm where it is installed and a GPU is visible, else "
                    "transformers (the notes say why); vllm needs `make install-vllm`")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, … (for measuring)")

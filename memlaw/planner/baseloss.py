@@ -15,9 +15,9 @@ backend and the dtype. A cached estimate reads the corpus (for conflicts) and th
 neither the model weights nor the tokenizer: the model identity comes from a small memo keyed by
 cheap fingerprints (see :func:`model_identity`).
 
-Backends: ``transformers`` (teacher-forced scoring with :func:`memlaw.scoring.score`) and ``vllm``
-(``prompt_logprobs``, :mod:`memlaw.vllm_backend`); both plug in at :func:`base_losses`. The cache
-keeps their results apart.
+Backends (:mod:`memlaw.backends`): ``transformers`` (teacher-forced scoring with
+:func:`memlaw.scoring.score`) and ``vllm`` (``prompt_logprobs``, :mod:`memlaw.vllm_backend`); both
+plug in at :func:`base_losses`. The cache keeps their results apart.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from memlaw.errors import ParameterError, UserError
+from memlaw.backends import NAMES, ScoringBackend, get_backend
+from memlaw.errors import ParameterError
 from memlaw.io import atomic_write_json
 from memlaw.planner.coverage import LossProfile
 
 CACHE_VERSION = 2  # 2: the per-token loss profile and the structural ceiling
-BACKENDS = ("transformers", "vllm")
+BACKENDS = NAMES
 DTYPE = "float32"
 LN2 = math.log(2.0)
 
@@ -59,32 +60,17 @@ class TokenLossSums:
     per_token: dict | None = field(default=None, repr=False)  # index, lengths, ids, logprob arrays
 
 
-def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise UserError(f"unknown scoring backend '{backend}'", fix=f"use one of: {', '.join(BACKENDS)}")
-    return backend
-
-
-def base_losses(model, encoded: Sequence, backend: str = "transformers", *, pad_id: int = 0,
+def base_losses(model, encoded: Sequence, backend: str | ScoringBackend = "transformers", *, pad_id: int = 0,
                 progress: bool = False, model_name: str | None = None) -> TokenLossSums:
     """Score every target token of ``encoded`` with ``model`` and return the sums the planner needs.
 
-    The one place a scoring backend plugs in: it must return the same sums (per-token log p under
-    teacher forcing, target tokens only). ``vllm`` serves ``model_name`` itself."""
+    The one place a scoring backend plugs in (:meth:`memlaw.backends.ScoringBackend.score_base`):
+    it must return the same sums (per-token log p under teacher forcing, target tokens only).
+    ``vllm`` serves ``model_name`` itself."""
     import numpy as np
 
-    check_backend(backend)
-    if backend == "vllm":
-        from memlaw.scoring import check_context
-        from memlaw.vllm_backend import score_base
-
-        if model is not None:
-            check_context(model, encoded)
-        scores = score_base(model_name, encoded, progress=progress is True)  # vLLM: its own bar or none
-    else:
-        from memlaw.scoring import score
-
-        scores = score(model, encoded, pad_id=pad_id, progress=progress, description="L_before")
+    scores = get_backend(backend, allow_auto=False).score_base(model, encoded, pad_id=pad_id, progress=progress,
+                                                               model_name=model_name)
     if scores:
         lp = np.concatenate([s.logprob for s in scores]).astype(np.float64)
     else:
@@ -402,11 +388,7 @@ def measure_or_load(spec, records, model_name: str, corpus_sha256: str, *, use_c
     loaded (unless ``base`` is given), the records encoded and scored, and the entry (re)written."""
     from datetime import datetime, timezone
 
-    check_backend(backend)
-    if backend == "vllm":
-        from memlaw.vllm_backend import require_vllm
-
-        require_vllm()
+    get_backend(backend, allow_auto=False).require()
     warnings: list[str] = []
     say = log or (lambda msg: None)
     identity = dict(base.identity) if base is not None else model_identity(model_name)

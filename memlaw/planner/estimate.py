@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from memlaw.card import LawCard, load_card
-from memlaw.errors import ParameterError, UserError
+from memlaw.errors import ParameterError
 from memlaw.io import json_safe
 from memlaw.law import Law, rank_for_delta
 from memlaw.memft import ALL_LINEAR, METHODS, CorpusSpec, LoraTemplate
@@ -224,16 +224,15 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
     identity is still checked against the card's hashes. ``base`` is an already loaded
     :class:`memlaw.models.Base` to measure with (else loaded on a cache miss). ``backend``:
     ``auto`` (see :func:`memlaw.vllm_backend.choose_backend`), ``transformers`` or ``vllm``."""
-    from memlaw.vllm_backend import choose_backend
+    from memlaw.backends import get_backend
 
     start = time.perf_counter()
     warnings: list[str] = []
     notes: list[str] = []
-    if backend != "auto" and backend not in BACKENDS:
-        raise UserError(f"unknown scoring backend '{backend}'", fix=f"use one of: auto, {', '.join(BACKENDS)}")
-    backend, backend_note = choose_backend(backend)
-    if backend_note:
-        notes.append(backend_note)
+    engine = get_backend(backend)
+    backend = engine.name  # what the cache key and the estimate record
+    if engine.note:
+        notes.append(engine.note)
 
     # 1. everything the card and the options alone decide, before any model work
     if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not math.isfinite(coverage) \
