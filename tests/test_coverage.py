@@ -34,9 +34,9 @@ def test_boost_on_a_two_point_distribution_is_the_hand_computation():
     want = 0.5 * math.log1p(math.exp(x_hard - m)) + 0.5 * math.log1p(math.exp(math.log(math.expm1(0.2)) - m))
     assert prof.mean_loss(m) == pytest.approx(want, abs=0.01)
     # ΔL for full coverage: the boost just above the hard tokens' deficit
-    d = delta_for_coverage(prof, 1.0)
+    d = delta_for_coverage(prof, 1.0, "boost")
     assert d == pytest.approx(prof.mean_loss(0) - prof.mean_loss(x_hard + 0.01), abs=0.02)
-    assert predict(prof, d + 1e-6)[0] == 1.0 and predict(prof, d - 0.05)[0] == 0.5
+    assert predict(prof, d + 1e-6, "boost")[0] == 1.0 and predict(prof, d - 0.05, "boost")[0] == 0.5
 
 
 def test_a_mean_cannot_say_coverage_but_the_distribution_can():
@@ -46,10 +46,13 @@ def test_a_mean_cannot_say_coverage_but_the_distribution_can():
     uniform = LossProfile.from_losses(np.full(1000, 2.0))
     tail = LossProfile.from_losses(np.concatenate([np.full(900, 1.0), np.full(100, 11.0)]))
     assert uniform.mean_loss(0) == pytest.approx(tail.mean_loss(0), abs=0.02)
-    cov_u, _ = predict(uniform, 1.9)
-    cov_t, _ = predict(tail, 1.9)
+    cov_u, _ = predict(uniform, 1.9, "boost")
+    cov_t, _ = predict(tail, 1.9, "boost")
     assert cov_u == 1.0 and 0.85 < cov_t < 0.95
-    assert delta_for_coverage(tail, 1.0) > delta_for_coverage(uniform, 1.0)
+    assert delta_for_coverage(tail, 1.0, "boost") > delta_for_coverage(uniform, 1.0, "boost")
+    # the budget view (the default): coverage 0.9 costs the tail corpus only its 900 cheap tokens
+    # (0.31 nats each: 0.28 a token on average), the uniform one 0.9 × 1.31 = 1.18 nats a token
+    assert delta_for_coverage(tail, 0.9, "budget") < 0.3 < 1.1 < delta_for_coverage(uniform, 0.9, "budget")
 
 
 def test_predicted_loss_is_never_negative_and_coverage_is_monotone():
