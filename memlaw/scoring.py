@@ -171,14 +171,22 @@ def token_stats(logprobs, targets):
 def length_batches(encoded: Sequence, max_tokens: int = 8192, max_batch: int = 64) -> list[list]:
     """Sort by length (longest first: memory peaks early, not at the end) and pack under a budget
     of padded tokens, so short records are not padded to the longest one in the corpus."""
-    order = sorted(encoded, key=lambda e: len(e.key_ids) + len(e.target_ids), reverse=True)
+    lengths = [len(e.key_ids) + len(e.target_ids) for e in encoded]
+    return [[encoded[i] for i in b] for b in batch_plan(lengths, max_tokens=max_tokens, max_batch=max_batch)]
+
+
+def batch_plan(lengths: Sequence[int], max_tokens: int = 8192, max_batch: int = 64) -> list[list[int]]:
+    """:func:`length_batches` on record lengths alone, as positions: the sliced audit plans the
+    corpus's batches from its lengths and scores exactly these, since a record's float32 numbers
+    depend (in the last bits) on its batch-mates."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     batches, cur, cur_width = [], [], 0
-    for e in order:
-        width = max(cur_width, len(e.key_ids) + len(e.target_ids))
+    for i in order:
+        width = max(cur_width, lengths[i])
         if cur and (width * (len(cur) + 1) > max_tokens or len(cur) >= max_batch):
             batches.append(cur)
-            cur, width = [], len(e.key_ids) + len(e.target_ids)
-        cur.append(e)
+            cur, width = [], lengths[i]
+        cur.append(i)
         cur_width = width
     if cur:
         batches.append(cur)
