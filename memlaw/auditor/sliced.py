@@ -297,19 +297,18 @@ class _WorstTally:
         return [r for _, r in sorted(self.items, key=lambda kr: kr[0])[: self.k]]
 
 
-def _slices(plan: list[list[int]], n_target, slice_tokens: int):
-    """Consecutive batches of ``plan`` holding about ``slice_tokens`` target tokens (at least one batch).
-    Each slice starts and ends on a batch boundary, so scoring a slice (which re-plans its records
-    by length) makes exactly these batches."""
-    cur, tokens = [], 0
-    for b in plan:
-        cur.append(b)
-        tokens += sum(n_target[i] for i in b)
-        if tokens >= slice_tokens:
-            yield cur
-            cur, tokens = [], 0
-    if cur:
-        yield cur
+def _slices(order, cuts: list[int], n_target, slice_tokens: int):
+    """The positions of consecutive batches (``order[cuts[k]:cuts[k+1]]``, from
+    :func:`memlaw.scoring.batch_cuts`) holding about ``slice_tokens`` target tokens, at least one
+    batch. Each slice starts and ends on a batch boundary, so scoring a slice (which re-plans its
+    records by length) makes exactly these batches."""
+    n_target = np.asarray(n_target, dtype=np.int64)
+    first, tokens = 0, 0
+    for k in range(1, len(cuts)):
+        tokens += int(n_target[order[cuts[k - 1]:cuts[k]]].sum())
+        if tokens >= slice_tokens or k == len(cuts) - 1:
+            yield order[cuts[first]:cuts[k]].tolist()
+            first, tokens = k, 0
 
 
 def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
@@ -321,7 +320,7 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
     ``keep_worst``: worst records kept for :meth:`~AuditResult.worst`; ``display_cap``: the target
     tokens of the records kept for :meth:`~AuditResult.for_display` (beyond these, a call reads
     the spool)."""
-    from memlaw.scoring import _progress, batch_plan, check_context, score
+    from memlaw.scoring import _progress, batch_cuts, check_context, score
 
     spool: EncodedSpool = inputs.encoded
     n = len(spool)
@@ -340,15 +339,15 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
         out = SpooledRecords(folder / "records.jsonl", n)
         texts = TokenTexts(tok)
         worst, display = _WorstTally(keep_worst), DisplaySelection(display_cap)
-        effect = EffectTally(n)
+        effect = EffectTally(n if effect_check else 0)
         loss_sums = np.zeros(n, np.float64)  # per record, summed in corpus order at the end (as summarize)
         n_tokens = locked_tokens = exact_records = locked_records = 0
         seconds = 0.0
-        plan = batch_plan(spool.lengths)  # score()'s defaults: the whole-corpus audit's batches
+        order, cuts = batch_cuts(spool.lengths)  # score()'s defaults: the whole-corpus audit's batches
         total = spool.target_tokens * (2 if need_base else 1)
         with _progress(progress, "auditing", total) as advance:
-            for batches in _slices(plan, spool.n_target, slice_tokens):
-                pairs = spool.load([i for b in batches for i in b])
+            for positions in _slices(order, cuts, spool.n_target, slice_tokens):
+                pairs = spool.load(positions)
                 encoded = [e for _, e in pairs]
                 start = time.perf_counter()
                 scores = score(model, encoded, pad_id=pad_id, progress=_advancing(advance))
