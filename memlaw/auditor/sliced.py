@@ -33,6 +33,7 @@ import tempfile
 import time
 import weakref
 from array import array
+from contextlib import contextmanager
 from collections.abc import Sequence as SequenceABC
 from dataclasses import replace
 from pathlib import Path
@@ -92,6 +93,28 @@ class _ConflictTally:
         return find_conflicts(keep)
 
 
+#: tokenizers' default BPE word-cache capacity, restored after encoding
+_WORD_CACHE_DEFAULT = 10_000
+_WORD_CACHE_WHILE_SPOOLING = 1_024
+
+
+@contextmanager
+def _small_word_cache(tokenizer):
+    """Encode with a small fast-tokenizer word cache. Its memory grew with the corpus (measured on
+    tiny, whose byte-level tokenizer has no split regex and caches whole records: +55 MiB at a
+    million target tokens, flat with this), and emptying it (``_clear_cache``) did not help. The
+    cache changes no token id."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    resize = getattr(model, "_resize_cache", None)
+    if callable(resize):
+        resize(_WORD_CACHE_WHILE_SPOOLING)
+    try:
+        yield
+    finally:
+        if callable(resize):
+            resize(_WORD_CACHE_DEFAULT)
+
+
 class EncodedSpool(SequenceABC):
     """Every record of a corpus with its encoding (:class:`memlaw.corpus.Encoded`), in a temporary
     file; in memory only each record's byte offset, total and target lengths, the largest token id
@@ -116,7 +139,7 @@ class EncodedSpool(SequenceABC):
 
         spool = cls(Path(tempfile.mkdtemp(prefix="memlaw-audit-", dir=folder)))
         try:
-            with open(spool.path, "wb") as f:
+            with open(spool.path, "wb") as f, _small_word_cache(tokenizer):
                 chunk: list = []
 
                 def flush():
