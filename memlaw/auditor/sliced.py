@@ -45,8 +45,9 @@ from memlaw.auditor.audit import (DISPLAY_MAX_TOKENS, AuditResult, DisplaySelect
                                   record_audit)
 from memlaw.errors import UserError
 
-#: target tokens scored per slice: ~150 bytes each while in hand (ids, scores, verdicts), ~10 MB
-DEFAULT_SLICE_TOKENS = 65_536
+#: target tokens scored per slice (~150 bytes each while in hand: ids, scores, verdicts); the batches are
+#: the whole corpus's whatever the slice, so a smaller slice costs little speed
+DEFAULT_SLICE_TOKENS = 16_384
 #: worst records kept for the terminal and the Markdown report (memaudit shows 5 and 10 by default)
 DEFAULT_KEEP_WORST = 64
 _ENCODE_CHUNK = 1024  # records per tokenizer call, as encode_records batches them
@@ -394,6 +395,7 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
                 # records still kept from this slice get their own arrays, so the slice's can go
                 display.heap = [type(h)(h.key, _detached(h.record)) for h in display.heap]
                 del pairs, encoded, scores
+                _release_freed_memory()
         out.finish()
         total_loss = sum(float(x) for x in loss_sums)  # summarize's sum, in corpus order
         summary = {
@@ -432,6 +434,25 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
         result.corpus = {"path": str(inputs.corpus.path)}
     result.base_model["requested"] = inputs.base_name
     return result
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS between slices (glibc's malloc_trim): each slice
+    frees what it allocated, but in a heap fragmented by what stays (the kept records, the spools'
+    offsets) resident memory crept up with the corpus. Elsewhere, nothing."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _advancing(advance):
