@@ -135,7 +135,9 @@ def _peak_growth(adapter, tmp_path, sliced: bool) -> tuple[float, list[int]]:
         try:
             tracemalloc.start()
             if sliced:
-                result = audit_inputs_sliced(inputs, effect_check=False, slice_tokens=1000, display_cap=1000)
+                # spool_in_memory=1: the verdicts go to disk at once (by default the first 4 MiB stay in memory)
+                result = audit_inputs_sliced(inputs, effect_check=False, slice_tokens=1000, display_cap=1000,
+                                             spool_in_memory=1)
             else:
                 result = audit_inputs(inputs, backend="transformers", effect_check=False)
             write_reports(result, json_path=tmp_path / "a.json", markdown=tmp_path / "a.md",

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import shutil
 import tempfile
 import time
 import weakref
@@ -36,7 +34,6 @@ from array import array
 from contextlib import contextmanager
 from collections.abc import Sequence as SequenceABC
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
@@ -116,39 +113,61 @@ def _small_word_cache(tokenizer):
             resize(_WORD_CACHE_DEFAULT)
 
 
-class EncodedSpool(SequenceABC):
-    """Every record of a corpus with its encoding (:class:`memlaw.corpus.Encoded`), in a temporary
-    file; in memory only each record's byte offset, total and target lengths, the largest token id
-    and the conflict tally. Iterating yields the encodings in corpus order; :meth:`load` reads
-    chosen records back."""
+#: a spool stays in memory up to this size, then moves to an anonymous file in the temporary folder
+SPOOL_IN_MEMORY = 4 << 20
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.path = folder / "encoded.bin"
+
+def _spool_file(in_memory: int = SPOOL_IN_MEMORY):
+    """A binary file in memory until it outgrows ``in_memory`` bytes (≥ 1), then on disk (anonymous:
+    gone when closed, or when the process ends however it ends)."""
+    return tempfile.SpooledTemporaryFile(max_size=max(1, in_memory), mode="w+b", prefix="memlaw-audit-")
+
+
+@contextmanager
+def _writing_spool():
+    """A full temporary folder is the user's to fix, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write the audit's temporary spool file in {tempfile.gettempdir()}: "
+                        f"{e.strerror or type(e).__name__}",
+                        fix="free space there, or set TMPDIR to a folder with room (~110 bytes a target token)") from None
+
+
+class EncodedSpool(SequenceABC):
+    """Every record of a corpus with its encoding (:class:`memlaw.corpus.Encoded`), in a spool file;
+    in memory only each record's byte offset, total and target lengths, the largest token id and
+    the conflict tally. Iterating yields the encodings in corpus order; :meth:`load` reads chosen
+    records back."""
+
+    def __init__(self):
+        self.file = _spool_file()
         self.offsets = array("q")
         self.lengths = array("i")  # key + target tokens
         self.n_target = array("i")
         self.top_id = 0
         self.conflict_tally = _ConflictTally()
-        self._cleanup = weakref.finalize(self, shutil.rmtree, str(folder), True)
+        self._cleanup = weakref.finalize(self, self.file.close)
 
     @classmethod
-    def build(cls, spec, tokenizer, *, eos: bool = False, folder: str | os.PathLike | None = None) -> "EncodedSpool":
+    def build(cls, spec, tokenizer, *, eos: bool = False) -> "EncodedSpool":
         """Read ``spec`` and encode it (:func:`memlaw.corpus.encode_records`, same rule and errors)
         ``_ENCODE_CHUNK`` records at a time into a new spool."""
         from memlaw.corpus import encode_records, iter_corpus
 
-        spool = cls(Path(tempfile.mkdtemp(prefix="memlaw-audit-", dir=folder)))
+        spool = cls()
+        f = spool.file
         try:
-            with open(spool.path, "wb") as f, _small_word_cache(tokenizer):
+            with _small_word_cache(tokenizer):
                 chunk: list = []
 
                 def flush():
                     for e in encode_records(tokenizer, chunk, eos=eos):  # e.index: its place in the chunk
                         rec = chunk[e.index]
                         spool.offsets.append(f.tell())
-                        pickle.dump((rec, np.asarray(e.key_ids, np.int64), np.asarray(e.target_ids, np.int64)), f,
-                                    protocol=pickle.HIGHEST_PROTOCOL)
+                        with _writing_spool():
+                            pickle.dump((rec, np.asarray(e.key_ids, np.int64), np.asarray(e.target_ids, np.int64)),
+                                        f, protocol=pickle.HIGHEST_PROTOCOL)
                         spool.lengths.append(len(e.key_ids) + len(e.target_ids))
                         spool.n_target.append(len(e.target_ids))
                         spool.top_id = max(spool.top_id, max(e.input_ids))
@@ -162,6 +181,8 @@ class EncodedSpool(SequenceABC):
                         flush()
                 if chunk:
                     flush()
+                with _writing_spool():
+                    f.flush()
         except BaseException:
             spool.close()
             raise
@@ -174,67 +195,69 @@ class EncodedSpool(SequenceABC):
     def target_tokens(self) -> int:
         return int(sum(self.n_target))
 
-    def _read(self, f, i: int):
+    def _read(self, i: int):
         from memlaw.corpus import Encoded
 
-        f.seek(self.offsets[i])
-        rec, key_ids, target_ids = pickle.load(f)  # our own file, written by build()
+        self.file.seek(self.offsets[i])
+        rec, key_ids, target_ids = pickle.load(self.file)  # our own spool, written by build()
         return rec, Encoded(key_ids=tuple(key_ids.tolist()), target_ids=tuple(target_ids.tolist()), index=i)
 
     def load(self, indices) -> list:
         """(record, encoding) of each index, in the order given."""
-        with open(self.path, "rb") as f:
-            return [self._read(f, i) for i in indices]
+        return [self._read(i) for i in indices]
 
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [e for _, e in self.load(range(*i.indices(len(self))))]
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        return self.load([i % len(self)])[0][1]
+        return self._read(i % len(self))[1]
 
     def __iter__(self):
-        with open(self.path, "rb") as f:
-            for i in range(len(self)):
-                yield self._read(f, i)[1]
+        for i in range(len(self)):
+            yield self._read(i)[1]
 
     def records(self):
         """The corpus records, in order, one at a time."""
-        with open(self.path, "rb") as f:
-            for i in range(len(self)):
-                yield self._read(f, i)[0]
+        for i in range(len(self)):
+            yield self._read(i)[0]
 
     def close(self) -> None:
         self._cleanup()
 
 
 class SpooledRecords(SequenceABC):
-    """An audit's :class:`RecordAudit` list kept on disk: one JSON line per record (exactly the
-    line the JSON report writes for it), read back on demand in corpus order."""
+    """An audit's :class:`RecordAudit` list kept in a spool file: one JSON line per record (exactly
+    the line the JSON report writes for it), read back on demand in corpus order."""
 
-    def __init__(self, path: Path, n: int):
-        self.path = path
+    def __init__(self, n: int, in_memory: int = SPOOL_IN_MEMORY):
+        self.file = _spool_file(in_memory)
         self.offsets = np.full(n, -1, np.int64)  # record index → byte offset of its line
-        self._out = open(path, "w", encoding="utf-8", errors="surrogatepass", newline="\n")
+        self._cleanup = weakref.finalize(self, self.file.close)
 
     def write(self, r: RecordAudit) -> None:
-        self.offsets[r.index] = self._out.tell()
-        self._out.write(json.dumps(r.to_dict(True), ensure_ascii=False, allow_nan=False) + "\n")
+        self.offsets[r.index] = self.file.tell()
+        line = json.dumps(r.to_dict(True), ensure_ascii=False, allow_nan=False) + "\n"
+        with _writing_spool():
+            self.file.write(line.encode("utf-8", "surrogatepass"))
 
     def finish(self) -> None:
-        self._out.close()
+        with _writing_spool():
+            self.file.flush()
         if (self.offsets < 0).any():
             raise RuntimeError("a record was never written to the audit spool")
 
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def _line(self, i: int) -> str:
+        self.file.seek(int(self.offsets[i]))
+        return self.file.readline()[:-1].decode("utf-8", "surrogatepass")
+
     def lines(self):
         """Each record's JSON line (without the newline), in corpus order."""
-        with open(self.path, "r", encoding="utf-8", errors="surrogatepass", newline="\n") as f:
-            for off in self.offsets:
-                f.seek(int(off))
-                yield f.readline()[:-1]
+        for i in range(len(self)):
+            yield self._line(i)
 
     def __iter__(self):
         for line in self.lines():
@@ -245,26 +268,26 @@ class SpooledRecords(SequenceABC):
             return [self[j] for j in range(*i.indices(len(self)))]
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        with open(self.path, "r", encoding="utf-8", errors="surrogatepass", newline="\n") as f:
-            f.seek(int(self.offsets[i % len(self)]))
-            return RecordAudit(**json.loads(f.readline()))
+        return RecordAudit(**json.loads(self._line(i % len(self))))
+
+    def close(self) -> None:
+        self._cleanup()
 
     def __repr__(self) -> str:
-        return f"SpooledRecords({len(self)} records in {self.path})"
+        return f"SpooledRecords({len(self)} records)"
 
 
 class StreamedAuditResult(AuditResult):
     """An :class:`AuditResult` whose records live in a spool file (:class:`SpooledRecords`); it
     answers the worst records, the not-locked counts and the HTML selection from tallies kept while
-    the records were written, the rest by reading the spool. :meth:`close` deletes the spool (also
+    the records were written, the rest by reading the spool. :meth:`close` frees the spool (also
     done when the result is garbage collected)."""
 
-    def setup(self, folder: Path, worst: list[RecordAudit], keep_worst: int, display: list[RecordAudit],
+    def setup(self, worst: list[RecordAudit], keep_worst: int, display: list[RecordAudit],
               display_cap: int, not_exact: int) -> "StreamedAuditResult":
         self._worst, self._keep_worst = sorted(worst, key=_badness), keep_worst
         self._display, self._display_cap = display, display_cap
         self._not_exact = not_exact
-        self._cleanup = weakref.finalize(self, shutil.rmtree, str(folder), True)
         return self
 
     def not_locked_records(self) -> int:
@@ -286,7 +309,7 @@ class StreamedAuditResult(AuditResult):
         return self if total <= cap else self._displayed(list(self._display), total)
 
     def close(self) -> None:
-        self._cleanup()
+        self.records.close()
 
 
 def _detached(r: RecordAudit) -> RecordAudit:
@@ -337,13 +360,14 @@ def _slices(order, cuts: list[int], n_target, slice_tokens: int):
 
 def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
                         slice_tokens: int = DEFAULT_SLICE_TOKENS, keep_worst: int = DEFAULT_KEEP_WORST,
-                        backend_note: str | None = None, display_cap: int = DISPLAY_MAX_TOKENS) -> StreamedAuditResult:
+                        backend_note: str | None = None, display_cap: int = DISPLAY_MAX_TOKENS,
+                        spool_in_memory: int = SPOOL_IN_MEMORY) -> StreamedAuditResult:
     """Audit what :func:`memlaw.auditor.audit.load_adapter_inputs` loaded with ``stream_corpus``
     (``inputs.encoded`` an :class:`EncodedSpool`), with the transformers backend, a slice at a time.
     Same summary, warnings, effect check and records as :func:`memlaw.auditor.audit.audit_inputs`.
     ``keep_worst``: worst records kept for :meth:`~AuditResult.worst`; ``display_cap``: the target
     tokens of the records kept for :meth:`~AuditResult.for_display` (beyond these, a call reads
-    the spool)."""
+    the spool); ``spool_in_memory``: bytes of records held in memory before the spool goes to disk."""
     from memlaw.scoring import _progress, batch_cuts, check_context, score
 
     spool: EncodedSpool = inputs.encoded
@@ -358,9 +382,8 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
     need_base = effect_check and cached is None
     base_lp = cached[0] if cached is not None else {}
 
-    folder = Path(tempfile.mkdtemp(prefix="memlaw-audit-records-", dir=spool.folder.parent))
+    out = SpooledRecords(n, spool_in_memory)
     try:
-        out = SpooledRecords(folder / "records.jsonl", n)
         texts = TokenTexts(tok)
         worst, display = _WorstTally(keep_worst), DisplaySelection(display_cap)
         effect = EffectTally(n if effect_check else 0)
@@ -422,10 +445,10 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
         result = StreamedAuditResult(summary=summary, records=out, base_model=ident, conflicts=conflicts,
                                      warnings=list(inputs.warnings) + warnings, seconds=seconds,
                                      backend="transformers", backend_note=backend_note)
-        result.setup(folder, worst.records(), keep_worst, display.records(), display_cap,
+        result.setup(worst.records(), keep_worst, display.records(), display_cap,
                      n - exact_records)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        out.close()
         raise
     result.adapter = str(inputs.adapter_dir)
     try:
