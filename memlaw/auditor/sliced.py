@@ -4,14 +4,16 @@ The whole-corpus audit (:func:`memlaw.auditor.audit.audit`) holds every record, 
 scores and its :class:`RecordAudit` at once: ~0.15 kB a target token. This one holds a slice:
 
 1. the corpus is read and checked as a stream before the model loads (:func:`check_corpus`);
-2. every record is encoded once into a temporary spool file (:class:`EncodedSpool`), which keeps
-   only its lengths, byte offsets and what the conflict check needs (tens of bytes a record);
+2. every record is encoded once into a spool (:class:`EncodedSpool`: in memory up to 4 MiB, then an
+   anonymous temporary file), which keeps in memory only each record's lengths and byte offset and
+   what the conflict check needs (tens of bytes a record);
 3. the batches are planned from the lengths exactly as :func:`memlaw.scoring.score` plans them for
    the whole corpus (:func:`memlaw.scoring.batch_plan`): a record's float32 numbers depend in the
    last bits on its batch-mates, and the same batches make the reports byte for byte the same;
 4. the batches are scored a slice at a time (about ``slice_tokens`` target tokens; with the
    base-model pass for the no-effect check on the same slice), each record's verdict is written to
-   a second spool (one JSON line, what the JSON report writes) and only running tallies stay: the
+   a second spool (:class:`SpooledRecords`: one JSON line, what the JSON report writes), the heap
+   is trimmed (glibc's malloc_trim), and only running tallies stay: the
    summary's counts and per-record sums, the effect check's, the worst records for the terminal
    and the Markdown report, the records the capped HTML page shows.
 
