@@ -209,7 +209,7 @@ def plan(corpus, *, model: str | None = None, law=None, coverage: float = 1.0, p
 
 def audit(adapter, corpus=None, *, base_model: str | None = None, runtime: Runtime | None = None,
           force_base: bool = False, revision: str | None = None, effect_check: bool = True,
-          progress: ProgressCallback | None = None) -> AuditResult:
+          progress: ProgressCallback | None = None, keep_records: bool = True) -> AuditResult:
     """Score every target token of ``corpus`` under the LoRA ``adapter``: an adapter folder or a
     Hugging Face Hub id (``user/adapter``, as ``PeftModel.from_pretrained`` takes it; ``revision``
     a branch, tag or commit; ``HF_HUB_OFFLINE=1`` reads the local cache only).
@@ -219,7 +219,9 @@ def audit(adapter, corpus=None, *, base_model: str | None = None, runtime: Runti
     the base model's identity differs from the one the adapter records. ``effect_check``: compare
     with the base model's scores and flag an adapter with no measurable effect (``summary["effect"]``,
     a warning; ``Gate(fail_on_no_effect=True)`` fails on it). Check the result with
-    ``result.passed(Gate(min_coverage=0.99))``."""
+    ``result.passed(Gate(min_coverage=0.99))``. ``keep_records=False``: a corpus of any size in
+    bounded memory (transformers backend): scored in slices, ``result.records`` read back one at a
+    time from a temporary file that ``result.close()`` deletes; the same summary and reports."""
     from memlaw.auditor.audit import audit_adapter
     from memlaw.models import resolve_adapter
 
@@ -230,7 +232,7 @@ def audit(adapter, corpus=None, *, base_model: str | None = None, runtime: Runti
                            trust_remote_code=rt.trust_remote_code, force_base=force_base,
                            device=rt.resolved_device(), progress=_internal(progress), backend=rt.backend,
                            vllm_mode=rt.vllm_mode, effect_check=effect_check,
-                           tensor_parallel_size=rt.tensor_parallel_size)
+                           tensor_parallel_size=rt.tensor_parallel_size, keep_records=keep_records)
     if hub_id is not None:
         result.adapter = hub_id
     return result

@@ -208,12 +208,21 @@ def _parse_fields(obj: dict, key_field: str | None, target_field: str, where: st
     return Record(key=key, target=target, where=where)
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_corpus(path: str | os.PathLike, *, fmt: str = "auto", key_field: str | None = None,
+                target_field: str | None = None) -> list[Record]:
+    """Read a JSONL corpus into records, in file order. Raises :class:`UserError` on any bad input."""
+    return list(iter_corpus(path, fmt=fmt, key_field=key_field, target_field=target_field))
+
+
+def _lines(path: Path):
+    """(line number, raw bytes) of every line, read as a stream: a corpus of any size never sits in
+    memory whole."""
     if path.is_dir():
         raise UserError("is a directory, not a corpus file", where=str(path), fix="pass a .jsonl file")
     try:
         with open(path, "rb") as f:
-            return f.read()
+            for lineno, raw in enumerate(f, start=1):
+                yield lineno, raw[:-1] if raw.endswith(b"\n") else raw
     except FileNotFoundError:
         raise UserError("corpus file does not exist", where=str(path), fix="check the path")
     except IsADirectoryError:
@@ -224,9 +233,10 @@ def _read_bytes(path: Path) -> bytes:
         raise UserError(f"cannot read the corpus file ({e.strerror or type(e).__name__})", where=str(path))
 
 
-def read_corpus(path: str | os.PathLike, *, fmt: str = "auto", key_field: str | None = None,
-                target_field: str | None = None) -> list[Record]:
-    """Read a JSONL corpus into records, in file order. Raises :class:`UserError` on any bad input."""
+def iter_corpus(path: str | os.PathLike, *, fmt: str = "auto", key_field: str | None = None,
+                target_field: str | None = None):
+    """The records of a JSONL corpus one at a time, in file order, as :func:`read_corpus` reads them
+    (same checks, same errors), holding one line at a time."""
     path = Path(path)
     name = str(path)
     fmt = _normalise_fmt(fmt)
@@ -244,16 +254,12 @@ def read_corpus(path: str | os.PathLike, *, fmt: str = "auto", key_field: str | 
     elif fmt == "custom":
         raise ParameterError("target_field", "format 'custom' needs {name} (and {name:key_field} for a non-empty key)")
 
-    data = _read_bytes(path)
-    if not data.strip():
-        raise UserError("corpus file is empty: no records", where=name,
-                        fix="write one JSON object per line")
-
-    records: list[Record] = []
+    n_records, anything = 0, False
     file_fmt = None if fmt == "auto" else fmt
     first_line = 0
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+    for lineno, raw in _lines(path):
         where = f"{name}:{lineno}"
+        anything = anything or bool(raw.strip())
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -276,8 +282,9 @@ def read_corpus(path: str | os.PathLike, *, fmt: str = "auto", key_field: str | 
             raise UserError(f"expected a JSON object, got {_type_name(obj)}", where=where,
                             fix="write one JSON object per line")
 
+        n_records += 1
         if fmt == "custom":
-            records.append(_parse_fields(obj, key_field, target_field, where))
+            yield _parse_fields(obj, key_field, target_field, where)
             continue
         this = file_fmt
         if fmt == "auto":
@@ -296,15 +303,18 @@ def read_corpus(path: str | os.PathLike, *, fmt: str = "auto", key_field: str | 
                                 f"'{file_fmt}': a corpus may not mix formats", where=where,
                                 fix="split the file, or convert the records to one format")
         if this == "messages":
-            records.append(_parse_messages(obj, where))
+            yield _parse_messages(obj, where)
         else:
             key_f, target_f = FIELD_FORMATS[this]
-            records.append(_parse_fields(obj, key_f, target_f, where))
+            yield _parse_fields(obj, key_f, target_f, where)
 
-    if not records:
+    if not anything:
+        raise UserError("corpus file is empty: no records", where=name,
+                        fix="write one JSON object per line")
+    if not n_records:
         raise UserError("corpus holds no records (only blank lines)", where=name,
                         fix="write one JSON object per line")
-    return records
+
 
 
 def corpus_sha256(path: str | os.PathLike) -> str:

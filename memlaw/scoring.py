@@ -171,18 +171,36 @@ def token_stats(logprobs, targets):
 def length_batches(encoded: Sequence, max_tokens: int = 8192, max_batch: int = 64) -> list[list]:
     """Sort by length (longest first: memory peaks early, not at the end) and pack under a budget
     of padded tokens, so short records are not padded to the longest one in the corpus."""
-    order = sorted(encoded, key=lambda e: len(e.key_ids) + len(e.target_ids), reverse=True)
-    batches, cur, cur_width = [], [], 0
-    for e in order:
-        width = max(cur_width, len(e.key_ids) + len(e.target_ids))
-        if cur and (width * (len(cur) + 1) > max_tokens or len(cur) >= max_batch):
-            batches.append(cur)
-            cur, width = [], len(e.key_ids) + len(e.target_ids)
-        cur.append(e)
-        cur_width = width
-    if cur:
-        batches.append(cur)
-    return batches
+    lengths = [len(e.key_ids) + len(e.target_ids) for e in encoded]
+    return [[encoded[i] for i in b] for b in batch_plan(lengths, max_tokens=max_tokens, max_batch=max_batch)]
+
+
+def batch_plan(lengths: Sequence[int], max_tokens: int = 8192, max_batch: int = 64) -> list[list[int]]:
+    """:func:`length_batches` on record lengths alone, as positions."""
+    order, cuts = batch_cuts(lengths, max_tokens=max_tokens, max_batch=max_batch)
+    return [order[a:b].tolist() for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def batch_cuts(lengths: Sequence[int], max_tokens: int = 8192, max_batch: int = 64) -> tuple[np.ndarray, list[int]]:
+    """The batches of :func:`length_batches`, compactly: the positions longest first (``order``)
+    and where each batch starts in it (``cuts``, ending with ``len(order)``). The sliced audit
+    plans the corpus's batches from its lengths and scores exactly these, since a record's float32
+    numbers depend (in the last bits) on its batch-mates."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")  # longest first, ties in input order (as sorted(reverse=True))
+    cuts, n, width = [0], 0, 0
+    step = 1 << 16  # lengths as Python ints a block at a time: no list of the whole corpus
+    for start in range(0, len(order), step):
+        for pos, length in enumerate(lengths[order[start:start + step]].tolist(), start):
+            grown = max(width, length)
+            if n and (grown * (n + 1) > max_tokens or n >= max_batch):
+                cuts.append(pos)
+                n, grown = 0, length
+            n += 1
+            width = grown
+    if len(order):
+        cuts.append(len(order))
+    return order, cuts
 
 
 def check_context(model, encoded: Sequence) -> None:

@@ -339,6 +339,22 @@ def test_the_audit_and_its_json_report_cost_little_python_memory_per_token(tiny_
     assert data["records"][0]["tokens"][0] == result.records[0].tokens[0]
 
 
+def test_a_full_temporary_folder_while_the_audit_spools_its_records(tiny_adapter, big_corpus, small_disk, tmp_path):
+    """memaudit keeps its verdicts in a spool that moves to TMPDIR past 4 MiB (~6 MB here): a full
+    TMPDIR is one error line and exit 2, not a traceback read as a failed gate."""
+    adapter, _ = tiny_adapter
+    disk, preexec = small_disk(256)
+    report = tmp_path / "audit.json"
+    p = subprocess.run([sys.executable, "-m", "memlaw.cli.memaudit", str(adapter), "--corpus", str(big_corpus),
+                        "--quiet", "--no-effect-check", "--json", str(report)], env={**ENV, "TMPDIR": str(disk)},
+                       capture_output=True, text=True, timeout=600, preexec_fn=preexec)
+    assert p.returncode == 2, p.stderr
+    line = one_error_line(p.stderr)
+    assert "temporary spool" in line and str(disk) in line and "TMPDIR" in line, line
+    assert ("No space left on device" in line or "File too large" in line), line
+    assert not report.exists()
+
+
 def test_json_without_token_detail_and_a_capped_html_report(tiny_adapter, big_corpus, tmp_path):
     from memlaw.auditor.audit import DISPLAY_MAX_TOKENS
 

@@ -123,6 +123,40 @@ def _badness(r: RecordAudit):
     return (r.exact, r.locked, r.coverage, ll / max(1, r.n_tokens), r.index)
 
 
+class DisplaySelection:
+    """The worst records (:func:`_badness` order) whose target tokens fit in ``cap``, kept while
+    records arrive in any order: what :meth:`AuditResult.for_display` shows. The rule: take records
+    worst first until the next one would overflow the cap (the worst one always). A record is out
+    once the records worse than it plus itself exceed the cap, and only more (worse) records can
+    arrive, so evicting the least bad while the kept ones overflow keeps exactly that prefix."""
+
+    def __init__(self, cap: int):
+        self.cap, self.heap, self.tokens = cap, [], 0
+
+    def add(self, r: RecordAudit) -> None:
+        import heapq
+
+        heapq.heappush(self.heap, _LeastBadFirst(_badness(r), r))
+        self.tokens += r.n_tokens
+        while len(self.heap) > 1 and self.tokens > self.cap:
+            self.tokens -= heapq.heappop(self.heap).record.n_tokens
+
+    def records(self) -> list[RecordAudit]:
+        return [e.record for e in self.heap]
+
+
+class _LeastBadFirst:
+    """Heap entry that puts the least bad record on top (heapq is a min-heap)."""
+
+    __slots__ = ("key", "record")
+
+    def __init__(self, key, record):
+        self.key, self.record = key, record
+
+    def __lt__(self, other) -> bool:
+        return self.key > other.key
+
+
 @dataclass
 class AuditResult:
     """What an audit found: the summary (see :func:`memlaw.scoring.summarize`, plus
@@ -145,21 +179,26 @@ class AuditResult:
         """This result, or when its records hold more than ``max_tokens`` target tokens (default
         :data:`DISPLAY_MAX_TOKENS`) a copy with only the worst records that fit and a warning
         saying what was left out. The summary still counts every record."""
-        import dataclasses
-
         cap = DISPLAY_MAX_TOKENS if max_tokens is None else max_tokens
         total = sum(r.n_tokens for r in self.records)
         if total <= cap:
             return self
-        keep, n = [], 0
-        for r in sorted(self.records, key=_badness):
-            if keep and n + r.n_tokens > cap:
-                break
-            keep.append(r)
-            n += r.n_tokens
+        keep = DisplaySelection(cap)
+        for r in self.records:
+            keep.add(r)
+        return self._displayed(keep.records(), total)
+
+    def _displayed(self, keep: list[RecordAudit], total: int) -> "AuditResult":
+        """A plain copy holding only ``keep`` (corpus order), with the note saying so."""
+        n = sum(r.n_tokens for r in keep)
         note = (f"showing the {len(keep):,} worst of {len(self.records):,} records ({n:,} of {total:,} target "
                 f"tokens): a page with every token would be too large to open; the JSON report (--json) has them all")
-        return dataclasses.replace(self, records=sorted(keep, key=lambda r: r.index), warnings=[*self.warnings, note])
+        head = {f.name: getattr(self, f.name) for f in fields(AuditResult)}
+        return AuditResult(**{**head, "records": sorted(keep, key=lambda r: r.index),
+                              "warnings": [*self.warnings, note]})
+
+    def close(self) -> None:
+        """Free what the result holds outside memory (a streamed result's spool file); idempotent."""
 
     def passed(self, gate: "Gate") -> bool:
         """Does this audit meet every threshold of ``gate``?"""
@@ -174,11 +213,20 @@ class AuditResult:
     def coverage(self) -> float:
         return float(self.summary["coverage"])
 
+    def not_locked_records(self) -> int:
+        """How many records are not locked (a streamed result knows without reading them back)."""
+        return sum(1 for r in self.records if not r.locked)
+
+    def not_exact_records(self) -> int:
+        return sum(1 for r in self.records if not r.exact)
+
     def worst(self, n: int = 5, failing_only: bool = True) -> list[RecordAudit]:
         """The ``n`` worst records (not exact first, then not locked, then lowest coverage); with
         ``failing_only`` only records that are not locked."""
-        pool = [r for r in self.records if not r.locked] if failing_only else list(self.records)
-        return sorted(pool, key=_badness)[: max(0, n)]
+        import heapq
+
+        pool = (r for r in self.records if not r.locked or not failing_only)
+        return heapq.nsmallest(max(0, n), pool, key=_badness)  # = sorted(pool)[:n], holding n records
 
     def to_dict(self, tokens: bool = True) -> dict:
         """Everything, as JSON-ready data (``tokens=False``: without the per-token lists)."""
@@ -307,6 +355,39 @@ def _display_key(record) -> str:
     return record.key
 
 
+class TokenTexts(dict):
+    """Token id → text, decoded once per id for the whole audit (bounded by the vocabulary)."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def add(self, ids) -> None:
+        new = sorted({int(i) for i in ids} - self.keys())
+        if new:
+            self.update(zip(new, self.tokenizer.batch_decode([[i] for i in new])))
+
+
+def record_audit(s, e, rec, tok, texts: TokenTexts) -> RecordAudit:
+    """One record's verdict from its scores ``s`` (a :class:`memlaw.scoring.RecordScores`), its
+    encoding ``e`` and its corpus record ``rec``."""
+    texts.add(s.target_ids)
+    texts.add(s.argmax)
+    ids = s.target_ids
+    locked = s.locked_mask
+    tokens = TokenDetail(ids, s.p, s.argmax, s.margin, texts)
+    spans = [{"start": a, "end": b, "text": tok.decode([int(i) for i in ids[a:b]])} for a, b in s.failing_spans]
+    ll = float(s.logprob.sum())
+    return RecordAudit(
+        index=e.index, where=rec.where, key=_display_key(rec), target=rec.target,
+        exact=s.exact, locked=s.locked, log_likelihood=_finite(ll, 10),
+        mean_loss=_finite(-ll / len(ids)) if len(ids) else 0.0,
+        coverage=float(locked.sum()) / len(ids) if len(ids) else 1.0,
+        anchor=s.anchor, tokens=tokens, spans=spans,
+        stubborn=[int(j) for j in (~locked).nonzero()[0]],
+    )
+
+
 def audit(model, base, encoded: Sequence, records: Sequence, *, pad_id: int | None = None,
           progress: bool = False, max_tokens: int = 8192, scorer=None) -> AuditResult:
     """Score every target token of ``encoded`` (from :func:`memlaw.corpus.encode_records` over
@@ -329,33 +410,8 @@ def audit(model, base, encoded: Sequence, records: Sequence, *, pad_id: int | No
         scores = scorer(encoded)
     seconds = time.perf_counter() - start
 
-    texts: dict[int, str] = {}
-
-    def text_of(ids) -> None:
-        new = sorted({int(i) for i in ids} - texts.keys())
-        if new:
-            texts.update(zip(new, tok.batch_decode([[i] for i in new])))
-
-    for s in scores:
-        text_of(s.target_ids)
-        text_of(s.argmax)
-
-    out: list[RecordAudit] = []
-    for s, e in zip(scores, encoded):
-        rec = records[e.index]
-        ids = s.target_ids
-        locked = s.locked_mask
-        tokens = TokenDetail(ids, s.p, s.argmax, s.margin, texts)
-        spans = [{"start": a, "end": b, "text": tok.decode([int(i) for i in ids[a:b]])} for a, b in s.failing_spans]
-        ll = float(s.logprob.sum())
-        out.append(RecordAudit(
-            index=e.index, where=rec.where, key=_display_key(rec), target=rec.target,
-            exact=s.exact, locked=s.locked, log_likelihood=_finite(ll, 10),
-            mean_loss=_finite(-ll / len(ids)) if len(ids) else 0.0,
-            coverage=float(locked.sum()) / len(ids) if len(ids) else 1.0,
-            anchor=s.anchor, tokens=tokens, spans=spans,
-            stubborn=[int(j) for j in (~locked).nonzero()[0]],
-        ))
+    texts = TokenTexts(tok)
+    out = [record_audit(s, e, records[e.index], tok, texts) for s, e in zip(scores, encoded)]
     summary = summarize(scores)
     summary["locked_tokens"] = sum(int(s.locked_mask.sum()) for s in scores)
     n = summary["records"]
@@ -477,7 +533,9 @@ def _check_vocab(model, encoded, base) -> None:
     if emb is None or not hasattr(emb, "weight"):
         return
     v = emb.weight.shape[0]
-    top = max(max(e.input_ids) for e in encoded)
+    top = getattr(encoded, "top_id", None)  # an EncodedSpool counted it while writing
+    if top is None:
+        top = max(max(e.input_ids) for e in encoded)
     if top >= v:
         raise UserError(f"the tokenizer of '{base.name}' produces token id {top}, but the model's vocabulary "
                         f"has {v} entries: tokenizer and model do not match",
@@ -527,9 +585,11 @@ def _base_name(base_model: str | None, sidecar: Sidecar | None, cfg: dict, adapt
 def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,
                         allow_pickle: bool = False, trust_remote_code: bool = False,
                         force_base: bool = False, trainable: bool = False, device: str = "cpu",
-                        base=None) -> AdapterInputs:
+                        base=None, stream_corpus: bool = False) -> AdapterInputs:
     """Check and load everything an audit of ``adapter_dir`` needs, cheapest checks first (the
-    folder, its config, pickle refusal, the corpus) so bad input fails before a model loads."""
+    folder, its config, pickle refusal, the corpus) so bad input fails before a model loads.
+    ``stream_corpus``: read and check the corpus as a stream and encode it into a spool file
+    (:class:`memlaw.auditor.sliced.EncodedSpool` as ``encoded``; ``records`` None), for the sliced audit."""
     from memlaw.corpus import encode_records
     from memlaw.models import attach_adapter, check_adapter_files, load_base, read_adapter_config
 
@@ -540,7 +600,13 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
     warnings = [problem] if problem else []
     spec, w = resolve_corpus(adapter_dir, corpus, sidecar, problem)
     warnings += w
-    records = spec.read()
+    if stream_corpus:
+        from memlaw.auditor.sliced import check_corpus
+
+        check_corpus(spec)
+        records = None
+    else:
+        records = spec.read()
 
     if base is not None:
         name = base.name
@@ -556,9 +622,20 @@ def load_adapter_inputs(adapter_dir: str | os.PathLike, corpus=None, base_model:
     warnings += _check_identity(base, sidecar, adapter_dir, force_base)
     warnings += _check_tokenizer(base, adapter_dir, trust_remote_code, force_base)
     # an adapter trained with --eos learnt to stop after each target: score that token too
-    encoded = encode_records(base.tokenizer, records, eos=bool(sidecar and sidecar.eos))
-    _check_vocab(base.model, encoded, base)
-    model = attach_adapter(base, adapter_dir, allow_pickle=allow_pickle, trainable=trainable)
+    eos = bool(sidecar and sidecar.eos)
+    if stream_corpus:
+        from memlaw.auditor.sliced import EncodedSpool
+
+        encoded = EncodedSpool.build(spec, base.tokenizer, eos=eos)
+    else:
+        encoded = encode_records(base.tokenizer, records, eos=eos)
+    try:
+        _check_vocab(base.model, encoded, base)
+        model = attach_adapter(base, adapter_dir, allow_pickle=allow_pickle, trainable=trainable)
+    except BaseException:
+        if stream_corpus:
+            encoded.close()  # its spool file
+        raise
     return AdapterInputs(adapter_dir=adapter_dir, adapter_config=cfg, sidecar=sidecar, corpus=spec,
                          base_name=name, base=base, model=model, records=records, encoded=encoded,
                          weights_file=weights, warnings=warnings)
@@ -666,26 +743,59 @@ def adapter_effect(scores: Sequence, base_logprobs: dict, source: str) -> dict:
     """How far the adapter's per-token log p lie from the base model's, over the target tokens both
     scored: ``max_abs_dlogp``, ``mean_dloss`` (base loss − adapter loss, nats a token; > 0 when
     the adapter helps), ``changed_locks`` (tokens whose p > 0.5 verdict differs), ``no_effect``."""
-    import numpy as np
-
-    d, flips = [], 0
+    tally = EffectTally()
     for s in scores:
-        b = base_logprobs.get(s.index)
-        if b is None:
-            continue
-        a = np.asarray(s.logprob[: len(b)], dtype=np.float64)
-        b = np.asarray(b[: len(a)], dtype=np.float64)
+        tally.add(s, base_logprobs.get(s.index))
+    return tally.result(source)
+
+
+class EffectTally:
+    """:func:`adapter_effect` one record at a time. The mean is summed per record, then over the
+    records in corpus order (:meth:`result`), so a sliced audit that meets the records in another
+    order gets the same float as a whole-corpus one."""
+
+    def __init__(self, n_records: int | None = None):
+        import numpy as np
+
+        self.tokens, self.biggest, self.flips = 0, 0.0, 0
+        # per record: the sum of its finite Δ and their count (arrays when the corpus size is known:
+        # 16 bytes a record)
+        self.sums = {} if n_records is None else np.zeros(n_records, np.float64)
+        self.counts = {} if n_records is None else np.zeros(n_records, np.int64)
+        self.seen = set() if n_records is None else np.zeros(n_records, bool)
+
+    def add(self, s, base) -> None:
+        import numpy as np
+
+        if base is None:
+            return
+        a = np.asarray(s.logprob[: len(base)], dtype=np.float64)
+        b = np.asarray(base[: len(a)], dtype=np.float64)
         both = np.isfinite(a) & np.isfinite(b)
         # a token p = 0 under one and not the other is an effect; under both, none
         diff = np.where(both, a - b, np.where(np.isfinite(a) == np.isfinite(b), 0.0, np.inf))
-        d.append(diff)
-        flips += int(((a > -math.log(2)) != (b > -math.log(2))).sum())
-    diff = np.concatenate(d) if d else np.zeros(0)
-    biggest = float(np.abs(diff).max()) if diff.size else 0.0
-    return {"tokens": int(diff.size), "max_abs_dlogp": biggest,
-            "mean_dloss": float(diff[np.isfinite(diff)].mean()) if diff.size else 0.0,
-            "changed_locks": flips, "tolerance": NO_EFFECT_TOL, "source": source,
-            "no_effect": bool(diff.size) and biggest <= NO_EFFECT_TOL}
+        self.tokens += int(diff.size)
+        if diff.size:
+            self.biggest = max(self.biggest, float(np.abs(diff).max()))
+        finite = diff[np.isfinite(diff)]
+        self.sums[s.index], self.counts[s.index] = float(finite.sum()), int(finite.size)
+        if isinstance(self.seen, set):
+            self.seen.add(s.index)
+        else:
+            self.seen[s.index] = True
+        self.flips += int(((a > -math.log(2)) != (b > -math.log(2))).sum())
+
+    def result(self, source: str) -> dict:
+        import numpy as np
+
+        done = sorted(self.seen) if isinstance(self.seen, set) else np.flatnonzero(self.seen)
+        total = n = 0
+        for i in done:
+            total, n = total + float(self.sums[i]), n + int(self.counts[i])
+        mean = total / n if n else (math.nan if self.tokens else 0.0)
+        return {"tokens": self.tokens, "max_abs_dlogp": self.biggest, "mean_dloss": float(mean),
+                "changed_locks": self.flips, "tolerance": NO_EFFECT_TOL, "source": source,
+                "no_effect": bool(self.tokens) and self.biggest <= NO_EFFECT_TOL}
 
 
 def no_effect_warning(effect: dict) -> str:
@@ -749,7 +859,8 @@ def audit_adapter(adapter_dir: str | os.PathLike, corpus=None, base_model: str |
                   allow_pickle: bool = False, trust_remote_code: bool = False, force_base: bool = False,
                   device: str = "cpu", progress: bool = False, base=None, backend: str | ScoringBackend = "auto",
                   vllm_mode: str = "auto", effect_check: bool = True,
-                  tensor_parallel_size: int = 1) -> AuditResult:
+                  tensor_parallel_size: int = 1, keep_records: bool = True,
+                  slice_tokens: int | None = None) -> AuditResult:
     """Audit the PEFT LoRA adapter in ``adapter_dir``.
 
     ``corpus``: a :class:`~memlaw.memft.CorpusSpec` (or a path); default: the corpus recorded in the
@@ -757,10 +868,19 @@ def audit_adapter(adapter_dir: str | os.PathLike, corpus=None, base_model: str |
     ``adapter_config.json``. ``base``: an already loaded :class:`~memlaw.models.Base` to use instead
     (its model gets the adapter injected). ``backend``: ``auto``, ``transformers``, ``vllm`` or a
     :class:`~memlaw.backends.ScoringBackend`; with vLLM the base model is not instantiated here
-    (:func:`load_adapter_files`). ``effect_check``:
-    see :func:`audit_inputs`. Raises :class:`UserError` on any bad input."""
+    (:func:`load_adapter_files`). ``effect_check``: see :func:`audit_inputs`. ``keep_records`` False
+    (a backend that scores the loaded model: transformers): score the corpus in slices of
+    ``slice_tokens`` target tokens in bounded memory, the records kept in a spool file
+    (:mod:`memlaw.auditor.sliced`; same result and reports). Raises :class:`UserError` on any bad input."""
     engine = get_backend(backend, vllm_mode=vllm_mode, tensor_parallel_size=tensor_parallel_size)
     engine.require()  # before loading anything
+    if not keep_records and not engine.scores_from_files:
+        from memlaw.auditor.sliced import audit_adapter_sliced
+
+        return audit_adapter_sliced(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
+                                    trust_remote_code=trust_remote_code, force_base=force_base, device=device,
+                                    progress=progress, base=base, backend_note=engine.note,
+                                    effect_check=effect_check, **({"slice_tokens": slice_tokens} if slice_tokens else {}))
     if engine.scores_from_files and base is None:
         inputs = load_adapter_files(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
                                     trust_remote_code=trust_remote_code, force_base=force_base)

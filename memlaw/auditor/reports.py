@@ -211,12 +211,12 @@ def to_markdown(result: AuditResult, path=None, *, gate: Gate | None = None, wor
         out.append(f"> ⚠️ {_md(w)}")
     if result.warnings:
         out.append("")
-    failing = [r for r in result.records if not r.locked]
+    failing = result.not_locked_records()
     shown = result.worst(worst)
     if not failing:
         out += ["Every record is locked: every target token has p > 0.5.", ""]
         return _write(path, "\n".join(out))
-    out += [f"### Worst records ({len(shown)} of {len(failing)} not locked)", "",
+    out += [f"### Worst records ({len(shown)} of {failing} not locked)", "",
             "| # | where | exact | locked | coverage | anchor | failing spans |",
             "| ---: | --- | :---: | :---: | ---: | ---: | --- |"]
     for r in shown:
@@ -430,15 +430,15 @@ def _gate_cases(result: AuditResult, gate: Gate | None) -> list[tuple[str, str |
     return out
 
 
-def _failing_records(result: AuditResult, gate: Gate | None) -> tuple[set[int], str | None]:
-    """Indices of the records that fail their testcase, and why: only those that made a failing
-    per-record threshold fail (--min-locked: not locked; --min-exact: not exact)."""
+def _failing_records(result: AuditResult, gate: Gate | None):
+    """Which records fail their testcase (a test on a record), how many, and why: only those that
+    made a failing per-record threshold fail (--min-locked: not locked; --min-exact: not exact)."""
     gate = gate or Gate()
     if gate.min_locked is not None and Gate(min_locked=gate.min_locked).check(result.summary):
-        return {r.index for r in result.records if not r.locked}, "--min-locked"
+        return (lambda r: not r.locked), result.not_locked_records(), "--min-locked"
     if gate.min_exact is not None and Gate(min_exact=gate.min_exact).check(result.summary):
-        return {r.index for r in result.records if not r.exact}, "--min-exact"
-    return set(), None
+        return (lambda r: not r.exact), result.not_exact_records(), "--min-exact"
+    return (lambda r: False), 0, None
 
 
 def to_junit(result: AuditResult, path=None, *, gate: Gate | None = None) -> str | None:
@@ -454,9 +454,9 @@ def _junit_chunks(result: AuditResult, gate: Gate | None):
     g = _gate_block(result, gate)
     name = Path(result.adapter).name if result.adapter else "model"
     gate_cases = _gate_cases(result, gate)
-    failed_ids, failed_by = _failing_records(result, gate)
+    fails, n_failing_records, failed_by = _failing_records(result, gate)
     n = len(gate_cases) + len(result.records)
-    n_failed = sum(1 for _, f in gate_cases if f) + len(failed_ids)
+    n_failed = sum(1 for _, f in gate_cases if f) + n_failing_records
     t = f"{result.seconds:.3f}"
     root = ET.Element("testsuites", name="memaudit", tests=str(n), failures=str(n_failed), errors="0", time=t)
     suite = ET.SubElement(root, "testsuite", name=_x(f"memaudit.{name}"), tests=str(n), failures=str(n_failed),
@@ -492,7 +492,7 @@ def _junit_chunks(result: AuditResult, gate: Gate | None):
         for r in result.records:
             case = ET.Element("testcase", classname=_x(f"memaudit.{name}.records"),
                               name=_x(f"record {r.index} ({r.where})"), time=f"{per:.4f}")
-            if r.index in failed_ids:
+            if fails(r):
                 fail = ET.SubElement(case, "failure", type="NotExact" if not r.exact else "NotLocked",
                                      message=_x(f"{_failure_message(r)} (fails {failed_by})"))
                 fail.text = _x(_token_lines(r))
@@ -577,7 +577,7 @@ def print_terminal(console, result: AuditResult, worst: int = 5, *, gate: Gate |
     for w in result.warnings:
         console.print(Text(f"warning: {w}", style="yellow"))
     shown = result.worst(worst)
-    failing = sum(1 for r in result.records if not r.locked)
+    failing = result.not_locked_records()
     if worst > 0 and shown:
         console.print(Text(f"worst records ({len(shown)} of {failing} not locked):", style="bold"))
         for r in shown:

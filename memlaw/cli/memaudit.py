@@ -184,7 +184,8 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
         else:
             print_gate(console, result, gate)
     else:
-        result = api.audit(adapter_dir, spec, **common)
+        # streamed: the records go to a spool file, whatever the corpus size (issue #18)
+        result = api.audit(adapter_dir, spec, keep_records=False, **common)
         result.adapter = hub_id or result.adapter  # a hub adapter by its id, not its cache folder
         if quiet:
             s = result.summary
@@ -198,8 +199,11 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
 
     if result.backend_note and not quiet:
         console.print(f"note: {result.backend_note}", markup=False, style="dim")
-    written = write_reports(result, json_path=json_out, markdown=markdown, html_path=html_out, junit=junit,
-                            gate=gate, worst=max(worst * 2, 10), json_tokens=json_tokens)
+    try:
+        written = write_reports(result, json_path=json_out, markdown=markdown, html_path=html_out, junit=junit,
+                                gate=gate, worst=max(worst * 2, 10), json_tokens=json_tokens)
+    finally:
+        result.close()
     if not quiet:
         for p in written:
             console.print(f"wrote {p}", markup=False)
