@@ -845,14 +845,19 @@ def audit_inputs(inputs: AdapterInputs, *, progress: bool = False, backend: str 
         result.summary["effect"] = effect
         if effect["no_effect"]:
             result.warnings.append(no_effect_warning(effect))
+    label_with_inputs(result, inputs)
+    result.warnings = list(inputs.warnings) + result.warnings
+    return result
+
+
+def label_with_inputs(result: AuditResult, inputs: AdapterInputs) -> None:
+    """What an audit result says about its inputs: the adapter folder, the corpus, the base name asked for."""
     result.adapter = str(inputs.adapter_dir)
     try:
         result.corpus = inputs.corpus.to_dict()
     except UserError:
         result.corpus = {"path": str(inputs.corpus.path)}
     result.base_model["requested"] = inputs.base_name
-    result.warnings = list(inputs.warnings) + result.warnings
-    return result
 
 
 def audit_adapter(adapter_dir: str | os.PathLike, corpus=None, base_model: str | None = None, *,

@@ -41,7 +41,7 @@ import numpy as np
 
 from memlaw.auditor.audit import (DISPLAY_MAX_TOKENS, AuditResult, DisplaySelection, EffectTally, RecordAudit,
                                   TokenDetail, TokenTexts, _badness, cached_base_logprobs, no_effect_warning,
-                                  record_audit)
+                                  label_with_inputs, record_audit)
 from memlaw.errors import UserError
 
 #: target tokens scored per slice (~150 bytes each while in hand: ids, scores, verdicts); the batches are
@@ -452,12 +452,7 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
     except BaseException:
         out.close()
         raise
-    result.adapter = str(inputs.adapter_dir)
-    try:
-        result.corpus = inputs.corpus.to_dict()
-    except UserError:
-        result.corpus = {"path": str(inputs.corpus.path)}
-    result.base_model["requested"] = inputs.base_name
+    label_with_inputs(result, inputs)
     return result
 
 
