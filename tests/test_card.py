@@ -224,7 +224,7 @@ def test_cli_fit_and_show(sweep_dir, tmp_path):
 
     r = runner.invoke(main, ["law", "show", str(out)])
     assert r.exit_code == 0, r.output
-    assert "R²" in r.output and "tiny" in r.output and "L_before" in r.output and "L_2B" in r.output and "random" in r.output
+    assert "R²" in r.output and "tiny" in r.output and "L_before" in r.output and "L_end" in r.output and "random" in r.output
 
 
 def test_cli_fit_base_model_option_without_sweep_json(tmp_path, sweep_dir):
