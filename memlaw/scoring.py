@@ -251,21 +251,15 @@ def resolve_precision(precision: str, device) -> str:
 
 def _target_log_softmax_bf16(model, batch: Batch):
     """:func:`target_log_softmax` with the backbone under bfloat16 autocast and the LM head in
-    float32 (bf16 logits of magnitude ~20 would be rounded by ~0.05 nats)."""
+    float32 (bf16 logits of magnitude ~20 would be rounded by ~0.05 nats). Only for a model
+    :func:`split_lm` splits (:func:`score` scores the others in float32)."""
     import torch
 
     backbone, head = split_lm(model)
-    dev = batch.input_ids.device.type
-    with torch.autocast(dev, dtype=torch.bfloat16):
-        if backbone is None:
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           use_cache=False).logits[batch.rows, batch.cols]
-        else:
-            hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                              use_cache=False).last_hidden_state[batch.rows, batch.cols]
-    if backbone is not None:
-        logits = head(hidden.float())
-    return torch.log_softmax(logits.float(), dim=-1)
+    with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16):
+        hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          use_cache=False).last_hidden_state[batch.rows, batch.cols]
+    return torch.log_softmax(head(hidden.float()).float(), dim=-1)
 
 
 def near_boundary(lp, mg, gap):
@@ -292,6 +286,8 @@ def score(model, encoded: Sequence, *, pad_id: int = 0, max_tokens: int = 8192, 
     check_context(model, encoded)
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
+    if precision == "bf16" and split_lm(model)[0] is None:
+        precision = "float32"  # no float32 LM head to keep apart: the bands were measured with one
     # Results go into four corpus-wide arrays allocated up front, each record a view of its slice:
     # per-batch arrays kept alive between each batch's temporaries fragmented the heap (~90 MB of
     # resident memory at 1M target tokens on tiny).
