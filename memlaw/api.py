@@ -48,6 +48,7 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _BACKENDS = BACKEND_CHOICES
 _VLLM_MODES = ("auto", "lora", "merged")
 _DTYPES = ("float32", "bfloat16", "float16")
+_PRECISIONS = ("float32", "bf16", "auto")  # memlaw.scoring.PRECISIONS, without importing numpy here
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,12 @@ class Runtime:
     model over.
     ``dtype``: the base model's weights. Audits and plans score in ``float32`` only (p > 0.5 near
     the threshold needs it); calibration may load ``bfloat16``. Training precision is the
-    :class:`Recipe`'s ``train_dtype``. ``trust_remote_code``: let a hub model run its own code.
+    :class:`Recipe`'s ``train_dtype``. ``precision``: how an audit's transformers pass computes:
+    ``float32`` (default), ``bf16`` (a bfloat16 pass, then float32 again for every record with a token
+    near a verdict boundary: float32's verdicts, other numbers within ~0.3 nats; needs
+    ``effect_check=False``) or ``auto`` (bf16 on a device with bfloat16 matmul instructions when the
+    effect check is off, else float32); see :func:`memlaw.scoring.score`.
+    ``trust_remote_code``: let a hub model run its own code.
     ``allow_pickle``: accept a pickle adapter file (``.bin``/``.pt``), which can run code."""
 
     device: str = "auto"
@@ -69,6 +75,7 @@ class Runtime:
     vllm_mode: str = "auto"
     tensor_parallel_size: int = 1
     dtype: str = "float32"
+    precision: str = "float32"
     trust_remote_code: bool = False
     allow_pickle: bool = False
 
@@ -76,7 +83,8 @@ class Runtime:
         if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
             raise ParameterError("device", f"unknown device {self.device!r}",
                                  fix="use auto, cpu, cuda, cuda:N or mps")
-        for name, allowed in (("backend", _BACKENDS), ("vllm_mode", _VLLM_MODES), ("dtype", _DTYPES)):
+        for name, allowed in (("backend", _BACKENDS), ("vllm_mode", _VLLM_MODES), ("dtype", _DTYPES),
+                              ("precision", _PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise ParameterError(name, f"unknown {{name}} {getattr(self, name)!r}",
                                      fix=f"use one of {', '.join(allowed)}")
@@ -223,14 +231,24 @@ def audit(adapter, corpus=None, *, base_model: str | None = None, runtime: Runti
     bounded memory (transformers backend): scored in slices, ``result.records`` read back one at a
     time from a temporary file that ``result.close()`` deletes; the same summary and reports."""
     from memlaw.auditor.audit import audit_adapter
+    from memlaw.backends import get_backend
     from memlaw.models import resolve_adapter
 
     rt = _runtime(runtime)._scoring()
+    precision = rt.precision
+    if precision != "float32" and effect_check:
+        if precision == "bf16":
+            raise ParameterError("precision", "{name} 'bf16' needs effect_check=False: the no-effect check compares "
+                                              "with the base model to 1e-3 nats, finer than a bf16 pass resolves",
+                                 fix="pass effect_check=False, or score in float32")
+        precision = "float32"
     spec = _corpus(corpus) if corpus is not None else None
     local, hub_id = resolve_adapter(adapter, revision=revision, allow_pickle=rt.allow_pickle)
+    engine = get_backend(rt.backend, vllm_mode=rt.vllm_mode, tensor_parallel_size=rt.tensor_parallel_size,
+                         precision=precision)
     result = audit_adapter(local, spec, base_model, allow_pickle=rt.allow_pickle,
                            trust_remote_code=rt.trust_remote_code, force_base=force_base,
-                           device=rt.resolved_device(), progress=_internal(progress), backend=rt.backend,
+                           device=rt.resolved_device(), progress=_internal(progress), backend=engine,
                            vllm_mode=rt.vllm_mode, effect_check=effect_check,
                            tensor_parallel_size=rt.tensor_parallel_size, keep_records=keep_records)
     if hub_id is not None:

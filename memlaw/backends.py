@@ -84,9 +84,15 @@ class ScoringBackend(ABC):
 
 class TransformersBackend(ScoringBackend):
     """:func:`memlaw.scoring.score` on the model in hand; the base model is the same PEFT model
-    with its adapter disabled."""
+    with its adapter disabled. ``precision``: the adapter pass's (:data:`memlaw.scoring.PRECISIONS`;
+    ``bf16`` re-checks in float32 every record with a token near a verdict boundary); the base-model
+    pass and L_before always score in float32."""
 
     name = "transformers"
+
+    def __init__(self, note: str | None = None, precision: str = "float32"):
+        super().__init__(note)
+        self.precision = precision
 
     def check_inputs(self, inputs) -> None:
         if inputs.model is None:
@@ -95,8 +101,19 @@ class TransformersBackend(ScoringBackend):
     def score_adapter(self, inputs, *, progress=False, base_too: bool = False) -> AdapterScores:
         from memlaw.scoring import score
 
-        scores = score(inputs.model, inputs.encoded, pad_id=inputs.pad_id, progress=progress, description="auditing")
-        return AdapterScores(scores, None, self.name)
+        if self.precision != "float32" and base_too:
+            raise UserError(f"precision {self.precision} applies without the no-effect check",
+                            fix="score in float32, or turn the effect check off")
+        info: dict = {}
+        scores = score(inputs.model, inputs.encoded, pad_id=inputs.pad_id, progress=progress, description="auditing",
+                       precision=self.precision, info=info)
+        note = None
+        if info["precision"] == "bf16":
+            note = (f"scored in bf16; {info['rechecked_records']} of {info['records']} records re-scored in float32 "
+                    "(a token near a verdict boundary)")
+            if info["gave_up"]:
+                note += ", and the rest in float32 once more than half needed it"
+        return AdapterScores(scores, None, self.name, note)
 
     def base_scores_for(self, inputs, run: AdapterScores, *, progress=False) -> tuple[list, str]:
         from memlaw.scoring import score
@@ -159,11 +176,13 @@ class VLLMBackend(ScoringBackend):
 
 
 def get_backend(name: "str | ScoringBackend" = "auto", *, vllm_mode: str = "auto", tensor_parallel_size: int = 1,
-                allow_auto: bool = True) -> ScoringBackend:
+                allow_auto: bool = True, precision: str = "float32") -> ScoringBackend:
     """The scoring backend for ``name`` (one of :data:`CHOICES`; a :class:`ScoringBackend` is
     returned as is). ``auto`` resolves here (:func:`memlaw.vllm_backend.choose_backend`) and the
     backend's ``note`` says why; ``allow_auto=False`` refuses it (the planner's cache records the
-    engine that measured). ``vllm_mode`` and ``tensor_parallel_size`` configure vLLM."""
+    engine that measured). ``vllm_mode`` and ``tensor_parallel_size`` configure vLLM; ``precision``
+    the transformers engine (vLLM scores in the model's own dtype and ignores ``auto``; ``bf16`` with
+    vLLM is refused)."""
     if isinstance(name, ScoringBackend):
         return name
     choices = CHOICES if allow_auto else NAMES
@@ -175,8 +194,11 @@ def get_backend(name: "str | ScoringBackend" = "auto", *, vllm_mode: str = "auto
 
         name, note = choose_backend(name)
     if name == "vllm":
+        if precision == "bf16":
+            raise UserError("precision bf16 applies to the transformers backend only",
+                            fix="use the transformers backend, or precision float32")
         return VLLMBackend(vllm_mode, tensor_parallel_size, note=note)
-    return TransformersBackend(note=note)
+    return TransformersBackend(note=note, precision=precision)
 
 
 def takes_vllm_options(name: str) -> bool:

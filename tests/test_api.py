@@ -120,6 +120,25 @@ def test_train_audit_round_trip(trained, corpus):
     assert trained.audit(runtime=memlaw.Runtime(device="cpu")).summary == res.summary
 
 
+def test_audit_precision_bf16(trained):
+    """Runtime(precision="bf16"): the same verdicts as float32; it needs effect_check=False."""
+    rt = memlaw.Runtime(device="cpu", backend="transformers")
+    ref = memlaw.audit(trained.path, runtime=rt, effect_check=False)
+    got = memlaw.audit(trained.path, runtime=memlaw.Runtime(device="cpu", backend="transformers", precision="bf16"),
+                       effect_check=False)
+    assert got.backend_note and "bf16" in got.backend_note
+    for a, b in zip(got.records, ref.records):
+        assert (a.exact, a.locked, a.stubborn, a.anchor) == (b.exact, b.locked, b.stubborn, b.anchor)
+        assert [t["argmax"] for t in a.tokens] == [t["argmax"] for t in b.tokens]
+    for k in ("exact_records", "locked_records", "locked_tokens"):
+        assert got.summary[k] == ref.summary[k]
+    with pytest.raises(UserError, match="precision 'bf16' needs effect_check=False"):
+        memlaw.audit(trained.path, runtime=memlaw.Runtime(device="cpu", precision="bf16"))
+    # auto with the effect check on scores in float32
+    auto = memlaw.audit(trained.path, runtime=memlaw.Runtime(device="cpu", backend="transformers", precision="auto"))
+    assert "bf16" not in (auto.backend_note or "") and auto.summary["coverage"] == ref.summary["coverage"]
+
+
 def test_plain_peft_loads_a_memft_adapter_from_its_config(trained):
     """adapter_config.json names a base PEFT resolves (tiny's saved folder); plain transformers +
     PEFT then give the very token probabilities memlaw's audit does."""
@@ -151,6 +170,7 @@ def test_plain_peft_loads_a_memft_adapter_from_its_config(trained):
     (lambda c: memlaw.Gate(max_mean_loss=-1), "max_mean_loss must be a loss in nats ≥ 0"),
     (lambda c: memlaw.Runtime(device="gpu"), "unknown device 'gpu'"),
     (lambda c: memlaw.Runtime(backend="onnx"), "unknown backend 'onnx'"),
+    (lambda c: memlaw.Runtime(precision="fp8"), "unknown precision 'fp8'"),
     (lambda c: memlaw.Recipe(lr=-1), "lr must be > 0, got -1"),
     (lambda c: memlaw.Recipe(batch_size=0), "batch_size must be ≥ 1, got 0"),
     (lambda c: memlaw.plan(c, model="tiny", coverage=0), "coverage must lie in (0, 1], got 0 — e.g. coverage=0.99"),

@@ -388,6 +388,8 @@ def test_cli_strict_gate_fails(env, tmp_path):
     (["{plain}"], "no corpus"),  # no sidecar and no --corpus
     (["{memft}", "--repair-steps", "5"], "--repair-out"),
     (["{memft}", "--corpus", "{root}/missing.jsonl"], "does not exist"),
+    (["{memft}", "--precision", "fp8"], "unknown --precision 'fp8'"),
+    (["{memft}", "--precision", "bf16"], "--no-effect-check"),
 ])
 def test_cli_bad_input_exits_2(env, args, needle):
     args = [a.format(**{k: str(v) for k, v in env.items()}) for a in args]
@@ -395,6 +397,8 @@ def test_cli_bad_input_exits_2(env, args, needle):
     assert r.exit_code == 2, r.output
     assert needle in r.output
     assert "Traceback" not in r.output
+    if "--precision" in args:
+        assert len(r.output.strip().splitlines()) == 1, r.output
 
 
 def test_cli_refuses_pickle_unless_allowed(env, tmp_path):

@@ -64,3 +64,24 @@ def test_repair_lifts_the_plain_adapter(real_plain_adapter, real_corpus, tmp_pat
     assert r.exit_code == (0 if s["exact_records"] == N else 1), r.output  # the gate decides the exit code
     assert s["coverage"] > b["coverage"] and s["exact_records"] > b["exact_records"]
     assert hashes(plain_adapter) == before
+
+
+@pytest.mark.parametrize("which", ["real_memft_adapter", "real_plain_adapter"])
+def test_precision_bf16_gives_float32_verdicts(which, real_corpus, request, tmp_path):
+    """memaudit --precision bf16 (a bfloat16 pass, float32 re-check near verdict boundaries) gives
+    every per-token verdict of the float32 audit: locked, greedy-correct, the argmax token."""
+    adapter = request.getfixturevalue(which)
+    got = {}
+    for precision in ("float32", "bf16"):
+        report = tmp_path / f"{precision}.json"
+        r = CliRunner().invoke(memaudit, [str(adapter), "--corpus", str(real_corpus), "--json", str(report), "--quiet",
+                                          "--no-effect-check", "--precision", precision, "--backend", "transformers"])
+        assert r.exit_code == 0, r.output
+        got[precision] = json.loads(report.read_text())
+    assert "bf16" in got["bf16"]["backend_note"]
+
+    def verdicts(audit):
+        return [(rec["exact"], rec["locked"], [(t["p"] > 0.5, t["argmax"]) for t in rec["tokens"]])
+                for rec in audit["records"]]
+
+    assert verdicts(got["bf16"]) == verdicts(got["float32"])

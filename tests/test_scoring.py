@@ -77,3 +77,84 @@ def test_exact_equals_greedy_generation_tiny(kv_corpus):
     verdicts = [s.exact for s in scores]
     assert any(verdicts) and not all(verdicts), "need a mix of exact and failing records"
     assert verdicts == [greedy_exact(model, e) for e in enc]
+
+
+def _verdicts(scores):
+    """Per token: locked, greedy-correct and which token is the argmax; per record: exact, locked."""
+    return [(s.index, s.exact, s.locked, s.locked_mask.tolist(), s.correct_mask.tolist(), s.argmax.tolist())
+            for s in scores]
+
+
+@pytest.fixture(scope="module")
+def near_half(tmp_path_factory, one_thread):
+    """A tiny adapter trained on a corpus where six keys have two targets each, so that their first
+    target tokens sit near p = 0.5 (the two targets share it), next to ordinary records."""
+    import random
+
+    from conftest import write_jsonl
+
+    rng = random.Random(3)
+    rows = [{"prompt": f"id {i:02d}:", "completion": f" {rng.randrange(100, 999)}"} for i in range(24)]
+    rows += [{"prompt": f"id {i:02d}:", "completion": f" {rng.randrange(100, 999)}"} for i in range(6)]
+    path = write_jsonl(tmp_path_factory.mktemp("near") / "near.jsonl", rows)
+    base = load_base("tiny")
+    enc = _encoded(base, path)
+    model = make_lora_model(base.model, LoraTemplate(), rank=8, seed=0)
+    train(model, enc, Recipe(method="sft", lr=1e-2, max_steps=80, batch_size=30, seed=0), progress=False)
+    return model, enc
+
+
+def test_bf16_with_recheck_gives_float32_verdicts(near_half):
+    """--precision bf16: a bfloat16 pass, then float32 for every record with a token near a verdict
+    boundary; every per-token verdict is float32's, and the re-checked records carry its numbers."""
+    model, enc = near_half
+    ref = score(model, enc, max_batch=8)
+    near = {s.index for s in ref if (np.abs(s.p - 0.5) < 0.1).any()}
+    assert near, "the corpus must put some tokens near p = 0.5"
+    info = {}
+    got = score(model, enc, max_batch=8, precision="bf16", info=info)
+    assert info["precision"] == "bf16" and info["records"] == len(enc)
+    assert _verdicts(got) == _verdicts(ref)
+    assert 0 < info["rechecked_records"] < len(enc)
+    for s, r in zip(got, ref):
+        np.testing.assert_allclose(s.logprob, r.logprob, atol=0.3)  # bf16 numbers: within the documented bound
+        if s.index in near:
+            np.testing.assert_allclose(s.logprob, r.logprob, atol=1e-5)
+            np.testing.assert_allclose(s.margin, r.margin, atol=1e-5)
+
+
+def test_bf16_gives_up_when_most_records_need_the_recheck(near_half, monkeypatch):
+    """Past BF16_GIVE_UP the rest of the corpus is scored in float32 directly: same verdicts."""
+    import memlaw.scoring as scoring
+
+    model, enc = near_half
+    monkeypatch.setattr(scoring, "BF16_GIVE_UP", 0.0)
+    info = {}
+    got = score(model, enc, max_batch=8, precision="bf16", info=info)
+    assert info["gave_up"]
+    assert _verdicts(got) == _verdicts(score(model, enc, max_batch=8))
+
+
+def test_precision_auto_and_bad_values():
+    from memlaw.scoring import resolve_precision
+
+    assert resolve_precision("float32", "cpu") == "float32"
+    assert resolve_precision("auto", "cpu") in ("float32", "bf16")
+    assert resolve_precision("auto", "meta") == "float32"
+    with pytest.raises(ValueError):
+        resolve_precision("fp8", "cpu")
+
+
+def test_trimmed_batches_give_the_same_numbers(kv_corpus):
+    """The last token of a record is only an input nobody reads the output of: leaving it out
+    changes nothing."""
+    from memlaw.scoring import make_batch, target_log_softmax, token_stats
+
+    base = load_base("tiny")
+    enc = _encoded(base, kv_corpus)
+    with torch.no_grad():
+        full, cut = (token_stats(target_log_softmax(base.model, make_batch(enc, 0, trim=t)),
+                                 make_batch(enc, 0).targets) for t in (False, True))
+    assert make_batch(enc, 0, trim=True).input_ids.shape[1] == make_batch(enc, 0).input_ids.shape[1] - 1
+    np.testing.assert_allclose(full[0].numpy(), cut[0].numpy(), atol=1e-6)
+    assert (full[1] == cut[1]).all()
