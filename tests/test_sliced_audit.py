@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from memlaw.auditor.audit import Gate, audit_adapter
-from memlaw.auditor.reports import print_terminal, to_html, to_json, to_junit, to_markdown
+from memlaw.auditor.reports import to_html, to_json, to_junit, to_markdown
+from memlaw.cli.render import print_terminal
 from memlaw.cli.memaudit import main as memaudit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py

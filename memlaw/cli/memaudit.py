@@ -139,7 +139,8 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     from memlaw import api
-    from memlaw.auditor.reports import print_comparison, print_gate, print_terminal, write_reports
+    from memlaw.auditor.reports import write_reports
+    from memlaw.cli.render import print_comparison, print_gate, print_terminal
     from memlaw.models import resolve_adapter
 
     gate = api.Gate(min_coverage=min_coverage, min_exact=min_exact, min_locked=min_locked,

@@ -325,7 +325,7 @@ def estimate_cmd(corpus, law_path, model, coverage, as_json, fmt, key_field, tar
         check_model_name(model)  # "did you mean", not "no law card ships for" a typo
     from memlaw import api
     from memlaw.cli.common import corpus_spec
-    from memlaw.planner.estimate import render
+    from memlaw.cli.render import render_estimate as render
 
     est = api.plan(corpus_spec(corpus, fmt, key_field, target_field), model=model, law=law_path, coverage=coverage,
                    predictor=predictor, runtime=api.Runtime(device=device, backend=backend), use_cache=not no_cache,

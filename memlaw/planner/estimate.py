@@ -50,7 +50,7 @@ INTERVAL_PERCENTILES = (5, 95)
 MAX_CONFLICTS_LISTED = 20
 
 __all__ = ["Estimate", "estimate", "resolve_card", "shipped_card_path", "practical_rank",
-           "adapter_file_bytes", "render", "BACKENDS", "BITS_PER_PARAM"]
+           "adapter_file_bytes", "BACKENDS", "BITS_PER_PARAM"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,89 +532,3 @@ def _memft_command(spec: CorpusSpec, model: str, rank: int, template: LoraTempla
 
 # --------------------------------------------------------------------------------------------
 # the human table
-
-
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "—"
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
-def _rank_text(r) -> str:
-    return "unreachable" if r is None else str(r)
-
-
-def render(est: Estimate, console) -> None:
-    """Print an estimate as rich tables for people."""
-    from rich.markup import escape
-    from rich.table import Table
-    from rich.text import Text
-
-    t = Table(title=f"memplan estimate — {escape(est.corpus['path'])}", show_header=False)
-    t.add_column("", style="bold")
-    t.add_column("", overflow="fold")
-    t.add_row("base model", escape(est.model))
-    card = est.card
-    t.add_row("law card", escape(f"{card['path']}{' (shipped)' if card['shipped'] else ''}, "
-                                 f"{card['data_kind']}, R² {card['r2']:.3f}"))
-    t.add_row("records", f"{est.records:,}")
-    t.add_row("target tokens ℓ", f"{est.target_tokens:,}")
-    t.add_row("L_before", f"{est.loss_before:.4f} nats/token (base model locks {est.base_coverage:.1%} of tokens)")
-    t.add_row("max reachable coverage", f"{est.max_coverage:.4f}" + (
-        f"  ({est.ceiling.get('blocked_tokens', 0):,} tokens share a context with another continuation)"
-        if est.max_coverage < 1 else "  (no shared contexts)"))
-    t.add_row(f"target loss (coverage ≥ {est.coverage_planned:g})", f"{est.loss_target:.4f}  ({est.predictor} predictor)")
-    t.add_row("ΔL needed", f"{est.delta_needed:.4f}" + ("  (base model already there)" if est.any_rank else ""))
-    raw = "—" if est.rank_raw is None else f"{est.rank_raw:.3g}"
-    t.add_row("rank (law)", Text(f"{_rank_text(est.rank)}   (continuous r = {raw})", style="bold"))
-    if est.rank_interval is not None:
-        lo, hi = est.rank_interval
-        lo_r, hi_r = est.rank_interval_raw
-        fmt = lambda x: "∞" if x is None or not math.isfinite(x) else f"{x:.3g}"  # noqa: E731
-        t.add_row(f"interval ({est.bootstrap['percentiles'][0]}–{est.bootstrap['percentiles'][1]}%)",
-                  f"{_rank_text(lo)} – {_rank_text(hi)}   (r = {fmt(lo_r)} – {fmt(hi_r)}, "
-                  f"{est.bootstrap['samples']} bootstrap fits)")
-    floor = "—" if est.capacity_floor_rank is None else str(est.capacity_floor_rank)
-    t.add_row("capacity floor", f"{est.capacity_floor_bits:,.0f} bits / {est.bits_per_param} bits per param = "
-                                f"{est.capacity_floor_params:,.0f} params = rank {floor}")
-    t.add_row("recommended rank", Text(_rank_text(est.recommended_rank), style="bold green"))
-    if est.predicted_loss_after is not None:
-        t.add_row("predicted at that rank", f"coverage {est.predicted_coverage:.4f}, L_after {est.predicted_loss_after:.4f}")
-    if est.coverage_by_rank:
-        t.add_row("predicted coverage by rank", ",  ".join(f"r{x['rank']}: {x['coverage']:.3f}"
-                                                             for x in est.coverage_by_rank))
-    ppr = "—" if est.params_per_rank is None else f"{est.params_per_rank:,}"
-    tp = "—" if est.trainable_params is None else f"{est.trainable_params:,}"
-    t.add_row("trainable params", f"{tp}  ({ppr} per rank)")
-    if est.adapter_bytes:
-        t.add_row("adapter size", f"{_bytes(est.adapter_bytes['fp32'])} fp32, {_bytes(est.adapter_bytes['bf16'])} bf16")
-    if est.full_rank:
-        t.add_row("template full rank", f"{est.full_rank['min']}–{est.full_rank['max']} over "
-                                        f"{est.full_rank['modules']} modules")
-    t.add_row("conflicts", str(est.n_conflicts))
-    t.add_row("cached", f"{'yes' if est.cached else 'no'} ({est.seconds:.2f} s; measuring took "
-                        f"{est.measure_seconds:.2f} s)")
-    console.print(t)
-
-    if est.conflicts:
-        ct = Table(title=f"conflicting keys (first {min(5, len(est.conflicts))} of {est.n_conflicts})")
-        ct.add_column("key", overflow="fold")
-        ct.add_column("where", overflow="fold")
-        ct.add_column("targets", overflow="fold")
-        for c in est.conflicts[:5]:
-            ct.add_row(escape(c["key"]), escape(", ".join(c["wheres"])),
-                       escape(" | ".join(repr(x) for x in c["targets"])))
-        console.print(ct)
-    for w in est.warnings:
-        console.print(Text(f"warning: {w}", style="yellow"))
-    for n in est.notes:
-        console.print(Text(f"note: {n}", style="dim"))
-    if est.lora_config_python:
-        console.print(Text("\npeft.LoraConfig:", style="bold"))
-        console.print(Text(est.lora_config_python))
-        console.print(Text("or train it with memft:", style="bold"))
-        console.print(Text(est.memft_command))
