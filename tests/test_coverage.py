@@ -60,7 +60,7 @@ def test_predicted_loss_is_never_negative_and_coverage_is_monotone():
     prof = LossProfile.from_losses(rng.exponential(2.5, 4000))
     covs, means = [], []
     for d in np.linspace(0, 10, 41):  # past the base loss too: ΔL can exceed it
-        for pred in ("boost", "budget"):
+        for pred in ("boost", "budget", "unigram"):
             c, m = predict(prof, d, pred)
             assert m >= 0 and 0 <= c <= 1
         c, m = predict(prof, d)
@@ -82,6 +82,36 @@ def test_budget_predictor_spends_cheapest_first():
     assert delta_for_coverage(prof, 1.0, "budget") == pytest.approx(100 * (c1 + 4 - LN2) / 200, rel=0.02)
 
 
+def test_unigram_code_on_a_small_vocabulary_is_the_hand_computation():
+    """400 tokens drawn evenly from 4 types the base model finds hard (loss 6, cheapest occurrence 5):
+    the corpus's own code names the 4 types once (4 × 5 = 20 nats), then a token costs ln 4 − ln 2."""
+    ids = np.tile(np.arange(4), 100)
+    losses = np.full(400, 6.0)
+    losses[:4] = 5.0
+    prof = LossProfile.from_losses(losses, ids)
+    assert prof.unigram_overhead == pytest.approx(20.0)
+    per_token = math.log(4) - LN2  # min(l, u) − ln 2 with u = ln 4 for every token
+    budget = 20.0 + 200 * per_token  # the overhead, then half of the tokens
+    assert prof.unigram_coverage(budget / 400) == pytest.approx(0.5, abs=0.01)
+    assert prof.budget_coverage(budget / 400) == pytest.approx(budget / (6.0 - LN2) / 400, abs=0.01)
+    assert delta_for_coverage(prof, 1.0, "unigram") == pytest.approx((20.0 + 400 * per_token) / 400, rel=0.02)
+    # a budget below the overhead buys nothing through the second code: the first one's answer stands
+    assert prof.unigram_coverage(10.0 / 400) == prof.budget_coverage(10.0 / 400)
+
+
+def test_unigram_code_cannot_help_a_corpus_of_distinct_tokens():
+    """Every token its own type: u = ln n > l, the overhead is the whole base cost: the plain budget."""
+    rng = np.random.default_rng(3)
+    losses = rng.exponential(2.0, 300)
+    prof = LossProfile.from_losses(losses, np.arange(300))
+    for d in (0.1, 0.5, 1.0, 3.0):
+        assert prof.unigram_coverage(d) == prof.budget_coverage(d)
+    assert delta_for_coverage(prof, 0.9, "unigram") == delta_for_coverage(prof, 0.9, "budget")
+    # without ids the profile carries no unigram code, and the predictor falls back to the budget
+    bare = LossProfile.from_losses(losses)
+    assert bare.unigram_counts is None and predict(bare, 0.5, "unigram") == predict(bare, 0.5, "budget")
+
+
 def test_ceiling_caps_the_prediction():
     prof = LossProfile.from_losses(np.full(100, 2.0))
     assert predict(prof, 100.0, ceiling=0.93)[0] == 0.93
@@ -90,9 +120,12 @@ def test_ceiling_caps_the_prediction():
 def test_profile_round_trips_through_json():
     import json
 
-    prof = LossProfile.from_losses(np.random.default_rng(1).exponential(2.0, 500))
+    rng = np.random.default_rng(1)
+    prof = LossProfile.from_losses(rng.exponential(2.0, 500), rng.integers(0, 20, 500))
     back = LossProfile.from_dict(json.loads(json.dumps(prof.to_dict())))
     assert np.array_equal(back.counts, prof.counts) and back.mean_loss(1.0) == prof.mean_loss(1.0)
+    assert np.array_equal(back.unigram_counts, prof.unigram_counts)
+    assert back.unigram_overhead == prof.unigram_overhead and back.unigram_coverage(0.7) == prof.unigram_coverage(0.7)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from memlaw.errors import ParameterError
 from memlaw.io import atomic_write_json
 from memlaw.planner.coverage import LossProfile
 
-CACHE_VERSION = 2  # 2: the per-token loss profile and the structural ceiling
+CACHE_VERSION = 3  # 2: the per-token loss profile and the structural ceiling; 3: its unigram code
 BACKENDS = NAMES
 DTYPE = "float32"
 LN2 = math.log(2.0)
@@ -84,7 +84,7 @@ def base_losses(model, encoded: Sequence, backend: str | ScoringBackend = "trans
         info_bits=float(bits.sum()),
         floor_bits=float(np.maximum(0.0, bits - 1.0).sum()),
         locked_tokens=int((lp > -LN2).sum()),
-        profile=LossProfile.from_losses(-lp).to_dict(),
+        profile=LossProfile.from_losses(-lp, np.concatenate([s.target_ids for s in scores]) if scores else None).to_dict(),
     )
     # per token, for the auditor's no-effect check (an adapter is compared with these scores)
     sums.per_token = {

@@ -16,6 +16,13 @@ the capacity law it was the closer one there):
   chosen so the mean falls by ΔL; coverage = share of tokens with x < m.
 * ``budget`` — the adapter spends ℓ·ΔL nats, cheapest tokens first: a token costs
   max(0, l − ln 2) nats to lock; coverage = share of tokens locked before the budget runs out.
+* ``unigram`` — the budget view with a second way to spend it (a two-part code, as in minimum
+  description length): the adapter may first learn the corpus's own token frequencies, paying
+  once for naming each distinct target token (its cheapest base loss in the corpus), after which
+  a token costs max(0, min(l, u) − ln 2) with u = −ln(its share of the target tokens). Coverage is
+  the better of the two ways. On a corpus drawn from a small vocabulary (random words, codes, a
+  repeated template) the base model's losses overstate what storing it costs; the calibration's
+  ΔL already counts a random-token pool's entropy, not the base loss, as the cost of its tokens.
 
 Pure numpy: the planner uses it without a deep-learning stack.
 """
@@ -29,7 +36,7 @@ import numpy as np
 
 LN2 = math.log(2.0)
 X_LO, X_HI, X_WIDTH = -30.0, 50.0, 0.02  # histogram range and bin width of x (nats of log-odds)
-PREDICTORS = ("boost", "budget")
+PREDICTORS = ("boost", "budget", "unigram")
 DEFAULT_PREDICTOR = "budget"  # better on held-out corpora with the capacity law (docs/results.md §2)
 
 
@@ -46,30 +53,56 @@ class LossProfile:
     counts: np.ndarray  # (n_bins,) tokens per bin of x
     lo: float = X_LO
     width: float = X_WIDTH
+    # the corpus's own unigram code (``unigram`` predictor); None where the token ids were not given
+    unigram_counts: np.ndarray | None = None  # (n_bins,) tokens per bin of x for min(l, u)
+    unigram_overhead: float | None = None  # nats to name each distinct target token once
 
     # ---- building and storing
 
-    @classmethod
-    def from_losses(cls, losses) -> "LossProfile":
+    @staticmethod
+    def _histogram(losses) -> np.ndarray:
         x = deficit(losses)
         n_bins = int(round((X_HI - X_LO) / X_WIDTH))
         idx = np.clip(np.floor((x - X_LO) / X_WIDTH).astype(np.int64), 0, n_bins - 1)
-        return cls(np.bincount(idx, minlength=n_bins).astype(np.int64))
+        return np.bincount(idx, minlength=n_bins).astype(np.int64)
+
+    @classmethod
+    def from_losses(cls, losses, ids=None) -> "LossProfile":
+        """From per-token base losses; with the tokens' ids also the corpus's unigram code."""
+        losses = np.asarray(losses, dtype=float)
+        if ids is None or len(losses) == 0:
+            return cls(cls._histogram(losses))
+        ids = np.asarray(ids)
+        types, inverse, freq = np.unique(ids, return_inverse=True, return_counts=True)
+        unigram = -np.log(freq[inverse] / len(ids))
+        cheapest = np.full(len(types), np.inf)
+        np.minimum.at(cheapest, inverse, losses)
+        return cls(cls._histogram(losses), unigram_counts=cls._histogram(np.minimum(losses, unigram)),
+                   unigram_overhead=float(cheapest.sum()))
 
     def add(self, other: "LossProfile") -> "LossProfile":
         return LossProfile(self.counts + other.counts, self.lo, self.width)
 
     def to_dict(self) -> dict:
-        nz = np.nonzero(self.counts)[0]
-        return {"lo": self.lo, "width": self.width, "n_bins": int(len(self.counts)),
-                "bins": [[int(i), int(self.counts[i])] for i in nz]}
+        def bins(counts):
+            return [[int(i), int(counts[i])] for i in np.nonzero(counts)[0]]
+
+        d = {"lo": self.lo, "width": self.width, "n_bins": int(len(self.counts)), "bins": bins(self.counts)}
+        if self.unigram_counts is not None:
+            d["unigram_bins"], d["unigram_overhead"] = bins(self.unigram_counts), self.unigram_overhead
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "LossProfile":
-        counts = np.zeros(int(d["n_bins"]), dtype=np.int64)
-        for i, c in d["bins"]:
-            counts[int(i)] = int(c)
-        return cls(counts, float(d["lo"]), float(d["width"]))
+        def counts(pairs):
+            c = np.zeros(int(d["n_bins"]), dtype=np.int64)
+            for i, k in pairs:
+                c[int(i)] = int(k)
+            return c
+
+        uni = counts(d["unigram_bins"]) if "unigram_bins" in d else None
+        return cls(counts(d["bins"]), float(d["lo"]), float(d["width"]), uni,
+                   float(d["unigram_overhead"]) if uni is not None else None)
 
     # ---- what it says
 
@@ -127,27 +160,49 @@ class LossProfile:
 
     def budget_coverage(self, nats_per_token: float) -> float:
         """Coverage when ℓ·ΔL nats are spent on the cheapest tokens first."""
-        budget = max(0.0, nats_per_token) * self.n
-        cost = self.lock_costs()
-        spent = np.cumsum(self.counts * cost)
-        # whole bins that fit, then a share of the next bin
-        k = int(np.searchsorted(spent, budget, side="right"))
-        locked = float(self.counts[:k].sum())
-        if k < len(self.counts) and cost[k] > 0:
-            left = budget - (spent[k - 1] if k else 0.0)
-            locked += min(float(self.counts[k]), left / cost[k])
-        return min(1.0, locked / max(1, self.n))
+        return self._budget_coverage(self.counts, max(0.0, nats_per_token) * self.n)
 
     def budget_for_coverage(self, coverage: float) -> float:
         """ΔL (nats/token over the corpus) the budget view needs for ``coverage``."""
-        need = coverage * self.n
-        cum = np.cumsum(self.counts)
-        k = int(np.searchsorted(cum, need - 1e-9))
-        k = min(k, len(self.counts) - 1)
+        return self._budget_needed(self.counts, coverage) / max(1, self.n)
+
+    def unigram_coverage(self, nats_per_token: float) -> float:
+        """The better of the budget view and the corpus's unigram code (its overhead paid first)."""
+        plain = self.budget_coverage(nats_per_token)
+        if self.unigram_counts is None:
+            return plain
+        left = max(0.0, nats_per_token) * self.n - self.unigram_overhead
+        return max(plain, self._budget_coverage(self.unigram_counts, left)) if left > 0 else plain
+
+    def unigram_for_coverage(self, coverage: float) -> float:
+        """ΔL (nats/token) the cheaper of the two codes needs for ``coverage``."""
+        plain = self.budget_for_coverage(coverage)
+        if self.unigram_counts is None:
+            return plain
+        coded = (self.unigram_overhead + self._budget_needed(self.unigram_counts, coverage)) / max(1, self.n)
+        return min(plain, coded)
+
+    def _budget_coverage(self, counts: np.ndarray, budget: float) -> float:
         cost = self.lock_costs()
-        before = float(np.dot(self.counts[:k], cost[:k]))
+        spent = np.cumsum(counts * cost)
+        # whole bins that fit, then a share of the next bin
+        k = int(np.searchsorted(spent, budget, side="right"))
+        locked = float(counts[:k].sum())
+        if k < len(counts) and cost[k] > 0:
+            left = budget - (spent[k - 1] if k else 0.0)
+            locked += min(float(counts[k]), left / cost[k])
+        return min(1.0, locked / max(1, self.n))
+
+    def _budget_needed(self, counts: np.ndarray, coverage: float) -> float:
+        """Nats that lock a share ``coverage`` of the tokens, cheapest first."""
+        need = coverage * self.n
+        cum = np.cumsum(counts)
+        k = int(np.searchsorted(cum, need - 1e-9))
+        k = min(k, len(counts) - 1)
+        cost = self.lock_costs()
+        before = float(np.dot(counts[:k], cost[:k]))
         have = float(cum[k - 1]) if k else 0.0
-        return (before + max(0.0, need - have) * cost[k]) / max(1, self.n)
+        return before + max(0.0, need - have) * cost[k]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +220,8 @@ def predict(profile: LossProfile, delta: float, predictor: str = DEFAULT_PREDICT
         return min(ceiling, profile.coverage(m)), profile.mean_loss(m)
     if predictor == "budget":
         return min(ceiling, profile.budget_coverage(delta)), max(0.0, base - delta)
+    if predictor == "unigram":
+        return min(ceiling, profile.unigram_coverage(delta)), max(0.0, base - delta)
     raise ValueError(f"unknown coverage predictor {predictor!r}")
 
 
@@ -175,4 +232,6 @@ def delta_for_coverage(profile: LossProfile, coverage: float, predictor: str = D
         return profile.mean_loss(0.0) - profile.mean_loss(m)
     if predictor == "budget":
         return profile.budget_for_coverage(coverage)
+    if predictor == "unigram":
+        return profile.unigram_for_coverage(coverage)
     raise ValueError(f"unknown coverage predictor {predictor!r}")
