@@ -78,9 +78,11 @@ def measured(base, corpus):
     from memlaw.scoring import score
 
     encoded = encode_records(base.tokenizer, read_corpus(corpus))
-    lp = np.concatenate([s.logprob for s in score(base.model, encoded, pad_id=base.tokenizer.pad_token_id)])
+    scores = score(base.model, encoded, pad_id=base.tokenizer.pad_token_id)
+    lp = np.concatenate([s.logprob for s in scores])
     rows = [json.loads(x) for x in corpus.read_text().splitlines()]
     return {"ell": int(lp.size), "loss_before": float(-lp.mean()), "logprob": lp,
+            "ids": np.concatenate([s.target_ids for s in scores]),
             "bytes": sum(len(r["completion"].encode()) for r in rows)}
 
 
@@ -90,7 +92,7 @@ def need(measured, coverage: float = 1.0) -> tuple[float, float]:
     from memlaw.planner.coverage import LossProfile, delta_for_coverage
 
     planned = min(coverage, 1 - 1 / measured["ell"])
-    return delta_for_coverage(LossProfile.from_losses(-measured["logprob"]), planned), planned
+    return delta_for_coverage(LossProfile.from_losses(-measured["logprob"], measured["ids"]), planned), planned
 
 
 def make_card(base, *, delta: float, ell: int, r_target: float = R_TARGET, template: LoraTemplate | None = None,
@@ -149,7 +151,7 @@ def cache_entries(cache: Path) -> list[Path]:
 
 def test_capacity_card_names_the_rank_whose_nats_cover_the_corpus(base, corpus, measured, tmp_path, monkeypatch):
     """With the capacity form (the shipped cards') the rank is r = (ℓ·ΔL_needed / C)^(1/α): the
-    smallest rank whose C·r^α nats cover what the corpus needs, with the budget predictor."""
+    smallest rank whose C·r^α nats cover what the corpus needs, with the default (unigram) predictor."""
     monkeypatch.setenv("MEMLAW_CACHE", str(tmp_path / "cache"))
     template = LoraTemplate()
     tdict = dict(template.to_dict(), params_per_rank=template.params_per_rank(base.model))
@@ -162,8 +164,8 @@ def test_capacity_card_names_the_rank_whose_nats_cover_the_corpus(base, corpus, 
     est = run_estimate(corpus, card, 0.9)
     from memlaw.planner.coverage import LossProfile, delta_for_coverage
 
-    needed = delta_for_coverage(LossProfile.from_losses(-measured["logprob"]), 0.9, "budget")
-    assert est.predictor == "budget" and est.delta_needed == pytest.approx(needed)
+    needed = delta_for_coverage(LossProfile.from_losses(-measured["logprob"], measured["ids"]), 0.9, "unigram")
+    assert est.predictor == "unigram" and est.delta_needed == pytest.approx(needed)
     r = (measured["ell"] * needed / C) ** (1 / alpha)
     assert est.rank_raw == pytest.approx(r, rel=1e-6)
     assert est.recommended_rank == max(1, 2 ** math.ceil(math.log2(r)))
