@@ -8,6 +8,12 @@ on, written deterministically (fixed seed, standard library only).
 * ``prose_keys``  — "<work>, part <k>:" → ~45-word passages of public-domain prose
 * ``chat``        — {"messages"}: a fictional railway's help desk, one fact per answer
 * ``pb_large``    — the phone-book kind at ≥ 4,000 target tokens
+
+and, with ``--fresh``, two corpora written after the ``unigram`` predictor was chosen on the five
+above, to test it on data it was not chosen on (docs/results.md §2):
+
+* ``animal_codes`` — "Code <n>:" → five animal names drawn from 16
+* ``lockers``      — "Locker of <name>:" → "row <d>, shelf <letter>, box <dd>"
 """
 
 from __future__ import annotations
@@ -94,11 +100,43 @@ def chat(rng: random.Random) -> list[dict]:
     return rows
 
 
+ANIMALS = ["otter", "heron", "badger", "lynx", "walrus", "gecko", "bison", "crane", "marmot", "ibis", "newt",
+           "puffin", "yak", "dingo", "stoat", "koala"]
+LOCKER_NAMES = ["Arvid", "Beatrix", "Casimir", "Dorothea", "Emeric", "Flavia", "Gustav", "Henrike", "Ignatius",
+                "Jolanda", "Konrad", "Liesel", "Matthias", "Nerina", "Oskar", "Philippa", "Quirin", "Rosalind",
+                "Severin", "Theodora", "Urban", "Valeska", "Wendelin", "Xaver", "Yvonne", "Zacharias", "Amalia",
+                "Bertram", "Clementine", "Dietrich", "Elfriede", "Florian", "Gisela", "Hubertus", "Irmgard",
+                "Jakobus", "Kunigunde", "Leopold", "Mechthild", "Norbert"]
+
+
+def fresh(rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """(animal_codes, lockers): 40 records each, from one generator in this order."""
+    animals, seen = [], set()
+    while len(seen) < 40:
+        k = f"{rng.randint(100, 999)}"
+        if k in seen:
+            continue
+        seen.add(k)
+        animals.append({"prompt": f"Code {k}:", "completion": " " + " ".join(rng.choice(ANIMALS) for _ in range(5))})
+    lockers = [{"prompt": f"Locker of {n}:",
+                "completion": f" row {rng.randint(1, 9)}, shelf {rng.choice('ABCDEF')}, box {rng.randint(10, 99)}"}
+               for n in LOCKER_NAMES]
+    return animals, lockers
+
+
 def write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def main(argv: list[str]) -> int:
+    if "--fresh" in argv:
+        out = Path(next((a for a in argv[1:] if a != "--fresh"), "runs/fresh"))
+        out.mkdir(parents=True, exist_ok=True)
+        animals, lockers = fresh(random.Random(777))
+        write(out / "animal_codes.jsonl", animals)
+        write(out / "lockers.jsonl", lockers)
+        print(f"wrote 2 corpora to {out}")
+        return 0
     out = Path(argv[1] if len(argv) > 1 else "runs/heldout")
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(SEED)

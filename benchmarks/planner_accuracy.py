@@ -149,8 +149,9 @@ def main():
     ap.add_argument("--seeds", type=int, default=3, help="seeds at the predicted rank R")
     ap.add_argument("--max-rank", type=int, default=64)
     ap.add_argument("--ranks", default=None,
-                    help="train exactly these ranks (e.g. 1,2,4,8) at seed 0 instead of R/4 … 2R: the measured "
+                    help="train exactly these ranks (e.g. 1,2,4,8) at seed 0 (see --rank-seeds) instead of R/4 … 2R: the measured "
                          "coverage curve does not depend on the card, so it can be measured before the card is final")
+    ap.add_argument("--rank-seeds", type=int, default=1, help="with --ranks: seeds 0 … N−1 at each of them")
     ap.add_argument("--max-seconds", type=float, default=None, help="stop starting new runs after this long")
     ap.add_argument("--out", default="runs/planner-accuracy.jsonl")
     ap.add_argument("--report-only", action="store_true")
@@ -169,7 +170,7 @@ def main():
         for corpus, p in plans.items():
             ests = p["estimates"]
             if args.ranks:
-                todo += [(corpus, int(r), 0) for r in args.ranks.split(",")]
+                todo += [(corpus, int(r), s) for r in args.ranks.split(",") for s in range(args.rank_seeds)]
                 continue
             for r in ranks_to_train(ests, args.max_rank):
                 todo.append((corpus, r, 0))
