@@ -80,9 +80,6 @@ class LossProfile:
         return cls(cls._histogram(losses), unigram_counts=cls._histogram(np.minimum(losses, unigram)),
                    unigram_overhead=float(cheapest.sum()))
 
-    def add(self, other: "LossProfile") -> "LossProfile":
-        return LossProfile(self.counts + other.counts, self.lo, self.width)
-
     def to_dict(self) -> dict:
         def bins(counts):
             return [[int(i), int(counts[i])] for i in np.nonzero(counts)[0]]
