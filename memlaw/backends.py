@@ -40,6 +40,17 @@ class AdapterScores:
     note: str | None = None
 
 
+def precision_note(info: dict) -> str | None:
+    """What a bf16 pass did, from :func:`memlaw.scoring.score`'s ``info`` (None for float32)."""
+    if info.get("precision") != "bf16":
+        return None
+    note = (f"scored in bf16; {info['rechecked_records']} of {info['records']} records re-scored in float32 "
+            "(a token near a verdict boundary)")
+    if info["gave_up"]:
+        note += ", and the rest in float32 once more than half needed it"
+    return note
+
+
 class ScoringBackend(ABC):
     """A scoring engine. ``name``: one of :data:`NAMES`. ``note``: why ``auto`` chose it, or None.
     ``scores_from_files``: it serves the model from its files itself, so an audit need not load
@@ -107,13 +118,7 @@ class TransformersBackend(ScoringBackend):
         info: dict = {}
         scores = score(inputs.model, inputs.encoded, pad_id=inputs.pad_id, progress=progress, description="auditing",
                        precision=self.precision, info=info)
-        note = None
-        if info["precision"] == "bf16":
-            note = (f"scored in bf16; {info['rechecked_records']} of {info['records']} records re-scored in float32 "
-                    "(a token near a verdict boundary)")
-            if info["gave_up"]:
-                note += ", and the rest in float32 once more than half needed it"
-        return AdapterScores(scores, None, self.name, note)
+        return AdapterScores(scores, None, self.name, precision_note(info))
 
     def base_scores_for(self, inputs, run: AdapterScores, *, progress=False) -> tuple[list, str]:
         from memlaw.scoring import score

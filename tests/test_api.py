@@ -132,6 +132,12 @@ def test_audit_precision_bf16(trained):
         assert [t["argmax"] for t in a.tokens] == [t["argmax"] for t in b.tokens]
     for k in ("exact_records", "locked_records", "locked_tokens"):
         assert got.summary[k] == ref.summary[k]
+    # the sliced audit (memaudit's path, keep_records=False) honours the precision too
+    sliced = memlaw.audit(trained.path, runtime=memlaw.Runtime(device="cpu", backend="transformers", precision="bf16"),
+                          effect_check=False, keep_records=False)
+    assert sliced.backend_note == got.backend_note
+    assert [(r.exact, r.locked, [t["argmax"] for t in r.tokens]) for r in sliced.records] == \
+        [(r.exact, r.locked, [t["argmax"] for t in r.tokens]) for r in ref.records]
     with pytest.raises(UserError, match="precision 'bf16' needs effect_check=False"):
         memlaw.audit(trained.path, runtime=memlaw.Runtime(device="cpu", precision="bf16"))
     # auto with the effect check on scores in float32

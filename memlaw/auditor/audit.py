@@ -885,7 +885,8 @@ def audit_adapter(adapter_dir: str | os.PathLike, corpus=None, base_model: str |
         return audit_adapter_sliced(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
                                     trust_remote_code=trust_remote_code, force_base=force_base, device=device,
                                     progress=progress, base=base, backend_note=engine.note,
-                                    effect_check=effect_check, **({"slice_tokens": slice_tokens} if slice_tokens else {}))
+                                    effect_check=effect_check, precision=getattr(engine, "precision", "float32"),
+                                    **({"slice_tokens": slice_tokens} if slice_tokens else {}))
     if engine.scores_from_files and base is None:
         inputs = load_adapter_files(adapter_dir, corpus, base_model, allow_pickle=allow_pickle,
                                     trust_remote_code=trust_remote_code, force_base=force_base)

@@ -363,13 +363,16 @@ def _slices(order, cuts: list[int], n_target, slice_tokens: int):
 def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
                         slice_tokens: int = DEFAULT_SLICE_TOKENS, keep_worst: int = DEFAULT_KEEP_WORST,
                         backend_note: str | None = None, display_cap: int = DISPLAY_MAX_TOKENS,
-                        spool_in_memory: int = SPOOL_IN_MEMORY) -> StreamedAuditResult:
+                        spool_in_memory: int = SPOOL_IN_MEMORY, precision: str = "float32") -> StreamedAuditResult:
     """Audit what :func:`memlaw.auditor.audit.load_adapter_inputs` loaded with ``stream_corpus``
     (``inputs.encoded`` an :class:`EncodedSpool`), with the transformers backend, a slice at a time.
     Same summary, warnings, effect check and records as :func:`memlaw.auditor.audit.audit_inputs`.
     ``keep_worst``: worst records kept for :meth:`~AuditResult.worst`; ``display_cap``: the target
     tokens of the records kept for :meth:`~AuditResult.for_display` (beyond these, a call reads
-    the spool); ``spool_in_memory``: bytes of records held in memory before the spool goes to disk."""
+    the spool); ``spool_in_memory``: bytes of records held in memory before the spool goes to disk;
+    ``precision``: the adapter pass's (:func:`memlaw.scoring.score`; each slice decides its own
+    float32 re-checks), the base-model pass is float32."""
+    from memlaw.backends import precision_note
     from memlaw.scoring import _progress, batch_cuts, check_context, score
 
     spool: EncodedSpool = inputs.encoded
@@ -392,6 +395,7 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
         loss_sums = np.zeros(n, np.float64)  # per record, summed in corpus order at the end (as summarize)
         n_tokens = locked_tokens = exact_records = locked_records = 0
         seconds = 0.0
+        passes = {"precision": precision, "records": 0, "rechecked_records": 0, "gave_up": False}
         order, cuts = batch_cuts(spool.lengths)  # score()'s defaults: the whole-corpus audit's batches
         total = spool.target_tokens * (2 if need_base else 1)
         with _progress(progress, "auditing", total) as advance:
@@ -399,8 +403,13 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
                 pairs = spool.load(positions)
                 encoded = [e for _, e in pairs]
                 start = time.perf_counter()
-                scores = score(model, encoded, pad_id=pad_id, progress=_advancing(advance))
+                info: dict = {}
+                scores = score(model, encoded, pad_id=pad_id, progress=_advancing(advance), precision=precision,
+                               info=info)
                 seconds += time.perf_counter() - start
+                for k in ("records", "rechecked_records"):
+                    passes[k] += info[k]
+                passes["precision"], passes["gave_up"] = info["precision"], passes["gave_up"] or info["gave_up"]
                 if need_base:
                     with model.disable_adapter():
                         for s in score(model, encoded, pad_id=pad_id, progress=_advancing(advance)):
@@ -446,7 +455,9 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
         ident.setdefault("name", getattr(inputs.base, "name", None))
         result = StreamedAuditResult(summary=summary, records=out, base_model=ident, conflicts=conflicts,
                                      warnings=list(inputs.warnings) + warnings, seconds=seconds,
-                                     backend="transformers", backend_note=backend_note)
+                                     backend="transformers",
+                                     backend_note="; ".join(n for n in (backend_note, precision_note(passes)) if n)
+                                     or None)
         result.setup(worst.records(), keep_worst, display.records(), display_cap,
                      n - exact_records)
     except BaseException:
@@ -490,7 +501,7 @@ def audit_adapter_sliced(adapter_dir, corpus=None, base_model: str | None = None
                          trust_remote_code: bool = False, force_base: bool = False, device: str = "cpu",
                          progress=False, base=None, backend_note: str | None = None, effect_check: bool = True,
                          slice_tokens: int = DEFAULT_SLICE_TOKENS, keep_worst: int = DEFAULT_KEEP_WORST,
-                         display_cap: int = DISPLAY_MAX_TOKENS) -> StreamedAuditResult:
+                         display_cap: int = DISPLAY_MAX_TOKENS, precision: str = "float32") -> StreamedAuditResult:
     """:func:`memlaw.auditor.audit.audit_adapter` with the transformers backend, in slices: the
     same checks, result and reports, whatever the corpus size, in bounded memory."""
     from memlaw.auditor.audit import load_adapter_inputs
@@ -500,6 +511,7 @@ def audit_adapter_sliced(adapter_dir, corpus=None, base_model: str | None = None
                                  base=base, stream_corpus=True)
     try:
         return audit_inputs_sliced(inputs, progress=progress, effect_check=effect_check, slice_tokens=slice_tokens,
-                                   keep_worst=keep_worst, backend_note=backend_note, display_cap=display_cap)
+                                   keep_worst=keep_worst, backend_note=backend_note, display_cap=display_cap,
+                                   precision=precision)
     finally:
         inputs.encoded.close()
