@@ -395,7 +395,7 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
         loss_sums = np.zeros(n, np.float64)  # per record, summed in corpus order at the end (as summarize)
         n_tokens = locked_tokens = exact_records = locked_records = 0
         seconds = 0.0
-        passes = {"precision": precision, "records": 0, "rechecked_records": 0, "gave_up": False}
+        passes = {"precision": "float32", "records": 0, "rechecked_records": 0, "gave_up": False}
         order, cuts = batch_cuts(spool.lengths)  # score()'s defaults: the whole-corpus audit's batches
         total = spool.target_tokens * (2 if need_base else 1)
         with _progress(progress, "auditing", total) as advance:
@@ -404,12 +404,15 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
                 encoded = [e for _, e in pairs]
                 start = time.perf_counter()
                 info: dict = {}
-                scores = score(model, encoded, pad_id=pad_id, progress=_advancing(advance), precision=precision,
-                               info=info)
+                # once a slice gave up on bf16 (most records near a boundary), the rest goes straight to float32
+                scores = score(model, encoded, pad_id=pad_id, progress=_advancing(advance), info=info,
+                               precision="float32" if passes["gave_up"] else precision)
                 seconds += time.perf_counter() - start
                 for k in ("records", "rechecked_records"):
                     passes[k] += info[k]
-                passes["precision"], passes["gave_up"] = info["precision"], passes["gave_up"] or info["gave_up"]
+                passes["gave_up"] = passes["gave_up"] or info["gave_up"]
+                if info["precision"] == "bf16":  # as resolved ("auto"), by any slice
+                    passes["precision"] = "bf16"
                 if need_base:
                     with model.disable_adapter():
                         for s in score(model, encoded, pad_id=pad_id, progress=_advancing(advance)):
