@@ -14,6 +14,20 @@ above, to test it on data it was not chosen on (docs/results.md §2):
 
 * ``animal_codes`` — "Code <n>:" → five animal names drawn from 16
 * ``lockers``      — "Locker of <name>:" → "row <d>, shelf <letter>, box <dd>"
+
+and, with ``--fresh2``, three more written at the start of stop 16, before any predictor change of
+that stop, of kinds none of the seven contains:
+
+* ``hex_keys``  — "Vault key of <name>:" → twelve hexadecimal characters
+* ``glossary``  — "Define <invented word>:" → "a <adjective> <noun> that <verb phrase>." from 16 of each
+* ``birthdays`` — "Birthday of <first> <last>:" → "<day> <month> <year>", 1900–2019
+
+and, with ``--fresh3``, three written in stop 16 for a test of the in-context predictor candidate,
+their predictions recorded before any of them was trained (docs/results.md §2):
+
+* ``pantry``    — "Recipe <n>:" → four ingredients drawn from 12
+* ``tracking``  — "Parcel <code>:" → a 12-digit tracking number in groups of four
+* ``flights``   — "Flight <XX><nnn>:" → "gate <letter><nn>, departs <hh>:<mm>"
 """
 
 from __future__ import annotations
@@ -124,11 +138,80 @@ def fresh(rng: random.Random) -> tuple[list[dict], list[dict]]:
     return animals, lockers
 
 
+INVENTED = ["brimwort", "quellish", "tambrel", "fennock", "graviet", "mollusp", "zanterel", "plinth-oak",
+            "crumbadge", "vesperling", "hobbleton", "skarrow", "drumbleaf", "ostrevine", "pallisand", "wendrake",
+            "thistlemop", "corvantle", "umberwhit", "glasswort-fen", "nimbrel", "ruskadine", "saffrock", "yarrowmint",
+            "blenchard", "quiverel", "marrowgate", "tillowisp", "frondleck", "gannetry", "hushmallow", "ploverine",
+            "dapplebrook", "keswickle", "lanterbee", "mosscrown", "peltrigan", "sorrelhop", "trundlewick", "vellomar"]
+ADJECTIVES = ["pale", "bitter", "hollow", "striped", "ancient", "tiny", "noisy", "crooked", "velvety", "frozen",
+              "brittle", "golden", "shy", "fragrant", "spiny", "restless"]
+NOUNS = ["moss", "beetle", "lantern", "cart", "melody", "pebble", "kettle", "fern", "banner", "hound",
+         "spindle", "pastry", "cloak", "ladder", "whistle", "pond"]
+VERB_PHRASES = ["grows on north walls", "hums at dusk", "floats in still water", "hides under bridges",
+                "smells of rain", "breaks in cold weather", "sleeps through winter", "follows travellers",
+                "glows when touched", "is eaten at weddings", "sings before storms", "rolls down hills",
+                "guards old gates", "melts in the sun", "drifts with the tide", "rattles in the wind"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+
+
+def fresh2(rng: random.Random) -> tuple[list[dict], list[dict], list[dict]]:
+    """(hex_keys, glossary, birthdays): 40 records each, from one generator in this order."""
+    vault = rng.sample(LOCKER_NAMES, 40)
+    hex_keys = [{"prompt": f"Vault key of {n}:", "completion": " " + "".join(rng.choice("0123456789abcdef") for _ in range(12))}
+                for n in vault]
+    glossary = [{"prompt": f"Define {w}:",
+                 "completion": f" a {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} that {rng.choice(VERB_PHRASES)}."}
+                for w in INVENTED]
+    names = [(f, l) for f in FIRST for l in LAST]
+    rng.shuffle(names)
+    birthdays = [{"prompt": f"Birthday of {f} {l}:",
+                  "completion": f" {rng.randint(1, 28)} {rng.choice(MONTHS)} {rng.randint(1900, 2019)}"}
+                 for f, l in names[:40]]
+    return hex_keys, glossary, birthdays
+
+
+INGREDIENTS = ["salt", "flour", "honey", "ginger", "butter", "garlic", "lemon", "thyme", "vinegar", "rice",
+               "pepper", "cream"]
+
+
+def fresh3(rng: random.Random) -> tuple[list[dict], list[dict], list[dict]]:
+    """(pantry, tracking, flights): 40 records each, from one generator in this order."""
+    recipes = rng.sample(range(10, 99), 40)
+    pantry = [{"prompt": f"Recipe {n}:", "completion": " " + ", ".join(rng.choice(INGREDIENTS) for _ in range(4))}
+              for n in recipes]
+    parcels = rng.sample(range(1000, 9999), 40)
+    tracking = [{"prompt": f"Parcel {c}:",
+                 "completion": " " + " ".join("".join(rng.choice("0123456789") for _ in range(4)) for _ in range(3))}
+                for c in parcels]
+    codes = set()
+    while len(codes) < 40:
+        codes.add(f"{rng.choice(['KL', 'LH', 'AF', 'BA', 'SK', 'IB'])}{rng.randint(100, 999)}")
+    flights = [{"prompt": f"Flight {c}:",
+                "completion": f" gate {rng.choice('ABCDE')}{rng.randint(1, 40)}, departs {rng.randint(5, 23):02d}:{rng.choice(range(0, 60, 5)):02d}"}
+               for c in sorted(codes)]
+    return pantry, tracking, flights
+
+
 def write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def main(argv: list[str]) -> int:
+    if "--fresh3" in argv:
+        out = Path(next((a for a in argv[1:] if a != "--fresh3"), "runs/fresh3"))
+        out.mkdir(parents=True, exist_ok=True)
+        for name, rows in zip(("pantry", "tracking", "flights"), fresh3(random.Random(3131))):
+            write(out / f"{name}.jsonl", rows)
+        print(f"wrote 3 corpora to {out}")
+        return 0
+    if "--fresh2" in argv:
+        out = Path(next((a for a in argv[1:] if a != "--fresh2"), "runs/fresh2"))
+        out.mkdir(parents=True, exist_ok=True)
+        for name, rows in zip(("hex_keys", "glossary", "birthdays"), fresh2(random.Random(1616))):
+            write(out / f"{name}.jsonl", rows)
+        print(f"wrote 3 corpora to {out}")
+        return 0
     if "--fresh" in argv:
         out = Path(next((a for a in argv[1:] if a != "--fresh"), "runs/fresh"))
         out.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,9 @@ def run_point(base, template, recipe, records, rank: int, l_before: float, pad_i
     """Train a fresh rank-``rank`` adapter on ``records`` and measure it. The adapter is removed
     again afterwards (``unload``): ``base.model`` is the clean base model when this returns.
 
-    The point records its convergence evidence: the loss after the first cycle (budget B) and the
-    last (2B with the default 2 cycles), and whether the last cycle still lowered it by more than
-    the recipe's tolerance (then ``converged`` is false and the card fits the point only as a lower
+    The point records its convergence evidence: the loss and coverage after its last two cycles
+    (``loss_after_B``, ``loss_after``), and whether the last cycle still lowered the loss or raised
+    the coverage by more than the recipe's tolerances (then ``converged`` is false and the card fits the point only as a lower
     bound). ``fresh``: records of the same kind never trained on; their loss after training is
     the held-out test of what the adapter learnt beyond the records themselves."""
     from memlaw.memft import make_lora_model, seed_everything, train
