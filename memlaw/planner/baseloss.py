@@ -35,7 +35,7 @@ from memlaw.errors import ParameterError
 from memlaw.io import atomic_write_json
 from memlaw.planner.coverage import LossProfile
 
-CACHE_VERSION = 3  # 2: the per-token loss profile and the structural ceiling; 3: its unigram code
+CACHE_VERSION = 4  # 2: the per-token loss profile and the structural ceiling; 3: its unigram code; 4: in-context prices
 BACKENDS = NAMES
 DTYPE = "float32"
 LN2 = math.log(2.0)
@@ -61,20 +61,30 @@ class TokenLossSums:
 
 
 def base_losses(model, encoded: Sequence, backend: str | ScoringBackend = "transformers", *, pad_id: int = 0,
-                progress: bool = False, model_name: str | None = None) -> TokenLossSums:
+                progress: bool = False, model_name: str | None = None, context: dict | None = None) -> TokenLossSums:
     """Score every target token of ``encoded`` with ``model`` and return the sums the planner needs.
 
     The one place a scoring backend plugs in (:meth:`memlaw.backends.ScoringBackend.score_base`):
     it must return the same sums (per-token log p under teacher forcing, target tokens only).
-    ``vllm`` serves ``model_name`` itself."""
+    ``vllm`` serves ``model_name`` itself. ``context`` (``bos_id``, ``separator``, ``max_tokens``):
+    also score each record after other records of the corpus, for the ``context`` predictor
+    (:mod:`memlaw.planner.context`); a second pass of about twice the tokens."""
     import numpy as np
 
-    scores = get_backend(backend, allow_auto=False).score_base(model, encoded, pad_id=pad_id, progress=progress,
-                                                               model_name=model_name)
+    scorer = get_backend(backend, allow_auto=False)
+    scores = scorer.score_base(model, encoded, pad_id=pad_id, progress=progress, model_name=model_name)
     if scores:
         lp = np.concatenate([s.logprob for s in scores]).astype(np.float64)
     else:
         lp = np.zeros(0)
+    in_context = None
+    if context is not None and scores:
+        # a call of its own: batched with the records, the windows' padding would move L_before's last digits
+        from memlaw.planner.context import context_losses
+
+        # no progress of its own: the stage callers follow (L_before) has ended with the records
+        in_context = np.concatenate(context_losses(scorer, model, encoded, [-s.logprob for s in scores],
+                                                   pad_id=pad_id, model_name=model_name, **context))
     bits = -lp / LN2
     sums = TokenLossSums(
         records=len(encoded),
@@ -84,7 +94,8 @@ def base_losses(model, encoded: Sequence, backend: str | ScoringBackend = "trans
         info_bits=float(bits.sum()),
         floor_bits=float(np.maximum(0.0, bits - 1.0).sum()),
         locked_tokens=int((lp > -LN2).sum()),
-        profile=LossProfile.from_losses(-lp, np.concatenate([s.target_ids for s in scores]) if scores else None).to_dict(),
+        profile=LossProfile.from_losses(-lp, np.concatenate([s.target_ids for s in scores]) if scores else None,
+                                        in_context).to_dict(),
     )
     # per token, for the auditor's no-effect check (an adapter is compared with these scores)
     sums.per_token = {
@@ -379,6 +390,17 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def context_settings(base) -> dict:
+    """How :mod:`memlaw.planner.context` joins records for ``base``: a newline between records, one
+    BOS at the start where the tokenizer puts one before text (a chat template's own opening token
+    stays on every record), windows of at most 2,048 tokens or the model's own limit."""
+    tok = base.tokenizer
+    adds_bos = tok.bos_token_id is not None and tok("x")["input_ids"][:1] == [tok.bos_token_id]
+    limit = getattr(getattr(base.model, "config", None), "max_position_embeddings", None) or 2048
+    return {"bos_id": tok.bos_token_id if adds_bos else None,
+            "separator": tuple(tok("\n", add_special_tokens=False)["input_ids"]), "max_tokens": int(min(2048, limit))}
+
+
 def measure_or_load(spec, records, model_name: str, corpus_sha256: str, *, use_cache: bool = True,
                     backend: str = "transformers", device: str = "cpu", progress: bool = False,
                     base=None, log: Callable[[str], None] | None = None) -> tuple[BaseLoss, bool, list[str]]:
@@ -416,9 +438,10 @@ def measure_or_load(spec, records, model_name: str, corpus_sha256: str, *, use_c
                 return hit, True, warnings
     encoded = encode_records(base.tokenizer, records)
     n_target = sum(e.n_target for e in encoded)
-    say(f"measuring L_before: one scoring pass over {n_target:,} target tokens…")
+    say(f"measuring L_before: scoring {n_target:,} target tokens alone, then after other records of the corpus…")
     pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
-    sums = base_losses(base.model, encoded, backend, pad_id=pad_id, progress=progress, model_name=model_name)
+    sums = base_losses(base.model, encoded, backend, pad_id=pad_id, progress=progress, model_name=model_name,
+                       context=context_settings(base))
     bl = BaseLoss(
         records=sums.records, target_tokens=sums.target_tokens, key_tokens=sums.key_tokens,
         loss_sum=sums.loss_sum, info_bits=sums.info_bits, floor_bits=sums.floor_bits,
