@@ -69,3 +69,28 @@ def test_in_context_losses_are_the_window_forward_pass(one_thread, tmp_path):
     # one record: nothing to put before it, so its in-context losses are its losses alone
     one = context_losses(scorer, base.model, encoded[:1], alone[:1], **settings)
     np.testing.assert_allclose(one[0], alone[0], atol=2e-4)
+
+
+def test_context_prices_are_added_to_a_cached_entry(one_thread, tmp_path, monkeypatch):
+    """The in-context pass runs only for the context predictor: a cached entry made without it gets
+    it from one more pass (base losses from the token cache), as if measured whole."""
+    from memlaw.corpus import corpus_sha256, read_corpus
+    from memlaw.memft import CorpusSpec
+    from memlaw.planner.baseloss import measure_or_load
+    from memlaw.planner.coverage import LossProfile
+
+    monkeypatch.setenv("MEMLAW_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"id {i:02d}:", "completion": f" {i * 37 % 1000:03d} ok"}) + "\n"
+                            for i in range(20)))
+    spec, records, sha = CorpusSpec(path), read_corpus(path), corpus_sha256(path)
+    plain, cached, _ = measure_or_load(spec, records, "tiny", sha)
+    assert not cached and "context_bins" not in plain.profile
+    added, cached, _ = measure_or_load(spec, records, "tiny", sha, context=True)
+    assert cached and "context_bins" in added.profile
+    whole, cached, _ = measure_or_load(spec, records, "tiny", sha, use_cache=False, context=True)
+    assert not cached
+    a, w = LossProfile.from_dict(added.profile), LossProfile.from_dict(whole.profile)
+    assert a.n == w.n == 20 * 7 and np.abs(a.context_counts - w.context_counts).sum() <= 2  # float32 cache: a bin at most
+    again, cached, _ = measure_or_load(spec, records, "tiny", sha, context=True)
+    assert cached and again.profile == whole.profile
