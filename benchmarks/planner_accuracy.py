@@ -52,7 +52,7 @@ def plan(corpora, card, card_path, coverages) -> dict:
         ests = {c: estimate(spec, card, c, card_path=str(card_path)).to_dict() for c in coverages}
         from memlaw.corpus import corpus_sha256
 
-        bl, _, _ = measure_or_load(spec, spec.read(), card.base_model["name"], corpus_sha256(corpus))
+        bl, _, _ = measure_or_load(spec, spec.read(), card.base_model["name"], corpus_sha256(corpus), context=True)
         out[corpus] = {"estimates": ests, "profile": bl.loss_profile(), "ceiling": bl.max_coverage,
                        "base_coverage": bl.base_coverage, "ell": bl.target_tokens}
     return out

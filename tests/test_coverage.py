@@ -60,7 +60,7 @@ def test_predicted_loss_is_never_negative_and_coverage_is_monotone():
     prof = LossProfile.from_losses(rng.exponential(2.5, 4000))
     covs, means = [], []
     for d in np.linspace(0, 10, 41):  # past the base loss too: ΔL can exceed it
-        for pred in ("boost", "budget", "unigram"):
+        for pred in ("boost", "budget", "unigram", "context"):
             c, m = predict(prof, d, pred)
             assert m >= 0 and 0 <= c <= 1
         c, m = predict(prof, d)
@@ -112,6 +112,27 @@ def test_unigram_code_cannot_help_a_corpus_of_distinct_tokens():
     assert bare.unigram_counts is None and predict(bare, 0.5, "unigram") == predict(bare, 0.5, "budget")
 
 
+def test_context_price_on_a_hand_computed_corpus():
+    """1,000 tokens of 100 types (10 each), base loss 8, unigram code ln 100, in context loss 1:
+    name the types once (100 × 8 nats), then each token costs 1 − CONTEXT_LOCK_LEVEL."""
+    from memlaw.planner.coverage import CONTEXT_LOCK_LEVEL
+
+    ids = np.tile(np.arange(100), 10)
+    prof = LossProfile.from_losses(np.full(1000, 8.0), ids, np.full(1000, 1.0))
+    full = (800.0 + 1000 * (1.0 - CONTEXT_LOCK_LEVEL)) / 1000
+    assert delta_for_coverage(prof, 1.0, "context") == pytest.approx(full, rel=0.02)
+    assert delta_for_coverage(prof, 1.0, "unigram") == pytest.approx((800 + 1000 * (math.log(100) - LN2)) / 1000, rel=0.02)
+    half = (800.0 + 500 * (1.0 - CONTEXT_LOCK_LEVEL)) / 1000
+    assert prof.context_coverage(half) == pytest.approx(0.5, abs=0.01)
+    assert prof.context_coverage(700.0 / 1000) == prof._budget_coverage(prof.counts, 700.0, CONTEXT_LOCK_LEVEL)
+    # in-context losses above the other prices change nothing but the lock level
+    same = LossProfile.from_losses(np.full(1000, 8.0), ids, np.full(1000, 20.0))
+    assert np.array_equal(same.context_counts, same.unigram_counts)
+    # without in-context losses the predictor is unigram's
+    bare = LossProfile.from_losses(np.full(1000, 8.0), ids)
+    assert bare.context_counts is None and predict(bare, 2.0, "context") == predict(bare, 2.0, "unigram")
+
+
 def test_ceiling_caps_the_prediction():
     prof = LossProfile.from_losses(np.full(100, 2.0))
     assert predict(prof, 100.0, ceiling=0.93)[0] == 0.93
@@ -121,8 +142,9 @@ def test_profile_round_trips_through_json():
     import json
 
     rng = np.random.default_rng(1)
-    prof = LossProfile.from_losses(rng.exponential(2.0, 500), rng.integers(0, 20, 500))
+    prof = LossProfile.from_losses(rng.exponential(2.0, 500), rng.integers(0, 20, 500), rng.exponential(1.0, 500))
     back = LossProfile.from_dict(json.loads(json.dumps(prof.to_dict())))
+    assert np.array_equal(back.context_counts, prof.context_counts) and back.context_coverage(0.7) == prof.context_coverage(0.7)
     assert np.array_equal(back.counts, prof.counts) and back.mean_loss(1.0) == prof.mean_loss(1.0)
     assert np.array_equal(back.unigram_counts, prof.unigram_counts)
     assert back.unigram_overhead == prof.unigram_overhead and back.unigram_coverage(0.7) == prof.unigram_coverage(0.7)

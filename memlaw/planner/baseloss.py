@@ -36,6 +36,7 @@ from memlaw.io import atomic_write_json
 from memlaw.planner.coverage import LossProfile
 
 CACHE_VERSION = 3  # 2: the per-token loss profile and the structural ceiling; 3: its unigram code
+# (an entry's profile may also carry the ``context`` predictor's histogram: added when first asked for)
 BACKENDS = NAMES
 DTYPE = "float32"
 LN2 = math.log(2.0)
@@ -61,20 +62,30 @@ class TokenLossSums:
 
 
 def base_losses(model, encoded: Sequence, backend: str | ScoringBackend = "transformers", *, pad_id: int = 0,
-                progress: bool = False, model_name: str | None = None) -> TokenLossSums:
+                progress: bool = False, model_name: str | None = None, context: dict | None = None) -> TokenLossSums:
     """Score every target token of ``encoded`` with ``model`` and return the sums the planner needs.
 
     The one place a scoring backend plugs in (:meth:`memlaw.backends.ScoringBackend.score_base`):
     it must return the same sums (per-token log p under teacher forcing, target tokens only).
-    ``vllm`` serves ``model_name`` itself."""
+    ``vllm`` serves ``model_name`` itself. ``context`` (``bos_id``, ``separator``, ``max_tokens``):
+    also score each record after other records of the corpus, for the ``context`` predictor
+    (:mod:`memlaw.planner.context`); a second pass of about twice the tokens."""
     import numpy as np
 
-    scores = get_backend(backend, allow_auto=False).score_base(model, encoded, pad_id=pad_id, progress=progress,
-                                                               model_name=model_name)
+    scorer = get_backend(backend, allow_auto=False)
+    scores = scorer.score_base(model, encoded, pad_id=pad_id, progress=progress, model_name=model_name)
     if scores:
         lp = np.concatenate([s.logprob for s in scores]).astype(np.float64)
     else:
         lp = np.zeros(0)
+    in_context = None
+    if context is not None and scores:
+        # a call of its own: batched with the records, the windows' padding would move L_before's last digits
+        from memlaw.planner.context import context_losses
+
+        # no progress of its own: the stage callers follow (L_before) has ended with the records
+        in_context = np.concatenate(context_losses(scorer, model, encoded, [-s.logprob for s in scores],
+                                                   pad_id=pad_id, model_name=model_name, **context))
     bits = -lp / LN2
     sums = TokenLossSums(
         records=len(encoded),
@@ -84,7 +95,8 @@ def base_losses(model, encoded: Sequence, backend: str | ScoringBackend = "trans
         info_bits=float(bits.sum()),
         floor_bits=float(np.maximum(0.0, bits - 1.0).sum()),
         locked_tokens=int((lp > -LN2).sum()),
-        profile=LossProfile.from_losses(-lp, np.concatenate([s.target_ids for s in scores]) if scores else None).to_dict(),
+        profile=LossProfile.from_losses(-lp, np.concatenate([s.target_ids for s in scores]) if scores else None,
+                                        in_context).to_dict(),
     )
     # per token, for the auditor's no-effect check (an adapter is compared with these scores)
     sums.per_token = {
@@ -379,13 +391,56 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def add_context(bl: BaseLoss, key: str, tokens: dict, records, model_name: str, backend: str, device: str,
+                base, say) -> BaseLoss | None:
+    """``bl`` with the ``context`` predictor's histogram: the in-context pass alone, against the base
+    losses of the token cache; the cache entry is rewritten with it. None where the token cache
+    does not match the records' encoding (then measure anew)."""
+    import numpy as np
+
+    from memlaw.corpus import encode_records
+    from memlaw.models import load_base
+    from memlaw.planner.context import context_losses
+
+    if base is None:
+        say(f"loading base model {model_name}…")
+        base = load_base(model_name, device=resolve_device(device))
+    encoded = encode_records(base.tokenizer, records)
+    lengths = [e.n_target for e in encoded]
+    if [int(n) for n in tokens["lengths"]] != lengths:
+        return None
+    say("scoring the target tokens again after other records of the corpus (the context predictor)…")
+    losses = -tokens["logprob"].astype(np.float64)
+    alone = np.split(losses, np.cumsum(lengths)[:-1])
+    pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
+    in_context = context_losses(get_backend(backend, allow_auto=False), base.model, encoded, alone, pad_id=pad_id,
+                                model_name=model_name, **context_settings(base))
+    bl.profile = LossProfile.from_losses(losses, tokens["ids"], np.concatenate(in_context)).to_dict()
+    write_cached(key, bl)
+    return bl
+
+
+def context_settings(base) -> dict:
+    """How :mod:`memlaw.planner.context` joins records for ``base``: a newline between records, one
+    BOS at the start where the tokenizer puts one before text (a chat template's own opening token
+    stays on every record), windows of at most 2,048 tokens or the model's own limit."""
+    tok = base.tokenizer
+    adds_bos = tok.bos_token_id is not None and tok("x")["input_ids"][:1] == [tok.bos_token_id]
+    limit = getattr(getattr(base.model, "config", None), "max_position_embeddings", None) or 2048
+    return {"bos_id": tok.bos_token_id if adds_bos else None,
+            "separator": tuple(tok("\n", add_special_tokens=False)["input_ids"]), "max_tokens": int(min(2048, limit))}
+
+
 def measure_or_load(spec, records, model_name: str, corpus_sha256: str, *, use_cache: bool = True,
                     backend: str = "transformers", device: str = "cpu", progress: bool = False,
-                    base=None, log: Callable[[str], None] | None = None) -> tuple[BaseLoss, bool, list[str]]:
+                    base=None, log: Callable[[str], None] | None = None,
+                    context: bool = False) -> tuple[BaseLoss, bool, list[str]]:
     """(BaseLoss, cached?, warnings) for a read corpus under ``model_name``.
 
     With ``use_cache`` a cached entry is returned as is; otherwise (or on a miss) the base model is
-    loaded (unless ``base`` is given), the records encoded and scored, and the entry (re)written."""
+    loaded (unless ``base`` is given), the records encoded and scored, and the entry (re)written.
+    ``context``: the profile must carry the in-context prices (the ``context`` predictor); a cached
+    entry without them gets them from a second pass, its base losses read from the token cache."""
     from datetime import datetime, timezone
 
     get_backend(backend, allow_auto=False).require()
@@ -396,8 +451,14 @@ def measure_or_load(spec, records, model_name: str, corpus_sha256: str, *, use_c
         key = cache_key(identity, corpus_sha256, spec, backend)
         if use_cache:
             hit = read_cached(key)
-            if hit is not None:
+            if hit is not None and (not context or "context_bins" in hit.profile):
                 return hit, True, warnings
+            if hit is not None:  # cached without the in-context prices: add them, or measure anew below
+                tokens = read_cached_tokens(key)
+                with_context = add_context(hit, key, tokens, records, model_name, backend, device, base, say) \
+                    if tokens is not None else None
+                if with_context is not None:
+                    return with_context, True, warnings
 
     from memlaw.corpus import coverage_ceiling, encode_records
     from memlaw.models import load_base
@@ -412,13 +473,16 @@ def measure_or_load(spec, records, model_name: str, corpus_sha256: str, *, use_c
         key = cache_key(identity, corpus_sha256, spec, backend)
         if use_cache:
             hit = read_cached(key)
-            if hit is not None:
+            if hit is not None and (not context or "context_bins" in hit.profile):
                 return hit, True, warnings
     encoded = encode_records(base.tokenizer, records)
     n_target = sum(e.n_target for e in encoded)
     say(f"measuring L_before: one scoring pass over {n_target:,} target tokens…")
     pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
-    sums = base_losses(base.model, encoded, backend, pad_id=pad_id, progress=progress, model_name=model_name)
+    if context:
+        say("… and again after other records of the corpus (the context predictor)…")
+    sums = base_losses(base.model, encoded, backend, pad_id=pad_id, progress=progress, model_name=model_name,
+                       context=context_settings(base) if context else None)
     bl = BaseLoss(
         records=sums.records, target_tokens=sums.target_tokens, key_tokens=sums.key_tokens,
         loss_sum=sums.loss_sum, info_bits=sums.info_bits, floor_bits=sums.floor_bits,

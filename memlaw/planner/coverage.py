@@ -8,8 +8,8 @@ histogram of the *log-odds deficit*
     x = ln(e^l − 1)      (x < 0 ⇔ p > 0.5 ⇔ locked; x ≈ l for hard tokens)
 
 and turns a predicted ΔL (the law's mean loss reduction, nats/token) into a predicted coverage.
-Two predictors, compared on held-out corpora in docs/results.md §2 (``budget`` is the default: with
-the capacity law it was the closer one there):
+Four predictors, compared on held-out corpora in docs/results.md §2 (``DEFAULT_PREDICTOR`` names
+the one that was closest there):
 
 * ``boost`` — training adds one common log-odds boost ``m`` to every token (a token's log-odds
   of its target rises by m): its loss becomes ln(1 + e^(x − m)), which is never negative; m is
@@ -23,6 +23,12 @@ the capacity law it was the closer one there):
   the better of the two ways. On a corpus drawn from a small vocabulary (random words, codes, a
   repeated template) the base model's losses overstate what storing it costs; the calibration's
   ΔL already counts a random-token pool's entropy, not the base loss, as the cost of its tokens.
+* ``context`` — ``unigram`` with a third price per token: the base model's loss on it with other
+  records of the corpus in its context (:func:`memlaw.planner.context.context_windows`) — what a
+  learner of the corpus's *kind* (its format, its word list, the second half of " st|oat")
+  predicts without the record's own fact. Prices run down to ``CONTEXT_LOCK_LEVEL`` rather than
+  ln 2: training drives a token it locks far below ln 2, and this level was the closer one on the
+  held-out runs (docs/results.md §2, where its predictions were recorded before the runs).
 
 Pure numpy: the planner uses it without a deep-learning stack.
 """
@@ -36,8 +42,9 @@ import numpy as np
 
 LN2 = math.log(2.0)
 X_LO, X_HI, X_WIDTH = -30.0, 50.0, 0.02  # histogram range and bin width of x (nats of log-odds)
-PREDICTORS = ("boost", "budget", "unigram")
+PREDICTORS = ("boost", "budget", "unigram", "context")
 DEFAULT_PREDICTOR = "unigram"  # closest on held-out corpora, fresh ones included (docs/results.md §2)
+CONTEXT_LOCK_LEVEL = 0.45  # nats: the ``context`` predictor prices a token down to this loss (see above)
 
 
 def deficit(losses) -> np.ndarray:
@@ -56,6 +63,8 @@ class LossProfile:
     # the corpus's own unigram code (``unigram`` predictor); None where the token ids were not given
     unigram_counts: np.ndarray | None = None  # (n_bins,) tokens per bin of x for min(l, u)
     unigram_overhead: float | None = None  # nats to name each distinct target token once
+    # the ``context`` predictor: tokens per bin of x for min(l, u, in-context loss); None without it
+    context_counts: np.ndarray | None = None
 
     # ---- building and storing
 
@@ -67,18 +76,22 @@ class LossProfile:
         return np.bincount(idx, minlength=n_bins).astype(np.int64)
 
     @classmethod
-    def from_losses(cls, losses, ids=None) -> "LossProfile":
-        """From per-token base losses; with the tokens' ids also the corpus's unigram code."""
+    def from_losses(cls, losses, ids=None, context_losses=None) -> "LossProfile":
+        """From per-token base losses; with the tokens' ids also the corpus's unigram code, and with
+        their in-context losses (same order) the ``context`` prices."""
         losses = np.asarray(losses, dtype=float)
         if ids is None or len(losses) == 0:
             return cls(cls._histogram(losses))
         ids = np.asarray(ids)
         types, inverse, freq = np.unique(ids, return_inverse=True, return_counts=True)
-        unigram = -np.log(freq[inverse] / len(ids))
+        coded = np.minimum(losses, -np.log(freq[inverse] / len(ids)))
         cheapest = np.full(len(types), np.inf)
         np.minimum.at(cheapest, inverse, losses)
-        return cls(cls._histogram(losses), unigram_counts=cls._histogram(np.minimum(losses, unigram)),
-                   unigram_overhead=float(cheapest.sum()))
+        context = None
+        if context_losses is not None:
+            context = cls._histogram(np.minimum(coded, np.asarray(context_losses, dtype=float)))
+        return cls(cls._histogram(losses), unigram_counts=cls._histogram(coded),
+                   unigram_overhead=float(cheapest.sum()), context_counts=context)
 
     def to_dict(self) -> dict:
         def bins(counts):
@@ -87,6 +100,8 @@ class LossProfile:
         d = {"lo": self.lo, "width": self.width, "n_bins": int(len(self.counts)), "bins": bins(self.counts)}
         if self.unigram_counts is not None:
             d["unigram_bins"], d["unigram_overhead"] = bins(self.unigram_counts), self.unigram_overhead
+        if self.context_counts is not None:
+            d["context_bins"] = bins(self.context_counts)
         return d
 
     @classmethod
@@ -99,7 +114,8 @@ class LossProfile:
 
         uni = counts(d["unigram_bins"]) if "unigram_bins" in d else None
         return cls(counts(d["bins"]), float(d["lo"]), float(d["width"]), uni,
-                   float(d["unigram_overhead"]) if uni is not None else None)
+                   float(d["unigram_overhead"]) if uni is not None else None,
+                   counts(d["context_bins"]) if "context_bins" in d and uni is not None else None)
 
     # ---- what it says
 
@@ -151,9 +167,9 @@ class LossProfile:
 
     # ---- the budget view
 
-    def lock_costs(self) -> np.ndarray:
-        """Per-bin nats needed to lock a token: max(0, l − ln 2)."""
-        return np.maximum(0.0, self.losses() - LN2)
+    def lock_costs(self, level: float = LN2) -> np.ndarray:
+        """Per-bin nats needed to bring a token's loss down to ``level``: max(0, l − level)."""
+        return np.maximum(0.0, self.losses() - level)
 
     def budget_coverage(self, nats_per_token: float) -> float:
         """Coverage when ℓ·ΔL nats are spent on the cheapest tokens first."""
@@ -179,8 +195,26 @@ class LossProfile:
         coded = (self.unigram_overhead + self._budget_needed(self.unigram_counts, coverage)) / max(1, self.n)
         return min(plain, coded)
 
-    def _budget_coverage(self, counts: np.ndarray, budget: float) -> float:
-        cost = self.lock_costs()
+    def context_coverage(self, nats_per_token: float) -> float:
+        """``unigram`` with the in-context price, every price down to ``CONTEXT_LOCK_LEVEL``."""
+        if self.context_counts is None:
+            return self.unigram_coverage(nats_per_token)
+        budget, level = max(0.0, nats_per_token) * self.n, CONTEXT_LOCK_LEVEL
+        plain = self._budget_coverage(self.counts, budget, level)
+        left = budget - self.unigram_overhead
+        return max(plain, self._budget_coverage(self.context_counts, left, level)) if left > 0 else plain
+
+    def context_for_coverage(self, coverage: float) -> float:
+        """ΔL (nats/token) the ``context`` predictor needs for ``coverage``."""
+        if self.context_counts is None:
+            return self.unigram_for_coverage(coverage)
+        level = CONTEXT_LOCK_LEVEL
+        plain = self._budget_needed(self.counts, coverage, level)
+        coded = self.unigram_overhead + self._budget_needed(self.context_counts, coverage, level)
+        return min(plain, coded) / max(1, self.n)
+
+    def _budget_coverage(self, counts: np.ndarray, budget: float, level: float = LN2) -> float:
+        cost = self.lock_costs(level)
         spent = np.cumsum(counts * cost)
         # whole bins that fit, then a share of the next bin
         k = int(np.searchsorted(spent, budget, side="right"))
@@ -190,20 +224,20 @@ class LossProfile:
             locked += min(float(counts[k]), left / cost[k])
         return min(1.0, locked / max(1, self.n))
 
-    def _budget_needed(self, counts: np.ndarray, coverage: float) -> float:
+    def _budget_needed(self, counts: np.ndarray, coverage: float, level: float = LN2) -> float:
         """Nats that lock a share ``coverage`` of the tokens, cheapest first."""
         need = coverage * self.n
         cum = np.cumsum(counts)
         k = int(np.searchsorted(cum, need - 1e-9))
         k = min(k, len(counts) - 1)
-        cost = self.lock_costs()
+        cost = self.lock_costs(level)
         before = float(np.dot(counts[:k], cost[:k]))
         have = float(cum[k - 1]) if k else 0.0
         return before + max(0.0, need - have) * cost[k]
 
 
 # ---------------------------------------------------------------------------------------------
-# the two predictors: ΔL ↔ (coverage, mean loss after)
+# the predictors: ΔL ↔ (coverage, mean loss after)
 
 
 def predict(profile: LossProfile, delta: float, predictor: str = DEFAULT_PREDICTOR,
@@ -219,6 +253,8 @@ def predict(profile: LossProfile, delta: float, predictor: str = DEFAULT_PREDICT
         return min(ceiling, profile.budget_coverage(delta)), max(0.0, base - delta)
     if predictor == "unigram":
         return min(ceiling, profile.unigram_coverage(delta)), max(0.0, base - delta)
+    if predictor == "context":
+        return min(ceiling, profile.context_coverage(delta)), max(0.0, base - delta)
     raise ValueError(f"unknown coverage predictor {predictor!r}")
 
 
@@ -231,4 +267,6 @@ def delta_for_coverage(profile: LossProfile, coverage: float, predictor: str = D
         return profile.budget_for_coverage(coverage)
     if predictor == "unigram":
         return profile.unigram_for_coverage(coverage)
+    if predictor == "context":
+        return profile.context_for_coverage(coverage)
     raise ValueError(f"unknown coverage predictor {predictor!r}")

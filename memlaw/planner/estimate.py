@@ -263,7 +263,7 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
     # 3. ℓ, L_before, floor bits: cached or measured
     bl, cached, bl_warnings = measure_or_load(corpus_spec, records, model_name, sha, use_cache=use_cache,
                                               backend=backend, device=device, progress=progress, base=base,
-                                              log=log)
+                                              log=log, context=predictor == "context")
     warnings += bl_warnings
     identity = dict(bl.model_identity)
     identity["name"] = model_name
