@@ -377,7 +377,7 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
             warnings.append(f"the card was calibrated on {card.data_kind} data (L_before {min(card_lb):.1f}–"
                             f"{max(card_lb):.1f} nats/token), far above this corpus's {L_before:.2f}: on held-out "
                             "corpora of other kinds its predicted coverage was off by 0.04 on average and by up to "
-                            "0.25 at one rank, mostly too low (docs/results.md §2); for a tighter plan calibrate on "
+                            "0.25 at one rank (docs/results.md §2); for a tighter plan calibrate on "
                             "your kind of data (memplan calibrate --data)")
         else:
             warnings.append(f"the card was calibrated on {card.data_kind} data (L_before {min(card_lb):.1f}–"
