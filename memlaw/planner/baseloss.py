@@ -80,10 +80,10 @@ def base_losses(model, encoded: Sequence, backend: str | ScoringBackend = "trans
         lp = np.zeros(0)
     in_context = None
     if context is not None and scores:
-        # a call of its own: batched with the records, the windows' padding would move L_before's last digits
+        # a call of its own (batched with the records, the windows' padding would move L_before's last
+        # digits), without progress: the stage callers follow (L_before) has ended with the records
         from memlaw.planner.context import context_losses
 
-        # no progress of its own: the stage callers follow (L_before) has ended with the records
         in_context = np.concatenate(context_losses(scorer, model, encoded, [-s.logprob for s in scores],
                                                    pad_id=pad_id, model_name=model_name, **context))
     bits = -lp / LN2
