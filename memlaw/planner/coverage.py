@@ -27,8 +27,9 @@ the one that was closest there):
   records of the corpus in its context (:func:`memlaw.planner.context.context_windows`) — what a
   learner of the corpus's *kind* (its format, its word list, the second half of " st|oat")
   predicts without the record's own fact. Prices run down to ``CONTEXT_LOCK_LEVEL`` rather than
-  ln 2: training drives a token it locks far below ln 2, and this level was the closer one on the
-  held-out runs (docs/results.md §2, where its predictions were recorded before the runs).
+  ln 2: training drives a token it locks far below ln 2. The level is the closest of four tried on
+  the held-out runs it was chosen on; its predictions for three later corpora were recorded before
+  those were trained (docs/results.md §2).
 
 Pure numpy: the planner uses it without a deep-learning stack.
 """
