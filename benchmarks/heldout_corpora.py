@@ -198,28 +198,18 @@ def write(path: Path, rows: list[dict]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if "--fresh3" in argv:
-        out = Path(next((a for a in argv[1:] if a != "--fresh3"), "runs/fresh3"))
-        out.mkdir(parents=True, exist_ok=True)
-        for name, rows in zip(("pantry", "tracking", "flights"), fresh3(random.Random(3131))):
-            write(out / f"{name}.jsonl", rows)
-        print(f"wrote 3 corpora to {out}")
-        return 0
-    if "--fresh2" in argv:
-        out = Path(next((a for a in argv[1:] if a != "--fresh2"), "runs/fresh2"))
-        out.mkdir(parents=True, exist_ok=True)
-        for name, rows in zip(("hex_keys", "glossary", "birthdays"), fresh2(random.Random(1616))):
-            write(out / f"{name}.jsonl", rows)
-        print(f"wrote 3 corpora to {out}")
-        return 0
-    if "--fresh" in argv:
-        out = Path(next((a for a in argv[1:] if a != "--fresh"), "runs/fresh"))
-        out.mkdir(parents=True, exist_ok=True)
-        animals, lockers = fresh(random.Random(777))
-        write(out / "animal_codes.jsonl", animals)
-        write(out / "lockers.jsonl", lockers)
-        print(f"wrote 2 corpora to {out}")
-        return 0
+    # the later sets: flag → (their names, in generation order; generator; its seed)
+    later = {"--fresh3": (("pantry", "tracking", "flights"), fresh3, 3131),
+             "--fresh2": (("hex_keys", "glossary", "birthdays"), fresh2, 1616),
+             "--fresh": (("animal_codes", "lockers"), fresh, 777)}
+    for flag, (names, generate, seed) in later.items():
+        if flag in argv:
+            out = Path(next((a for a in argv[1:] if a != flag), "runs/" + flag[2:]))
+            out.mkdir(parents=True, exist_ok=True)
+            for name, rows in zip(names, generate(random.Random(seed))):
+                write(out / f"{name}.jsonl", rows)
+            print(f"wrote {len(names)} corpora to {out}")
+            return 0
     out = Path(argv[1] if len(argv) > 1 else "runs/heldout")
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(SEED)
