@@ -11,11 +11,14 @@ another ΔL definition), the predicted coverage at each trained rank with the me
     python benchmarks/heldout_corpora.py runs/heldout
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/planner_accuracy.py runs/heldout/*.jsonl --coverage 0.9 0.99
     .venv/bin/python benchmarks/planner_accuracy.py runs/heldout/*.jsonl --report-only   # the tables again
+    # every held-out run so far, and its errors written into the shipped card (quoted by memplan estimate):
+    .venv/bin/python benchmarks/planner_accuracy.py CORPORA… --out RUNS --more-runs RUNS… --report-only --record-validation
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memlaw.card import load_card
+from memlaw.card import load_card, save_card
 from memlaw.memft import CorpusSpec, LoraTemplate, Recipe, train_adapter
 from memlaw.planner.coverage import PREDICTORS, predict
 from memlaw.planner.estimate import estimate, resolve_card
@@ -85,14 +88,48 @@ def train_one(corpus: str, card_path: str, rank: int, seed: int, device: str = "
             "seconds": round(time.perf_counter() - t, 1), "device": device}
 
 
+def by_cell(runs: list[dict]) -> dict:
+    """(corpus, rank) → its runs."""
+    by: dict = {}
+    for r in runs:
+        by.setdefault((r["corpus"], r["rank"]), []).append(r)
+    return by
+
+
+def predicted_vs_measured(plans: dict, by: dict, card) -> dict:
+    """predictor → [(corpus stem, rank, predicted coverage, measured mean coverage)] over the cells run."""
+    law, out = card.law(), {}
+    for pred in PREDICTORS:
+        rows = []
+        for corpus, p in plans.items():
+            for (c2, rank), rs in sorted(by.items()):
+                if c2 != corpus:
+                    continue
+                meas = float(np.mean([x["coverage"] for x in rs]))
+                cov, _ = predict(p["profile"], max(0.0, law.predict(rank, p["ell"])), pred, p["ceiling"])
+                rows.append((Path(corpus).stem, rank, max(cov, p["base_coverage"]), meas))
+        if rows:
+            out[pred] = rows
+    return out
+
+
+def record_validation(card_path: Path, card, plans: dict, by: dict, source: str) -> None:
+    """Write each predictor's held-out error into the card (``LawCard.validation``)."""
+    validation = {"source": source}
+    for pred, rows in predicted_vs_measured(plans, by, card).items():
+        errs = [abs(cov - meas) for _, _, cov, meas in rows]
+        validation[pred] = {"mean_abs_error": round(float(np.mean(errs)), 4), "max_abs_error": round(max(errs), 4),
+                            "cells": len(errs), "corpora": len({stem for stem, *_ in rows})}
+    save_card(dataclasses.replace(card, validation=validation), card_path)
+    print(f"wrote the held-out record of {len(validation) - 1} predictors into {card_path}")
+
+
 def report(plans: dict, runs: list[dict], cards: dict, coverages) -> None:
     """Predicted vs measured, per card × predictor."""
     print("\n### Runs (card recipe; coverage measured by one scoring pass)\n")
     print("| corpus | ℓ | ceiling | rank | seeds | coverage (mean ± sd) | exact | converged |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    by = {}
-    for r in runs:
-        by.setdefault((r["corpus"], r["rank"]), []).append(r)
+    by = by_cell(runs)
     for (corpus, rank), rs in sorted(by.items()):
         c = np.array([x["coverage"] for x in rs])
         p = plans.get(corpus)
@@ -102,22 +139,10 @@ def report(plans: dict, runs: list[dict], cards: dict, coverages) -> None:
               f"{sum(bool(x['converged']) for x in rs)}/{len(rs)} |")
 
     for name, card in cards.items():
-        law = card.law()
-        for pred in PREDICTORS:
-            errs, rows = [], []
-            for corpus, p in plans.items():
-                for (c2, rank), rs in sorted(by.items()):
-                    if c2 != corpus:
-                        continue
-                    meas = float(np.mean([x["coverage"] for x in rs]))
-                    cov, _ = predict(p["profile"], max(0.0, law.predict(rank, p["ell"])), pred, p["ceiling"])
-                    cov = max(cov, p["base_coverage"])
-                    errs.append(abs(cov - meas))
-                    rows.append((Path(corpus).stem, rank, cov, meas))
-            if not errs:
-                continue
+        for pred, rows in predicted_vs_measured(plans, by, card).items():
+            errs = [abs(cov - meas) for _, _, cov, meas in rows]
             print(f"\n### card {name}, predictor `{pred}`: mean |predicted − measured| = {np.mean(errs):.3f} "
-                  f"over {len(errs)} (corpus, rank) cells\n")
+                  f"(at most {max(errs):.3f}) over {len(errs)} (corpus, rank) cells\n")
             print("| corpus | rank | predicted | measured |")
             print("| --- | --- | --- | --- |")
             for stem, rank, cov, meas in rows:
@@ -154,7 +179,11 @@ def main():
     ap.add_argument("--rank-seeds", type=int, default=1, help="with --ranks: seeds 0 … N−1 at each of them")
     ap.add_argument("--max-seconds", type=float, default=None, help="stop starting new runs after this long")
     ap.add_argument("--out", default="runs/planner-accuracy.jsonl")
+    ap.add_argument("--more-runs", nargs="*", default=[], help="more run files for the report (read, never written)")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--record-validation", action="store_true",
+                    help="write each predictor's mean and largest |predicted − measured| over these runs into the "
+                         "--law card (the shipped card without --law): the record `memplan estimate` quotes")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (training and scoring)")
     ap.add_argument("--workers", type=int, default=1, help="runs at once, each in its own process")
     args = ap.parse_args()
@@ -204,7 +233,13 @@ def main():
                 futs = [pool.submit(train_one, c, str(card_path), r, s, args.device) for c, r, s in todo]
                 for fut in as_completed(futs):
                     record(fut.result())
-    report(plans, runs, cards, args.coverage)
+    runs_all = runs + [r for f in args.more_runs for r in read_runs(Path(f))]
+    report(plans, runs_all, cards, args.coverage)
+    if args.record_validation:
+        names = ", ".join(sorted(Path(c).stem for c in plans))
+        record_validation(Path(card_path), card, plans, by_cell(runs_all),
+                          f"benchmarks/planner_accuracy.py --record-validation on held-out corpora ({names}), "
+                          "each cell the mean of its seeds; docs/results.md §2")
 
 
 if __name__ == "__main__":

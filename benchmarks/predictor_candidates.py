@@ -14,6 +14,7 @@ a time after the K records before them, so each sees K … 2K−1 other records 
     .venv/bin/python benchmarks/predictor_candidates.py runs/heldout/*.jsonl runs/fresh/*.jsonl \\
         --runs runs/planner-accuracy-v3.jsonl runs/fresh/runs.jsonl
     .venv/bin/python benchmarks/predictor_candidates.py runs/fresh3/*.jsonl --ranks 1,2   # predictions only
+    … --law cal/smollm2-cpu/law.json     # with another card (e.g. one calibrated on this CPU)
 """
 
 from __future__ import annotations
@@ -122,13 +123,14 @@ def main() -> None:
     ap.add_argument("--runs", nargs="*", default=[], help="planner_accuracy.py run files (measured coverage)")
     ap.add_argument("--ranks", default="1,2,4", help="ranks to predict at when no runs are given")
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--law", default=None, help="law card to predict with (default: the one shipped for --model)")
     ap.add_argument("--k", type=int, default=8, help="other records in context: K … 2K−1")
     ap.add_argument("--lock-level", type=float, nargs="+", default=[LN2, 0.45])
     ap.add_argument("--work", default="runs/predictor-candidates")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    law = resolve_card(None, args.model)[0].law()
+    law = resolve_card(args.law, args.model)[0].law()
     base_cache: dict = {}
     data = {str(c): corpus_losses(c, args.model, work, args.k, base_cache) for c in args.corpora}
     measured: dict = {}

@@ -25,6 +25,7 @@ SCHEMA_VERSION = 2  # 2: convergence evidence, censoring of non-converged points
 MIN_POINTS = 5
 INTERVAL_LEVEL = 0.9
 REQUIRED_POINT_KEYS = ("rank", "length", "loss_before", "loss_after", "coverage")
+VALIDATION_FIELDS = ("mean_abs_error", "max_abs_error", "cells", "corpora")  # per predictor in ``validation``
 
 from memlaw.calibration.defaults import DEFAULT_DELTA, DEFAULT_LAW_FORM, DELTA_DEFINITIONS  # noqa: E402
 #: the convergence test's tolerance (a recipe may record its own): a second cycle of B steps may
@@ -55,6 +56,10 @@ class LawCard:
     n_not_converged: int = 0
     sweep: dict = field(default_factory=dict)  # wall time, template reason, … (free-form)
     law_form: str = "pml"  # see memlaw.law.FORMS; cards from before the capacity form are "pml"
+    # how this card's coverage predictions fared on held-out corpora, per coverage predictor:
+    # {"unigram": {"mean_abs_error", "max_abs_error", "cells", "corpora"}, …, "source": "…"}; written by
+    # benchmarks/planner_accuracy.py --record-validation, never by a fit (a refit is a new, untested card)
+    validation: dict = field(default_factory=dict)
 
     def law(self) -> Law:
         return Law.from_dict(self.coefficients)
@@ -221,6 +226,12 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
 # saving and loading
 
 
+def validation_phrase(v: dict) -> str:
+    """One predictor's held-out record in words."""
+    return (f"coverage off by {v['mean_abs_error']:.3f} on average, {v['max_abs_error']:.3f} at most, over "
+            f"{int(v['cells'])} (corpus, rank) cells of {int(v['corpora'])} corpora")
+
+
 def save_card(card: LawCard, path) -> None:
     atomic_write_json(path, json_safe(card.to_dict()), indent=2)
 
@@ -284,6 +295,11 @@ def load_card(path) -> LawCard:
         iv = d["domain"].get(k)
         if not (isinstance(iv, list) and len(iv) == 2 and all(_num(v) is not None for v in iv)):
             raise _bad(path, f"domain '{k}' must be [min, max] of finite numbers")
+    validation = d.get("validation", {})
+    if not isinstance(validation, dict) or not all(
+            isinstance(v, dict) and all(_num(v.get(k)) is not None for k in VALIDATION_FIELDS)
+            for k_, v in validation.items() if k_ != "source"):
+        raise _bad(path, "'validation' must map each predictor to finite " + ", ".join(VALIDATION_FIELDS))
     samples = d.get("bootstrap_samples", [])
     if not isinstance(samples, list) or not all(
             isinstance(s, list) and len(s) == 4 and all(_num(v) is not None for v in s) for s in samples):
@@ -380,5 +396,8 @@ def card_summary(card: LawCard) -> list[tuple[str, str]]:
     ]
     if card.sweep.get("wall_seconds"):
         rows.append(("sweep wall time", f"{card.sweep['wall_seconds'] / 60:.1f} min"))
+    for name, v in card.validation.items():
+        if name != "source":
+            rows.append((f"held-out error ({name})", validation_phrase(v)))
     rows.append(("created", f"{card.created or '—'} (memlaw {card.memlaw_version or '?'})"))
     return rows

@@ -1,5 +1,6 @@
 """Law cards (build, save, load, validation), points files, and the memplan fit / law show CLI."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -129,6 +130,21 @@ def test_save_load_roundtrip(card, tmp_path):
     assert back.law() == card.law()
 
 
+VALIDATED = {"mean_abs_error": 0.05, "max_abs_error": 0.254, "cells": 28, "corpora": 10}
+
+
+def test_validation_record_round_trips_and_shows(card, tmp_path):
+    """A card's held-out record survives save/load and is shown; a fit never writes one."""
+    assert card.validation == {}
+    path = tmp_path / "law.json"
+    save_card(dataclasses.replace(card, validation={"unigram": VALIDATED, "source": "here"}), path)
+    back = load_card(path)
+    assert back.validation["unigram"] == VALIDATED
+    rows = dict(card_summary(back))
+    assert rows["held-out error (unigram)"] == ("coverage off by 0.050 on average, 0.254 at most, "
+                                                 "over 28 (corpus, rank) cells of 10 corpora")
+
+
 def _write_card(tmp_path, card, mutate):
     d = card.to_dict()
     mutate(d)
@@ -146,6 +162,9 @@ def _write_card(tmp_path, card, mutate):
     (lambda d: d["coefficients"].update(b=float("inf")), "coefficient 'b'"),
     (lambda d: d.update(points="none"), "'points'"),
     (lambda d: d["domain"].pop("rank"), "domain 'rank'"),
+    (lambda d: d.update(validation=[]), "'validation'"),
+    (lambda d: d.update(validation={"unigram": {"mean_abs_error": 0.05}}), "'validation'"),
+    (lambda d: d.update(validation={"unigram": dict(VALIDATED, max_abs_error=float("nan"))}), "'validation'"),
 ])
 def test_load_card_rejects_bad_cards(card, tmp_path, mutate, match):
     path = _write_card(tmp_path, card, mutate)

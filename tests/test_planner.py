@@ -407,6 +407,25 @@ def test_warns_when_the_model_is_not_the_cards(corpus, card):
     assert not any("not the one" in w for w in run_estimate(corpus, card).warnings)
 
 
+def test_far_from_calibration_quotes_the_cards_own_held_out_record(corpus, card):
+    """A corpus far below the card's calibration losses: the warning quotes the card's held-out
+    record for the predictor in use, and says "untested" where the card has none."""
+    from memlaw.planner.coverage import DEFAULT_PREDICTOR
+
+    far = dataclasses.replace(card, points=[dict(p, loss_before=1e3) for p in card.points])
+    record = {"mean_abs_error": 0.0417, "max_abs_error": 0.3, "cells": 7, "corpora": 3}
+    quoted = run_estimate(corpus, dataclasses.replace(
+        far, validation={DEFAULT_PREDICTOR: record, "source": "the test's runs"})).warnings
+    assert any(f"`{DEFAULT_PREDICTOR}` predictor's coverage off by 0.042 on average, 0.300 at most, over 7 "
+               "(corpus, rank) cells of 3 corpora (the test's runs)" in w for w in quoted)
+    # a record for another predictor says nothing about this one
+    other = run_estimate(corpus, dataclasses.replace(far, law_form="capacity",
+                                                     validation={"boost": record})).warnings
+    assert any("records no held-out test" in w and "untested" in w for w in other)
+    assert not any("0.042" in w for w in other)
+    assert not any("calibrated on" in w for w in run_estimate(corpus, card).warnings)  # not far: no warning
+
+
 def test_unreachable_law(corpus, card):
     coef = dict(card.coefficients, alpha=-0.5, b=0.0)
     est = run_estimate(corpus, dataclasses.replace(card, coefficients=coef))

@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from memlaw.card import LawCard, load_card
+from memlaw.card import LawCard, load_card, validation_phrase
 from memlaw.errors import ParameterError
 from memlaw.io import json_safe
 from memlaw.law import Law, rank_for_delta
@@ -90,6 +90,26 @@ def resolve_card(law_path: str | None, model: str | None) -> tuple[LawCard, str,
 
 # --------------------------------------------------------------------------------------------
 # pieces (pure, unit-testable)
+
+
+def far_from_calibration(card: LawCard, predictor: str, L_before: float, lo: float, hi: float) -> str:
+    """The warning for a corpus far below the card's calibration losses, with what the card's own
+    held-out record says of the predictor in use (none recorded: untested on such data)."""
+    head = (f"the card was calibrated on {card.data_kind} data (L_before {lo:.1f}–{hi:.1f} nats/token), far "
+            f"above this corpus's {L_before:.2f}: ")
+    v = card.validation.get(predictor)
+    if v:
+        where = card.validation.get("source", "the card's validation record")
+        return (head + f"on held-out corpora of other kinds the `{predictor}` predictor's "
+                f"{validation_phrase(v)} ({where}); for a tighter plan calibrate on your kind of data "
+                "(memplan calibrate --data)")
+    if card.law_form != "capacity":
+        return (head + "on such corpora a random-token law over-predicted coverage at low ranks in held-out "
+                "tests (docs/results.md §2); prefer 2× the rank, or calibrate on your kind of data "
+                "(memplan calibrate --data)")
+    return (head + f"this card records no held-out test of the `{predictor}` predictor on other kinds of data, so "
+            "its coverage predictions there are untested; calibrate on your kind of data (memplan calibrate "
+            "--data) or check the named rank with memaudit")
 
 
 def practical_rank(r: float | None) -> int | None:
@@ -373,18 +393,7 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
     card_lb = [float(p["loss_before"]) for p in card.points if isinstance(p, dict)
                and isinstance(p.get("loss_before"), (int, float))]
     if card_lb and not any_rank and L_before < 0.5 * min(card_lb):
-        if card.law_form == "capacity":
-            warnings.append(f"the card was calibrated on {card.data_kind} data (L_before {min(card_lb):.1f}–"
-                            f"{max(card_lb):.1f} nats/token), far above this corpus's {L_before:.2f}: on held-out "
-                            "corpora of other kinds its predicted coverage was off by 0.04 on average and by up to "
-                            "0.25 at one rank (docs/results.md §2); for a tighter plan calibrate on "
-                            "your kind of data (memplan calibrate --data)")
-        else:
-            warnings.append(f"the card was calibrated on {card.data_kind} data (L_before {min(card_lb):.1f}–"
-                            f"{max(card_lb):.1f} nats/token), far above this corpus's {L_before:.2f}: on such corpora "
-                            "a random-token law over-predicted coverage at low ranks in held-out tests "
-                            "(docs/results.md §2); prefer 2× the rank, or calibrate on your kind of data "
-                            "(memplan calibrate --data)")
+        warnings.append(far_from_calibration(card, predictor, L_before, min(card_lb), max(card_lb)))
     if conflicts:
         warnings.append(f"{len(conflicts)} key(s) have conflicting targets: no adapter can lock all of them, "
                         "so coverage 1.0 is out of reach for those records")
