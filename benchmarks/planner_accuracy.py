@@ -113,15 +113,15 @@ def predicted_vs_measured(plans: dict, by: dict, card) -> dict:
     return out
 
 
-def record_validation(card_path: Path, card, plans: dict, by: dict, source: str) -> None:
+def record_validation(card_path: Path, card, plans: dict, by: dict, how: str) -> None:
     """Write each predictor's held-out error into the card (``LawCard.validation``)."""
-    validation = {"source": source}
+    validation = {"source": "docs/results.md §2", "how": how}
     for pred, rows in predicted_vs_measured(plans, by, card).items():
         errs = [abs(cov - meas) for _, _, cov, meas in rows]
         validation[pred] = {"mean_abs_error": round(float(np.mean(errs)), 4), "max_abs_error": round(max(errs), 4),
                             "cells": len(errs), "corpora": len({stem for stem, *_ in rows})}
     save_card(dataclasses.replace(card, validation=validation), card_path)
-    print(f"wrote the held-out record of {len(validation) - 1} predictors into {card_path}")
+    print(f"wrote the held-out record of {len(validation) - 2} predictors into {card_path}")
 
 
 def report(plans: dict, runs: list[dict], cards: dict, coverages) -> None:
@@ -239,7 +239,7 @@ def main():
         names = ", ".join(sorted(Path(c).stem for c in plans))
         record_validation(Path(card_path), card, plans, by_cell(runs_all),
                           f"benchmarks/planner_accuracy.py --record-validation on held-out corpora ({names}), "
-                          "each cell the mean of its seeds; docs/results.md §2")
+                          "each (corpus, rank) cell the mean of its seeds")
 
 
 if __name__ == "__main__":

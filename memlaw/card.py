@@ -26,6 +26,7 @@ MIN_POINTS = 5
 INTERVAL_LEVEL = 0.9
 REQUIRED_POINT_KEYS = ("rank", "length", "loss_before", "loss_after", "coverage")
 VALIDATION_FIELDS = ("mean_abs_error", "max_abs_error", "cells", "corpora")  # per predictor in ``validation``
+VALIDATION_META = ("source", "how")  # the other keys of ``validation``: where it is written up, how it was made
 
 from memlaw.calibration.defaults import DEFAULT_DELTA, DEFAULT_LAW_FORM, DELTA_DEFINITIONS  # noqa: E402
 #: the convergence test's tolerance (a recipe may record its own): a second cycle of B steps may
@@ -57,7 +58,8 @@ class LawCard:
     sweep: dict = field(default_factory=dict)  # wall time, template reason, … (free-form)
     law_form: str = "pml"  # see memlaw.law.FORMS; cards from before the capacity form are "pml"
     # how this card's coverage predictions fared on held-out corpora, per coverage predictor:
-    # {"unigram": {"mean_abs_error", "max_abs_error", "cells", "corpora"}, …, "source": "…"}; written by
+    # {"unigram": {"mean_abs_error", "max_abs_error", "cells", "corpora"}, …, "source": where, "how": command};
+    # written by
     # benchmarks/planner_accuracy.py --record-validation, never by a fit (a refit is a new, untested card)
     validation: dict = field(default_factory=dict)
 
@@ -228,7 +230,7 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
 
 def validation_phrase(v: dict) -> str:
     """One predictor's held-out record in words."""
-    return (f"coverage off by {v['mean_abs_error']:.3f} on average, {v['max_abs_error']:.3f} at most, over "
+    return (f"off by {v['mean_abs_error']:.3f} on average and by up to {v['max_abs_error']:.3f} over "
             f"{int(v['cells'])} (corpus, rank) cells of {int(v['corpora'])} corpora")
 
 
@@ -298,7 +300,7 @@ def load_card(path) -> LawCard:
     validation = d.get("validation", {})
     if not isinstance(validation, dict) or not all(
             isinstance(v, dict) and all(_num(v.get(k)) is not None for k in VALIDATION_FIELDS)
-            for k_, v in validation.items() if k_ != "source"):
+            for k_, v in validation.items() if k_ not in VALIDATION_META):
         raise _bad(path, "'validation' must map each predictor to finite " + ", ".join(VALIDATION_FIELDS))
     samples = d.get("bootstrap_samples", [])
     if not isinstance(samples, list) or not all(
@@ -397,7 +399,7 @@ def card_summary(card: LawCard) -> list[tuple[str, str]]:
     if card.sweep.get("wall_seconds"):
         rows.append(("sweep wall time", f"{card.sweep['wall_seconds'] / 60:.1f} min"))
     for name, v in card.validation.items():
-        if name != "source":
-            rows.append((f"held-out error ({name})", validation_phrase(v)))
+        if name not in VALIDATION_META:
+            rows.append((f"held-out coverage ({name})", validation_phrase(v)))
     rows.append(("created", f"{card.created or '—'} (memlaw {card.memlaw_version or '?'})"))
     return rows

@@ -141,8 +141,8 @@ def test_validation_record_round_trips_and_shows(card, tmp_path):
     back = load_card(path)
     assert back.validation["unigram"] == VALIDATED
     rows = dict(card_summary(back))
-    assert rows["held-out error (unigram)"] == ("coverage off by 0.050 on average, 0.254 at most, "
-                                                 "over 28 (corpus, rank) cells of 10 corpora")
+    assert rows["held-out coverage (unigram)"] == ("off by 0.050 on average and by up to 0.254 over 28 "
+                                                    "(corpus, rank) cells of 10 corpora")
 
 
 def _write_card(tmp_path, card, mutate):

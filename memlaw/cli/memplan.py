@@ -161,7 +161,7 @@ def _num(x, fmt=".4g") -> str:
 @handle_errors
 def law_show(card_path: Path):
     """Show a law card: model, template, recipe, coefficients, domain, coverage, points."""
-    from memlaw.card import load_card
+    from memlaw.card import VALIDATION_META, load_card, validation_phrase
 
     card = load_card(card_path)
     console = Console()
@@ -181,6 +181,9 @@ def law_show(card_path: Path):
     dom.add_row("length (target tokens)", f"{_num(card.domain['length'][0])} – {_num(card.domain['length'][1])}")
     if card.sweep.get("points_seconds"):
         dom.add_row("sweep time (sum over points)", f"{card.sweep['points_seconds'] / 60:.1f} min")
+    for name, v in card.validation.items():
+        if name not in VALIDATION_META:
+            dom.add_row(f"held-out coverage, `{name}` predictor", validation_phrase(v))
     console.print(dom)
 
     pts = Table(title="sweep points (L_0: L_before; L_B, L_end: L_after at the last two cycles, the convergence "

@@ -100,7 +100,7 @@ def far_from_calibration(card: LawCard, predictor: str, L_before: float, lo: flo
     v = card.validation.get(predictor)
     if v:
         where = card.validation.get("source", "the card's validation record")
-        return (head + f"on held-out corpora of other kinds the `{predictor}` predictor's "
+        return (head + f"on held-out corpora of other kinds the `{predictor}` predictor's coverage was "
                 f"{validation_phrase(v)} ({where}); for a tighter plan calibrate on your kind of data "
                 "(memplan calibrate --data)")
     if card.law_form != "capacity":
