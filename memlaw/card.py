@@ -59,8 +59,7 @@ class LawCard:
     law_form: str = "pml"  # see memlaw.law.FORMS; cards from before the capacity form are "pml"
     # how this card's coverage predictions fared on held-out corpora, per coverage predictor:
     # {"unigram": {"mean_abs_error", "max_abs_error", "cells", "corpora"}, …, "source": where, "how": command};
-    # written by
-    # benchmarks/planner_accuracy.py --record-validation, never by a fit (a refit is a new, untested card)
+    # written by benchmarks/planner_accuracy.py --record-validation, never by a fit (a refit is a new card)
     validation: dict = field(default_factory=dict)
 
     def law(self) -> Law:

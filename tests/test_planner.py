@@ -414,15 +414,16 @@ def test_far_from_calibration_quotes_the_cards_own_held_out_record(corpus, card)
 
     far = dataclasses.replace(card, points=[dict(p, loss_before=1e3) for p in card.points])
     record = {"mean_abs_error": 0.0417, "max_abs_error": 0.3, "cells": 7, "corpora": 3}
-    quoted = run_estimate(corpus, dataclasses.replace(
-        far, validation={DEFAULT_PREDICTOR: record, "source": "the test's runs"})).warnings
+    est = run_estimate(corpus, dataclasses.replace(far, validation={DEFAULT_PREDICTOR: record, "source": "the test's runs"}))
     assert any(f"`{DEFAULT_PREDICTOR}` predictor's coverage was off by 0.042 on average and by up to 0.300 over "
-               "7 (corpus, rank) cells of 3 corpora (the test's runs)" in w for w in quoted)
+               "7 (corpus, rank) cells of 3 corpora (the test's runs)" in w for w in est.warnings)
+    assert est.to_dict()["card"]["heldout"] == record  # in --json too
     # a record for another predictor says nothing about this one
     other = run_estimate(corpus, dataclasses.replace(far, law_form="capacity",
                                                      validation={"boost": record})).warnings
     assert any("records no held-out test" in w and "untested" in w for w in other)
     assert not any("0.042" in w for w in other)
+    assert run_estimate(corpus, card).to_dict()["card"]["heldout"] is None
     assert not any("calibrated on" in w for w in run_estimate(corpus, card).warnings)  # not far: no warning
 
 

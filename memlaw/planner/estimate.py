@@ -176,7 +176,7 @@ class Estimate:
     corpus: dict  # path, sha256, fmt, key_field, target_field
     model: str  # the base model measured (name as passed to load_base)
     model_identity: dict
-    card: dict  # path, model, shipped, data_kind, r2, coefficients, domain
+    card: dict  # path, model, shipped, data_kind, r2, coefficients, domain, heldout (the predictor's record)
     backend: str
     coverage: float
     records: int
@@ -430,7 +430,9 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
 
     card_info = {"path": card_path, "model": card_model, "shipped": shipped, "data_kind": card.data_kind,
                  "r2": card.r2, "coefficients": dict(card.coefficients), "domain": dict(card.domain),
-                 "delta_definition": card.delta_definition, "n_not_converged": card.n_not_converged}
+                 "delta_definition": card.delta_definition, "n_not_converged": card.n_not_converged,
+                 # how this predictor's coverage fared on the card's held-out corpora (None: untested)
+                 "heldout": card.validation.get(predictor)}
     return Estimate(
         corpus={"path": str(corpus_spec.path), "sha256": sha, "fmt": corpus_spec.fmt,
                 "key_field": corpus_spec.key_field, "target_field": corpus_spec.target_field},
