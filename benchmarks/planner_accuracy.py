@@ -133,7 +133,9 @@ def report(plans: dict, runs: list[dict], cards: dict, coverages) -> None:
     for (corpus, rank), rs in sorted(by.items()):
         c = np.array([x["coverage"] for x in rs])
         p = plans.get(corpus)
-        print(f"| {Path(corpus).stem} | {p['ell'] if p else '?'} | {p['ceiling']:.3f} | {rank} | {len(rs)} | "
+        if p is None:  # a run file shared with corpora not asked about now
+            continue
+        print(f"| {Path(corpus).stem} | {p['ell']} | {p['ceiling']:.3f} | {rank} | {len(rs)} | "
               f"{c.mean():.3f} ± {c.std(ddof=1) if len(c) > 1 else 0:.3f} | "
               f"{np.mean([x['exact'] for x in rs]):.1f}/{rs[0]['records']} | "
               f"{sum(bool(x['converged']) for x in rs)}/{len(rs)} |")
