@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memlaw.card import load_card, save_card
+from memlaw.card import VALIDATION_META, load_card, save_card
 from memlaw.memft import CorpusSpec, LoraTemplate, Recipe, train_adapter
 from memlaw.planner.coverage import PREDICTORS, predict
 from memlaw.planner.estimate import estimate, resolve_card
@@ -70,12 +70,19 @@ def ranks_to_train(ests: dict, max_rank: int) -> list[int]:
     return sorted(r for r in ranks if r <= max_rank)
 
 
-def train_one(corpus: str, card_path: str, rank: int, seed: int, device: str = "cpu") -> dict:
+def train_one(corpus: str, card_path: str, rank: int, seed: int, device: str = "cpu",
+              cycles: int | None = None, all_cycles: bool = False) -> dict:
     """One adapter trained with the card's recipe and template; its coverage by one scoring pass.
-    Takes the card's path, not the card, so that it can run in a worker process."""
+    Takes the card's path, not the card, so that it can run in a worker process. ``cycles`` /
+    ``all_cycles`` depart from the card's recipe (another cycle ceiling; every cycle run): for
+    asking where the recipe stops, never for the card's record."""
     card = load_card(card_path)
     recipe = card_recipe(card)
     recipe.seed = seed
+    if cycles:
+        recipe.cycles = cycles
+    if all_cycles:
+        recipe.until_converged = False
     template = LoraTemplate.from_dict(card.template)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -85,7 +92,18 @@ def train_one(corpus: str, card_path: str, rank: int, seed: int, device: str = "
     return {"corpus": corpus, "rank": rank, "seed": seed, "coverage": f["coverage"], "exact": f["exact_records"],
             "records": f["records"], "loss_after": f["mean_loss"], "steps": tr["steps"],
             "stop_reason": tr["stop_reason"], "converged": tr.get("converged"),
-            "seconds": round(time.perf_counter() - t, 1), "device": device}
+            "seconds": round(time.perf_counter() - t, 1), "device": device,
+            "recipe": "until_converged" if recipe.until_converged else "all_cycles", "cycles_cap": recipe.cycles,
+            "cycle_ends": tr.get("cycle_ends")}
+
+
+def card_recipe_runs(runs: list[dict], card, cycles: int | None = None, all_cycles: bool = False) -> list[dict]:
+    """The runs trained with the card's own recipe — or, given ``cycles`` / ``all_cycles``, with that
+    departure from it — so that one report never mixes the two (runs written before stop 18 carry
+    no ``cycles_cap``: the card's recipe)."""
+    cap = card.recipe.get("cycles")
+    return [r for r in runs if (r.get("recipe") == "all_cycles") == all_cycles
+            and r.get("cycles_cap", cap) == (cycles or cap)]
 
 
 def by_cell(runs: list[dict]) -> dict:
@@ -113,20 +131,32 @@ def predicted_vs_measured(plans: dict, by: dict, card) -> dict:
     return out
 
 
-def record_validation(card_path: Path, card, plans: dict, by: dict, how: str) -> None:
-    """Write each predictor's held-out error into the card (``LawCard.validation``)."""
+def record_validation(card_path: Path, card, plans: dict, by: dict, how: str, coverages) -> None:
+    """Write each predictor's held-out error, and how often the named rank reached its target on
+    every seed, into the card (``LawCard.validation``)."""
     validation = {"source": "docs/results.md §2", "how": how}
     for pred, rows in predicted_vs_measured(plans, by, card).items():
         errs = [abs(cov - meas) for _, _, cov, meas in rows]
         validation[pred] = {"mean_abs_error": round(float(np.mean(errs)), 4), "max_abs_error": round(max(errs), 4),
                             "cells": len(errs), "corpora": len({stem for stem, *_ in rows})}
+    outcomes = [o for o in named_rank_outcomes(plans, by, coverages) if o["at"]]
+    if outcomes:
+        targets = {}
+        for c in coverages:
+            mine = [o for o in outcomes if o["target"] == c]
+            if mine:
+                targets[f"{c:g}"] = {"reached": sum(o["reached"] for o in mine), "cases": len(mine),
+                                     "missed": sorted(o["corpus"] for o in mine if not o["reached"])}
+        predictor = next(iter(next(iter(plans.values()))["estimates"].values()))["predictor"]
+        validation["named_rank"] = {"predictor": predictor, "seeds": min(len(o["at"]) for o in outcomes),
+                                    "targets": targets}
     save_card(dataclasses.replace(card, validation=validation), card_path)
-    print(f"wrote the held-out record of {len(validation) - 2} predictors into {card_path}")
+    print(f"wrote the held-out record of {len(set(validation) - set(VALIDATION_META))} predictors into {card_path}")
 
 
-def report(plans: dict, runs: list[dict], cards: dict, coverages) -> None:
+def report(plans: dict, runs: list[dict], cards: dict, coverages, recipe: str = "card recipe") -> None:
     """Predicted vs measured, per card × predictor."""
-    print("\n### Runs (card recipe; coverage measured by one scoring pass)\n")
+    print(f"\n### Runs ({recipe}; coverage measured by one scoring pass)\n")
     print("| corpus | ℓ | ceiling | rank | seeds | coverage (mean ± sd) | exact | converged |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     by = by_cell(runs)
@@ -153,6 +183,18 @@ def report(plans: dict, runs: list[dict], cards: dict, coverages) -> None:
     print("\n### Is the planner tight? (card given by --law, default predictor)\n")
     print("| corpus | target | R [interval] | coverage at R (seeds) | reached | R/2 | coverage at R/2 | R/2 short |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for o in named_rank_outcomes(plans, by, coverages):
+        R = o["rank"]
+        print(f"| {o['corpus']} | {o['target']} | {R} {o['interval']} | "
+              f"{', '.join(f'{v:.3f}' for v in o['at']) or '—'} | {'yes' if o['reached'] else 'no'} | "
+              f"{max(1, R // 2) if R else '—'} | {', '.join(f'{v:.3f}' for v in o['half']) or '—'} | "
+              f"{('yes' if o['half_short'] else 'no') if o['half'] else '—'} |")
+
+
+def named_rank_outcomes(plans: dict, by: dict, coverages) -> list[dict]:
+    """Per (corpus, target): the rank R the planner named, the measured coverage of each seed at R and
+    at R/2, whether every seed at R reached the target and whether every seed at R/2 fell short."""
+    out = []
     for corpus, p in plans.items():
         for c in coverages:
             e = p["estimates"][c]
@@ -160,10 +202,10 @@ def report(plans: dict, runs: list[dict], cards: dict, coverages) -> None:
             at = [x["coverage"] for x in by.get((corpus, R), [])]
             half = [x["coverage"] for x in by.get((corpus, max(1, R // 2)), [])] if R and R > 1 else []
             goal = e["coverage_planned"]
-            print(f"| {Path(corpus).stem} | {c} | {R} {e['rank_interval']} | "
-                  f"{', '.join(f'{v:.3f}' for v in at) or '—'} | {'yes' if at and min(at) >= goal else 'no'} | "
-                  f"{max(1, R // 2) if R else '—'} | {', '.join(f'{v:.3f}' for v in half) or '—'} | "
-                  f"{('yes' if half and max(half) < goal else 'no') if half else '—'} |")
+            out.append({"corpus": Path(corpus).stem, "target": c, "rank": R, "interval": e["rank_interval"],
+                        "at": at, "half": half, "reached": bool(at) and min(at) >= goal,
+                        "half_short": bool(half) and max(half) < goal})
+    return out
 
 
 def main():
@@ -188,7 +230,12 @@ def main():
                          "--law card (the shipped card without --law): the record `memplan estimate` quotes")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (training and scoring)")
     ap.add_argument("--workers", type=int, default=1, help="runs at once, each in its own process")
+    ap.add_argument("--cycles", type=int, default=None,
+                    help="another cycle ceiling than the card's (where does the recipe stop?); not for the record")
+    ap.add_argument("--all-cycles", action="store_true", help="run every cycle (no convergence stop); not for the record")
     args = ap.parse_args()
+    if (args.cycles or args.all_cycles) and args.record_validation:
+        ap.error("--cycles / --all-cycles depart from the card's recipe: their runs cannot go into the card's record")
     card, card_path, _ = resolve_card(args.law, args.model)
     cards = {str(card_path): card, **{p: load_card(p) for p in args.compare_law}}
     plans = plan(args.corpora, card, card_path, args.coverage)
@@ -225,21 +272,24 @@ def main():
                 if args.max_seconds and time.perf_counter() - start > args.max_seconds:
                     print("time budget spent: stopping", flush=True)
                     break
-                record(train_one(corpus, str(card_path), rank, seed, args.device))
+                record(train_one(corpus, str(card_path), rank, seed, args.device, args.cycles, args.all_cycles))
         else:
             # Several runs at once: on a GPU one small LoRA run leaves the device mostly idle.
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
-                futs = [pool.submit(train_one, c, str(card_path), r, s, args.device) for c, r, s in todo]
+                futs = [pool.submit(train_one, c, str(card_path), r, s, args.device, args.cycles, args.all_cycles) for c, r, s in todo]
                 for fut in as_completed(futs):
                     record(fut.result())
     runs_all = runs + [r for f in args.more_runs for r in read_runs(Path(f))]
-    report(plans, runs_all, cards, args.coverage)
+    runs_all = card_recipe_runs(runs_all, card, args.cycles, args.all_cycles)
+    departure = ", ".join(x for x in (f"cycle ceiling {args.cycles}" if args.cycles else "",
+                                      "every cycle" if args.all_cycles else "") if x)
+    report(plans, runs_all, cards, args.coverage, f"card recipe with {departure}" if departure else "card recipe")
     if args.record_validation:
         names = ", ".join(sorted(Path(c).stem for c in plans))
-        record_validation(Path(card_path), card, plans, by_cell(runs_all),
+        record_validation(Path(card_path), card, plans, by_cell(runs_all), coverages=args.coverage, how=
                           f"benchmarks/planner_accuracy.py --record-validation on held-out corpora ({names}), "
                           "each (corpus, rank) cell the mean of its seeds")
 

@@ -26,7 +26,10 @@ MIN_POINTS = 5
 INTERVAL_LEVEL = 0.9
 REQUIRED_POINT_KEYS = ("rank", "length", "loss_before", "loss_after", "coverage")
 VALIDATION_FIELDS = ("mean_abs_error", "max_abs_error", "cells", "corpora")  # per predictor in ``validation``
-VALIDATION_META = ("source", "how")  # the other keys of ``validation``: where it is written up, how it was made
+#: the other keys of ``validation``: where it is written up, how it was made, and ``named_rank``: how
+#: often the rank the planner named reached its target on every seed ({"predictor", "seeds", "targets":
+#: {"0.99": {"reached", "cases", "missed": [corpus, …]}}})
+VALIDATION_META = ("source", "how", "named_rank")
 
 from memlaw.calibration.defaults import DEFAULT_DELTA, DEFAULT_LAW_FORM, DELTA_DEFINITIONS  # noqa: E402
 #: the convergence test's tolerance (a recipe may record its own): a second cycle of B steps may
@@ -227,6 +230,43 @@ def build_card(points: list[dict], *, base_model: dict, template: dict, recipe: 
 # saving and loading
 
 
+def named_rank_record(validation: dict, coverage: float) -> tuple[str, dict] | None:
+    """The card's named-rank record for the recorded target nearest ``coverage``: (target, entry)."""
+    targets = (validation.get("named_rank") or {}).get("targets") or {}
+    if not targets:
+        return None
+    t = min(targets, key=lambda k: abs(float(k) - coverage))
+    return t, targets[t]
+
+
+def named_rank_phrase(validation: dict, coverage: float) -> str | None:
+    """That record in words, or None when the card has none."""
+    found = named_rank_record(validation, coverage)
+    if found is None:
+        return None
+    t, e = found
+    seeds = validation["named_rank"].get("seeds")
+    text = (f"the rank named for coverage {t} reached it on every seed{f' ({seeds})' if seeds else ''} "
+            f"on {int(e['reached'])} of {int(e['cases'])} held-out corpora")
+    return text + (f" (missed: {', '.join(e['missed'])})" if e.get("missed") else "")
+
+
+def _named_rank_ok(v) -> bool:
+    if not (isinstance(v, dict) and isinstance(v.get("predictor"), str) and isinstance(v.get("targets"), dict)
+            and v["targets"]):
+        return False
+    for t, e in v["targets"].items():
+        try:
+            target = float(t)
+        except ValueError:
+            return False
+        if not (0 < target <= 1 and isinstance(e, dict) and isinstance(e.get("reached"), int)
+                and isinstance(e.get("cases"), int) and 0 <= e["reached"] <= e["cases"]
+                and isinstance(e.get("missed", []), list)):
+            return False
+    return True
+
+
 def validation_phrase(v: dict) -> str:
     """One predictor's held-out record in words."""
     return (f"off by {v['mean_abs_error']:.3f} on average and by up to {v['max_abs_error']:.3f} over "
@@ -301,6 +341,9 @@ def load_card(path) -> LawCard:
             isinstance(v, dict) and all(_num(v.get(k)) is not None for k in VALIDATION_FIELDS)
             for k_, v in validation.items() if k_ not in VALIDATION_META):
         raise _bad(path, "'validation' must map each predictor to finite " + ", ".join(VALIDATION_FIELDS))
+    if "named_rank" in validation and not _named_rank_ok(validation["named_rank"]):
+        raise _bad(path, "'validation.named_rank' must give a predictor and, per target coverage, "
+                         "integers 0 ≤ reached ≤ cases")
     samples = d.get("bootstrap_samples", [])
     if not isinstance(samples, list) or not all(
             isinstance(s, list) and len(s) == 4 and all(_num(v) is not None for v in s) for s in samples):
@@ -400,5 +443,8 @@ def card_summary(card: LawCard) -> list[tuple[str, str]]:
     for name, v in card.validation.items():
         if name not in VALIDATION_META:
             rows.append((f"held-out coverage ({name})", validation_phrase(v)))
+    for t in (card.validation.get("named_rank") or {}).get("targets", {}):
+        rows.append((f"held-out named rank ({card.validation['named_rank']['predictor']})",
+                     named_rank_phrase(card.validation, float(t))))
     rows.append(("created", f"{card.created or '—'} (memlaw {card.memlaw_version or '?'})"))
     return rows

@@ -145,6 +145,27 @@ def test_validation_record_round_trips_and_shows(card, tmp_path):
                                                     "(corpus, rank) cells of 10 corpora")
 
 
+NAMED = {"predictor": "unigram", "seeds": 3,
+         "targets": {"0.9": {"reached": 11, "cases": 12, "missed": ["pb_digits"]},
+                     "0.99": {"reached": 9, "cases": 12, "missed": ["hex_keys", "pb_large"]}}}
+
+
+def test_named_rank_record_round_trips_and_picks_the_nearest_target(card, tmp_path):
+    from memlaw.card import named_rank_phrase
+
+    path = tmp_path / "law.json"
+    save_card(dataclasses.replace(card, validation={"unigram": VALIDATED, "named_rank": NAMED}), path)
+    back = load_card(path)
+    assert back.validation["named_rank"] == NAMED
+    assert named_rank_phrase(back.validation, 0.999) == ("the rank named for coverage 0.99 reached it on every "
+                                                         "seed (3) on 9 of 12 held-out corpora (missed: hex_keys, "
+                                                         "pb_large)")
+    assert "for coverage 0.9 reached it" in named_rank_phrase(back.validation, 0.92)
+    assert named_rank_phrase({"unigram": VALIDATED}, 0.9) is None
+    shown = [v for k, v in card_summary(back) if k == "held-out named rank (unigram)"]
+    assert len(shown) == 2 and "11 of 12" in shown[0]
+
+
 def _write_card(tmp_path, card, mutate):
     d = card.to_dict()
     mutate(d)
@@ -165,6 +186,11 @@ def _write_card(tmp_path, card, mutate):
     (lambda d: d.update(validation=[]), "'validation'"),
     (lambda d: d.update(validation={"unigram": {"mean_abs_error": 0.05}}), "'validation'"),
     (lambda d: d.update(validation={"unigram": dict(VALIDATED, max_abs_error=float("nan"))}), "'validation'"),
+    (lambda d: d.update(validation={"named_rank": dict(NAMED, targets={})}), "'validation.named_rank'"),
+    (lambda d: d.update(validation={"named_rank": dict(NAMED, targets={"0.99": {"reached": 13, "cases": 12}})}),
+     "'validation.named_rank'"),
+    (lambda d: d.update(validation={"named_rank": dict(NAMED, targets={"most": {"reached": 1, "cases": 2}})}),
+     "'validation.named_rank'"),
 ])
 def test_load_card_rejects_bad_cards(card, tmp_path, mutate, match):
     path = _write_card(tmp_path, card, mutate)

@@ -427,6 +427,25 @@ def test_far_from_calibration_quotes_the_cards_own_held_out_record(corpus, card)
     assert not any("calibrated on" in w for w in run_estimate(corpus, card).warnings)  # not far: no warning
 
 
+def test_estimate_quotes_how_often_the_named_rank_held_out(corpus, card):
+    """A card that records how often its named rank reached the target says so beside the rank, for
+    the recorded target nearest the one asked; a record made with another predictor says nothing."""
+    from memlaw.planner.coverage import DEFAULT_PREDICTOR
+
+    named = {"predictor": DEFAULT_PREDICTOR, "seeds": 3,
+             "targets": {"0.9": {"reached": 5, "cases": 5, "missed": []},
+                         "0.99": {"reached": 3, "cases": 5, "missed": ["digits", "hex"]}}}
+    est = run_estimate(corpus, dataclasses.replace(card, validation={"named_rank": named, "source": "here"}))
+    assert est.recommended_rank is not None
+    assert any(n == "held out (here): the rank named for coverage 0.99 reached it on every seed (3) on 3 of 5 "
+                    "held-out corpora (missed: digits, hex)" for n in est.notes)
+    assert est.to_dict()["card"]["heldout_named_rank"] == {"target": 0.99, "seeds": 3, "reached": 3, "cases": 5,
+                                                           "missed": ["digits", "hex"]}
+    other = run_estimate(corpus, dataclasses.replace(card, validation={"named_rank": dict(named, predictor="boost")}))
+    assert other.to_dict()["card"]["heldout_named_rank"] is None
+    assert not any("held out" in n for n in other.notes)
+
+
 def test_unreachable_law(corpus, card):
     coef = dict(card.coefficients, alpha=-0.5, b=0.0)
     est = run_estimate(corpus, dataclasses.replace(card, coefficients=coef))
@@ -566,6 +585,9 @@ def test_shipped_smollm2_card_carries_its_held_out_record():
         v = card.validation[name]
         assert 0 <= v["mean_abs_error"] <= v["max_abs_error"] <= 1 and v["cells"] >= 20 and v["corpora"] >= 5
     assert card.validation[DEFAULT_PREDICTOR]["mean_abs_error"] < card.validation["budget"]["mean_abs_error"]
+    named = card.validation["named_rank"]
+    assert named["predictor"] == DEFAULT_PREDICTOR and named["seeds"] >= 3
+    assert {"0.9", "0.99"} <= set(named["targets"]) and all(e["cases"] >= 5 for e in named["targets"].values())
 
 
 def test_model_folder_identity_without_loading(tmp_path, corpus, card, base, monkeypatch):

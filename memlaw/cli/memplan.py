@@ -161,7 +161,7 @@ def _num(x, fmt=".4g") -> str:
 @handle_errors
 def law_show(card_path: Path):
     """Show a law card: model, template, recipe, coefficients, domain, coverage, points."""
-    from memlaw.card import VALIDATION_META, load_card, validation_phrase
+    from memlaw.card import VALIDATION_META, load_card, named_rank_phrase, validation_phrase
 
     card = load_card(card_path)
     console = Console()
@@ -184,6 +184,9 @@ def law_show(card_path: Path):
     for name, v in card.validation.items():
         if name not in VALIDATION_META:
             dom.add_row(f"held-out coverage, `{name}` predictor", validation_phrase(v))
+    for t in (card.validation.get("named_rank") or {}).get("targets", {}):
+        dom.add_row(f"held-out named rank, `{card.validation['named_rank']['predictor']}` predictor",
+                    named_rank_phrase(card.validation, float(t)))
     console.print(dom)
 
     pts = Table(title="sweep points (L_0: L_before; L_B, L_end: L_after at the last two cycles, the convergence "

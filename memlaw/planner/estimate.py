@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from memlaw.card import LawCard, load_card, validation_phrase
+from memlaw.card import LawCard, load_card, named_rank_phrase, named_rank_record, validation_phrase
 from memlaw.errors import ParameterError
 from memlaw.io import json_safe
 from memlaw.law import Law, rank_for_delta
@@ -110,6 +110,14 @@ def far_from_calibration(card: LawCard, predictor: str, L_before: float, lo: flo
     return (head + f"this card records no held-out test of the `{predictor}` predictor on other kinds of data, so "
             "its coverage predictions there are untested; calibrate on your kind of data (memplan calibrate "
             "--data) or check the named rank with memaudit")
+
+
+def heldout_named_rank(card: LawCard, predictor: str, coverage: float) -> dict | None:
+    """The card's record of the named rank on held-out corpora, for the recorded target nearest
+    ``coverage`` (None: no record, or one made with another predictor)."""
+    rec = card.validation.get("named_rank") or {}
+    found = named_rank_record(card.validation, coverage) if rec.get("predictor") == predictor else None
+    return None if found is None else {"target": float(found[0]), "seeds": rec.get("seeds"), **found[1]}
 
 
 def practical_rank(r: float | None) -> int | None:
@@ -397,6 +405,10 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
     if conflicts:
         warnings.append(f"{len(conflicts)} key(s) have conflicting targets: no adapter can lock all of them, "
                         "so coverage 1.0 is out of reach for those records")
+    heldout_rank = heldout_named_rank(card, predictor, coverage)
+    if recommended is not None and heldout_rank is not None:
+        notes.append(f"held out ({card.validation.get('source', 'the card')}): "
+                     f"{named_rank_phrase(card.validation, coverage)}")
 
     # 8. sizes and configs
     trainable = recommended * ppr if (recommended is not None and ppr) else None
@@ -432,7 +444,9 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
                  "r2": card.r2, "coefficients": dict(card.coefficients), "domain": dict(card.domain),
                  "delta_definition": card.delta_definition, "n_not_converged": card.n_not_converged,
                  # how this predictor's coverage fared on the card's held-out corpora (None: untested)
-                 "heldout": card.validation.get(predictor)}
+                 "heldout": card.validation.get(predictor),
+                 # how often the rank this card and predictor named reached a target near this one
+                 "heldout_named_rank": heldout_rank}
     return Estimate(
         corpus={"path": str(corpus_spec.path), "sha256": sha, "fmt": corpus_spec.fmt,
                 "key_field": corpus_spec.key_field, "target_field": corpus_spec.target_field},
