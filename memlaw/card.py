@@ -262,7 +262,7 @@ def _named_rank_ok(v) -> bool:
             return False
         if not (0 < target <= 1 and isinstance(e, dict) and isinstance(e.get("reached"), int)
                 and isinstance(e.get("cases"), int) and 0 <= e["reached"] <= e["cases"]
-                and isinstance(e.get("missed", []), list)):
+                and isinstance(e.get("missed", []), list) and all(isinstance(m, str) for m in e.get("missed", []))):
             return False
     return True
 

@@ -191,6 +191,9 @@ def _write_card(tmp_path, card, mutate):
      "'validation.named_rank'"),
     (lambda d: d.update(validation={"named_rank": dict(NAMED, targets={"most": {"reached": 1, "cases": 2}})}),
      "'validation.named_rank'"),
+    (lambda d: d.update(validation={"named_rank": dict(NAMED, targets={"0.9": {"reached": 1, "cases": 2,
+                                                                                "missed": [3]}})}),
+     "'validation.named_rank'"),
 ])
 def test_load_card_rejects_bad_cards(card, tmp_path, mutate, match):
     path = _write_card(tmp_path, card, mutate)
