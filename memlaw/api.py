@@ -294,7 +294,8 @@ def repair(adapter, out, corpus=None, *, method: str = "sft", steps: int = 300, 
 # train
 
 #: recipe settings a shipped card supplies as defaults besides lr and batch size
-RECIPE_KEYS = ("method", "max_steps", "patience", "schedule", "cycles", "until_converged", "train_dtype")
+RECIPE_KEYS = ("method", "max_steps", "patience", "schedule", "cycles", "until_converged", "train_dtype",
+               "converge_rel_tol", "converge_abs_tol", "converge_cov_tol")  # the convergence test: part of the recipe
 #: a card's "all records per step" up to this many: more would cost memory, not speed
 MAX_DEFAULT_BATCH = 64
 

@@ -294,6 +294,29 @@ def test_until_converged_stops_at_the_first_converged_cycle(kv_corpus, tmp_path)
     assert [c["mean_loss"] for c in full["cycle_ends"][:n]] == pytest.approx([c["mean_loss"] for c in stop["cycle_ends"]])
 
 
+def test_memft_cli_convergence_tolerances(kv_corpus, tmp_path):
+    """The test's tolerances are flags (a card's printed line states them); given ones reach the
+    recipe, and the stop follows them: with loose tolerances the run stops at a cycle end, with zero
+    tolerance it runs on longer."""
+    args = ["train", str(kv_corpus), "--model", "tiny", "--rank", "1", "--max-steps", "10", "--cycles", "12",
+            "--until-converged", "--patience", "0", "--lr", "3e-3", "--batch-size", "24", "--method", "sft",
+            "--schedule", "linear", "--quiet"]
+    r = CliRunner().invoke(memft_cli, args + ["--converge-rel-tol", "0.5", "--converge-abs-tol", "0.5",
+                                             "--converge-cov-tol", "0.5", "--out", str(tmp_path / "loose")])
+    assert r.exit_code == 0, r.output
+    loose = json.loads((tmp_path / "loose" / "memlaw.json").read_text())
+    assert {k: loose["recipe"][k] for k in ("converge_rel_tol", "converge_abs_tol", "converge_cov_tol")} == \
+        {"converge_rel_tol": 0.5, "converge_abs_tol": 0.5, "converge_cov_tol": 0.5}
+    assert loose["train"]["stop_reason"] == "converged" and loose["train"]["steps"] % 10 == 0
+    r = CliRunner().invoke(memft_cli, args + ["--converge-cov-tol", "0", "--converge-abs-tol", "0",
+                                             "--converge-rel-tol", "0", "--out", str(tmp_path / "strict")])
+    assert r.exit_code == 0, r.output
+    strict = json.loads((tmp_path / "strict" / "memlaw.json").read_text())
+    assert strict["recipe"]["converge_rel_tol"] == 0.0 and strict["train"]["steps"] > loose["train"]["steps"]
+    r = CliRunner().invoke(memft_cli, args + ["--converge-cov-tol", "-1", "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "--converge-cov-tol" in r.output and not (tmp_path / "bad").exists()
+
+
 def test_memft_cli_until_converged_flag(kv_corpus, tmp_path):
     r = CliRunner().invoke(memft_cli, ["train", str(kv_corpus), "--model", "tiny", "--rank", "1", "--max-steps", "4",
                                        "--cycles", "3", "--all-cycles", "--patience", "0", "--lr", "1e-3",

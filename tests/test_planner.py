@@ -273,6 +273,23 @@ def test_lora_config_and_memft_command(corpus, card):
     assert p["lr"] == 0.002 and p["batch_size"] == 32
 
 
+def test_memft_command_states_the_cards_convergence_test(corpus, card):
+    """A card trained until converged under its own tolerances: the printed line carries them, so
+    `memft train` stops by the card's test, not memlaw's defaults."""
+    from memlaw.cli.memft import main as memft_main
+
+    strict = dict(card.recipe, until_converged=True, cycles=16, converge_rel_tol=0.02, converge_abs_tol=0.01,
+                  converge_cov_tol=0.005)
+    est = run_estimate(corpus, dataclasses.replace(card, recipe=strict))
+    assert "--until-converged --converge-rel-tol 0.02 --converge-abs-tol 0.01 --converge-cov-tol 0.005" in \
+        est.memft_command
+    p = memft_main.commands["train"].make_context("train", shlex.split(est.memft_command)[2:]).params
+    assert (p["cycles"], p["until_converged"]) == (16, True)
+    assert (p["converge_rel_tol"], p["converge_abs_tol"], p["converge_cov_tol"]) == (0.02, 0.01, 0.005)
+    loose = dict(card.recipe, until_converged=False)
+    assert "--converge" not in run_estimate(corpus, dataclasses.replace(card, recipe=loose)).memft_command
+
+
 # --------------------------------------------------------------------------------------------
 # the capacity floor
 

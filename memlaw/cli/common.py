@@ -162,6 +162,20 @@ def recipe_options(fn):
     return fn
 
 
+def convergence_options(fn):
+    """The convergence test's tolerances as flags of `memft train` (default: the card's, for a model
+    with one, else memlaw's Recipe defaults): a law card's recipe includes its test, so the printed
+    `memft train` line must be able to state it."""
+    fn = click.option("--converge-cov-tol", type=click.FloatRange(min=0), default=None,
+                      help="convergence test: … and raise coverage by at most this much")(fn)
+    fn = click.option("--converge-abs-tol", type=click.FloatRange(min=0), default=None,
+                      help="convergence test: … or by this many nats, whichever is larger …")(fn)
+    fn = click.option("--converge-rel-tol", type=click.FloatRange(min=0), default=None,
+                      help="convergence test (with --until-converged): the last cycle may lower the loss by at most "
+                           "this share of ΔL …")(fn)
+    return fn
+
+
 def recipe_extras(schedule, cycles, until_converged, train_dtype, eos, defaults) -> dict:
     """The recipe fields these options set, falling back to ``defaults`` (a Recipe)."""
     return {"schedule": schedule or defaults.schedule, "cycles": cycles or defaults.cycles,

@@ -9,8 +9,8 @@ import click
 from click.core import ParameterSource
 
 from memlaw import __version__
-from memlaw.cli.common import (corpus_options, corpus_spec, handle_errors, quiet_libraries, recipe_options,
-                               template_from, template_options)
+from memlaw.cli.common import (convergence_options, corpus_options, corpus_spec, handle_errors, quiet_libraries,
+                               recipe_options, template_from, template_options)
 from memlaw.errors import UserError
 from memlaw.api import MAX_DEFAULT_BATCH, RECIPE_KEYS  # their one place; imported by name from here too
 from memlaw.memft import METHODS, Recipe
@@ -88,6 +88,7 @@ def _flag(key: str, value) -> str:
               help="stop after this many steps without 1% loss improvement")
 @click.option("--seed", type=int, default=0, show_default=True)
 @recipe_options
+@convergence_options
 @click.option("--lora-dropout", type=float, default=0.0, show_default=True, help="LoRA dropout (the paper: 0.1)")
 @corpus_options
 @template_options
@@ -97,16 +98,17 @@ def _flag(key: str, value) -> str:
 @click.pass_context
 @handle_errors
 def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, patience, seed, schedule, cycles,
-              until_converged, train_dtype, eos, lora_dropout, fmt, key_field, target_field, target_modules, layers, alpha, device,
-              quiet):
+              until_converged, train_dtype, eos, converge_rel_tol, converge_abs_tol, converge_cov_tol, lora_dropout,
+              fmt, key_field, target_field, target_modules, layers, alpha, device, quiet):
     """Train a LoRA adapter on CORPUS until every target token is locked (p > 0.5), the loss
     plateaus, or --max-steps. Writes a PEFT adapter folder plus memlaw.json.
 
     For a model with a shipped law card (smollm2-135m, tiny) the template (--target-modules,
     --layers, --alpha) and the recipe (--method, --lr, --batch-size: all records per step, at most
-    64, --max-steps, --patience, --schedule, --cycles, --until-converged, --train-dtype) default to the card's: the
-    calibrated ones, and the fast template on a CPU. Other models default to every linear layer of
-    every layer and memlaw's Recipe defaults."""
+    64, --max-steps, --patience, --schedule, --cycles, --until-converged, --train-dtype, the
+    --converge-*-tol of its convergence test) default to the card's: the calibrated ones, and the
+    fast template on a CPU. Other models default to every linear layer of every layer and memlaw's
+    Recipe defaults."""
     from memlaw import api
     from memlaw.models import check_model_name
 
@@ -119,7 +121,10 @@ def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, 
     defaults = card_defaults(model) if given != set(fields) else None
     rest = {"method": method, "max_steps": max_steps, "patience": patience, "schedule": schedule or Recipe.schedule,
             "cycles": cycles or Recipe.cycles, "train_dtype": train_dtype or Recipe.train_dtype,
-            "until_converged": Recipe.until_converged if until_converged is None else until_converged}
+            "until_converged": Recipe.until_converged if until_converged is None else until_converged,
+            "converge_rel_tol": Recipe.converge_rel_tol if converge_rel_tol is None else converge_rel_tol,
+            "converge_abs_tol": Recipe.converge_abs_tol if converge_abs_tol is None else converge_abs_tol,
+            "converge_cov_tol": Recipe.converge_cov_tol if converge_cov_tol is None else converge_cov_tol}
     spec = corpus_spec(corpus, fmt, key_field, target_field)
     if defaults:
         target_modules = target_modules if "target_modules" in given else defaults["target_modules"]

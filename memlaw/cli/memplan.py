@@ -249,6 +249,8 @@ _CAL = default_recipe()  # the shipped calibration recipe: one place for its def
 @click.option("--converge-rel-tol", type=click.FloatRange(min=0), default=_CAL.converge_rel_tol, show_default=True,
               help="convergence test: the last cycle may lower the loss by at most this share of ΔL … (a point "
                    "that fails is fitted as a lower bound)")
+@click.option("--converge-abs-tol", type=click.FloatRange(min=0), default=_CAL.converge_abs_tol, show_default=True,
+              help="convergence test: … or by this many nats, whichever is larger …")
 @click.option("--converge-cov-tol", type=click.FloatRange(min=0), default=_CAL.converge_cov_tol, show_default=True,
               help="convergence test: … and may raise coverage by at most this much")
 @click.option("--seed", default=0, show_default=True, type=int, help="adapter init and batch order seed")
@@ -260,7 +262,8 @@ _CAL = default_recipe()  # the shipped calibration recipe: one place for its def
 @handle_errors
 def calibrate_cmd(model, ranks, lengths, out, data, fmt, key_field, target_field, chunk, data_seed, target_modules,
                   layers, alpha, method, lr, batch_size, max_steps, patience, schedule, cycles, until_converged,
-                  train_dtype, eos, converge_rel_tol, converge_cov_tol, seed, shard, device, n_boot, plot, quiet):
+                  train_dtype, eos, converge_rel_tol, converge_abs_tol, converge_cov_tol, seed, shard, device, n_boot,
+                  plot, quiet):
     """Sweep LoRA ranks × lengths on a base model, each point trained to convergence (the loss at
     budget B and 2B recorded), and fit the Parametric Memory Law (see memlaw.calibration.sweep for
     the recipe, resume, shards and Slurm)."""
@@ -273,8 +276,9 @@ def calibrate_cmd(model, ranks, lengths, out, data, fmt, key_field, target_field
     if quiet:
         quiet_libraries()
     recipe = api.Recipe(method=method, lr=lr, batch_size=1, max_steps=max_steps, patience=patience, seed=seed,
-                        converge_rel_tol=converge_rel_tol, converge_cov_tol=converge_cov_tol, **recipe_extras(schedule, cycles, until_converged, train_dtype, eos,
-                                                                   _CAL))
+                        converge_rel_tol=converge_rel_tol, converge_abs_tol=converge_abs_tol,
+                        converge_cov_tol=converge_cov_tol,
+                        **recipe_extras(schedule, cycles, until_converged, train_dtype, eos, _CAL))
     _sweep_done(api.calibrate(out, model=model, ranks=ranks, lengths=lengths, target_modules=target_modules,
                               layers=layers, alpha=alpha, recipe=recipe, batch_size=batch_size, chunk=chunk,
                               data=corpus_spec(data, fmt, key_field, target_field) if data else None,

@@ -539,6 +539,11 @@ def _memft_command(spec: CorpusSpec, model: str, rank: int, template: LoraTempla
             parts += [flag, q(recipe[key])]
     if recipe.get("until_converged") is True:
         parts.append("--until-converged")
+        # the test decides when training stops: the card's tolerances, stated
+        for key in ("converge_rel_tol", "converge_abs_tol", "converge_cov_tol"):
+            v = recipe.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                parts += [f"--{key.replace('_', '-')}", f"{float(v):g}"]
     if recipe.get("eos") is True:
         parts.append("--eos")
     parts += ["--target-modules", q(",".join(template.target_modules))]
