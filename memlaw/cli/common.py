@@ -162,18 +162,26 @@ def recipe_options(fn):
     return fn
 
 
-def convergence_options(fn):
-    """The convergence test's tolerances as flags of `memft train` (default: the card's, for a model
-    with one, else memlaw's Recipe defaults): a law card's recipe includes its test, so the printed
-    `memft train` line must be able to state it."""
-    fn = click.option("--converge-cov-tol", type=click.FloatRange(min=0), default=None,
-                      help="convergence test: … and raise coverage by at most this much")(fn)
-    fn = click.option("--converge-abs-tol", type=click.FloatRange(min=0), default=None,
-                      help="convergence test: … or by this many nats, whichever is larger …")(fn)
-    fn = click.option("--converge-rel-tol", type=click.FloatRange(min=0), default=None,
-                      help="convergence test (with --until-converged): the last cycle may lower the loss by at most "
-                           "this share of ΔL …")(fn)
-    return fn
+CONVERGENCE_KEYS = ("converge_rel_tol", "converge_abs_tol", "converge_cov_tol")
+
+
+def convergence_options(defaults=None):
+    """The convergence test's tolerances as flags: `memplan calibrate` (``defaults``: its recipe) and
+    `memft train` (None: the card's, for a model with one, else memlaw's Recipe defaults). A law
+    card's recipe includes its test, so the printed `memft train` line must be able to state it."""
+    helps = {"converge_rel_tol": "convergence test (with --until-converged): the last cycle may lower the loss by at "
+                                 "most this share of ΔL … (a calibration point that fails is fitted as a lower bound)",
+             "converge_abs_tol": "convergence test: … or by this many nats, whichever is larger …",
+             "converge_cov_tol": "convergence test: … and raise coverage by at most this much"}
+
+    def decorate(fn):
+        for key in reversed(CONVERGENCE_KEYS):
+            fn = click.option(f"--{key.replace('_', '-')}", type=click.FloatRange(min=0),
+                              default=None if defaults is None else getattr(defaults, key),
+                              show_default=defaults is not None, help=helps[key])(fn)
+        return fn
+
+    return decorate
 
 
 def recipe_extras(schedule, cycles, until_converged, train_dtype, eos, defaults) -> dict:

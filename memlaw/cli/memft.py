@@ -9,7 +9,7 @@ import click
 from click.core import ParameterSource
 
 from memlaw import __version__
-from memlaw.cli.common import (convergence_options, corpus_options, corpus_spec, handle_errors, quiet_libraries,
+from memlaw.cli.common import (CONVERGENCE_KEYS, convergence_options, corpus_options, corpus_spec, handle_errors, quiet_libraries,
                                recipe_options, template_from, template_options)
 from memlaw.errors import UserError
 from memlaw.api import MAX_DEFAULT_BATCH, RECIPE_KEYS  # their one place; imported by name from here too
@@ -88,7 +88,7 @@ def _flag(key: str, value) -> str:
               help="stop after this many steps without 1% loss improvement")
 @click.option("--seed", type=int, default=0, show_default=True)
 @recipe_options
-@convergence_options
+@convergence_options()
 @click.option("--lora-dropout", type=float, default=0.0, show_default=True, help="LoRA dropout (the paper: 0.1)")
 @corpus_options
 @template_options
@@ -121,10 +121,9 @@ def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, 
     defaults = card_defaults(model) if given != set(fields) else None
     rest = {"method": method, "max_steps": max_steps, "patience": patience, "schedule": schedule or Recipe.schedule,
             "cycles": cycles or Recipe.cycles, "train_dtype": train_dtype or Recipe.train_dtype,
-            "until_converged": Recipe.until_converged if until_converged is None else until_converged,
-            "converge_rel_tol": Recipe.converge_rel_tol if converge_rel_tol is None else converge_rel_tol,
-            "converge_abs_tol": Recipe.converge_abs_tol if converge_abs_tol is None else converge_abs_tol,
-            "converge_cov_tol": Recipe.converge_cov_tol if converge_cov_tol is None else converge_cov_tol}
+            "until_converged": Recipe.until_converged if until_converged is None else until_converged}
+    for key, value in zip(CONVERGENCE_KEYS, (converge_rel_tol, converge_abs_tol, converge_cov_tol)):
+        rest[key] = getattr(Recipe, key) if value is None else value
     spec = corpus_spec(corpus, fmt, key_field, target_field)
     if defaults:
         target_modules = target_modules if "target_modules" in given else defaults["target_modules"]

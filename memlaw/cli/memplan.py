@@ -25,7 +25,7 @@ from memlaw.calibration.defaults import (DEFAULT_DELTA, DEFAULT_LAW_FORM, DEFAUL
                                          DEFAULT_TARGET_MODULES, DELTA_DEFINITIONS, LAW_FORMS,
                                          default_recipe)
 from memlaw.backends import CHOICES as BACKEND_CHOICES
-from memlaw.cli.common import handle_errors, recipe_extras, recipe_options
+from memlaw.cli.common import convergence_options, handle_errors, recipe_extras, recipe_options
 from memlaw.memft import METHODS
 from memlaw.planner.coverage import DEFAULT_PREDICTOR, PREDICTORS
 from memlaw.errors import UserError
@@ -246,13 +246,7 @@ _CAL = default_recipe()  # the shipped calibration recipe: one place for its def
 @click.option("--patience", default=_CAL.patience, show_default=True, type=click.IntRange(min=0),
               help="plateau stop (0: off; calibration trains its whole budget)")
 @recipe_options
-@click.option("--converge-rel-tol", type=click.FloatRange(min=0), default=_CAL.converge_rel_tol, show_default=True,
-              help="convergence test: the last cycle may lower the loss by at most this share of ΔL … (a point "
-                   "that fails is fitted as a lower bound)")
-@click.option("--converge-abs-tol", type=click.FloatRange(min=0), default=_CAL.converge_abs_tol, show_default=True,
-              help="convergence test: … or by this many nats, whichever is larger …")
-@click.option("--converge-cov-tol", type=click.FloatRange(min=0), default=_CAL.converge_cov_tol, show_default=True,
-              help="convergence test: … and may raise coverage by at most this much")
+@convergence_options(_CAL)
 @click.option("--seed", default=0, show_default=True, type=int, help="adapter init and batch order seed")
 @click.option("--shard", default=None, help="i/n: run only grid points whose position ≡ i (mod n)")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, …")
