@@ -106,6 +106,20 @@ def card_recipe_runs(runs: list[dict], card, cycles: int | None = None, all_cycl
             and r.get("cycles_cap", cap) == (cycles or cap)]
 
 
+def unique_runs(runs: list[dict]) -> tuple[list[dict], int]:
+    """One row per (corpus, rank, seed, recipe, cycle ceiling), the first kept, and how many were
+    dropped: the same run read from two files (a rerun on another machine, a file passed twice)
+    would otherwise count as one more seed."""
+    seen: set = set()
+    kept = []
+    for r in runs:
+        key = (r["corpus"], r["rank"], r["seed"], r.get("recipe"), r.get("cycles_cap"))
+        if key not in seen:
+            seen.add(key)
+            kept.append(r)
+    return kept, len(runs) - len(kept)
+
+
 def by_cell(runs: list[dict]) -> dict:
     """(corpus, rank) → its runs."""
     by: dict = {}
@@ -282,7 +296,9 @@ def main():
                 futs = [pool.submit(train_one, c, str(card_path), r, s, args.device, args.cycles, args.all_cycles) for c, r, s in todo]
                 for fut in as_completed(futs):
                     record(fut.result())
-    runs_all = runs + [r for f in args.more_runs for r in read_runs(Path(f))]
+    runs_all, n_twice = unique_runs(runs + [r for f in args.more_runs for r in read_runs(Path(f))])
+    if n_twice:
+        print(f"{n_twice} runs read twice (same corpus, rank, seed and recipe): each counted once", flush=True)
     runs_all = card_recipe_runs(runs_all, card, args.cycles, args.all_cycles)
     departure = ", ".join(x for x in (f"cycle ceiling {args.cycles}" if args.cycles else "",
                                       "every cycle" if args.all_cycles else "") if x)

@@ -642,3 +642,21 @@ def test_same_model_trusts_weight_hashes_over_config_hashes():
     assert same_model(a, {"config_sha256": "c1", "weights_sha256": None}) is True
     assert same_model(a, {"config_sha256": "c2"}) is False
     assert same_model(a, {"name": "x"}) is None
+
+
+def test_planner_accuracy_counts_a_run_read_twice_once():
+    """benchmarks/planner_accuracy.py: the same run in two run files (a rerun on another machine)
+    is one seed, not two; a run under another recipe at the same seed is kept apart."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "planner_accuracy", Path(__file__).resolve().parents[1] / "benchmarks" / "planner_accuracy.py")
+    pa = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pa)
+    run = {"corpus": "c.jsonl", "rank": 2, "seed": 0, "coverage": 0.98}
+    strict = dict(run, recipe="until_converged", cycles_cap=12, coverage=1.0)
+    kept, dropped = pa.unique_runs([run, dict(run, seed=1, coverage=0.9), dict(run), strict, dict(strict)])
+    assert dropped == 2
+    assert [(r["seed"], r["coverage"]) for r in kept] == [(0, 0.98), (1, 0.9), (0, 1.0)]
+    cells = pa.by_cell(kept)
+    assert len(cells[("c.jsonl", 2)]) == 3
