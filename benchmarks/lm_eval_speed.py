@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,12 +44,15 @@ res = lm.loglikelihood(reqs, disable_tqdm=True)
 json.dump([{"ll": ll, "greedy": bool(g)} for ll, g in res], open(out, "w"))
 """
 
-#: memaudit's runs: label → (extra options, environment). ACTIVE restores torch's default of spinning
-#: OpenMP threads, which memaudit turns off unless OMP_WAIT_POLICY is set (memlaw/cli/memaudit.py)
+#: memaudit's runs: label → (extra options, environment, empty the prefix store first). The adapter
+#: sits on layers 28-29 (the card's template), so layers 0-27 compute the base model's states: a
+#: first audit of the corpus stores them (memlaw.scoring.PrefixStates), a later audit of any adapter
+#: above layer 27 on the same base model and corpus reads them. ACTIVE restores torch's default of
+#: spinning OpenMP threads, which memaudit turns off unless OMP_WAIT_POLICY is set (memlaw/cli/memaudit.py).
 OURS = {
-    "memaudit (float32)": ([], {}),
-    "memaudit --precision auto": (["--precision", "auto"], {}),
-    "memaudit (float32), OMP_WAIT_POLICY=ACTIVE": ([], {"OMP_WAIT_POLICY": "ACTIVE"}),
+    "memaudit (float32), first audit of the corpus": ([], {}, True),
+    "memaudit (float32), a later audit (prefix stored)": ([], {}, False),
+    "memaudit (float32), no prefix store (MEMLAW_PREFIX_CACHE_MB=0)": ([], {"MEMLAW_PREFIX_CACHE_MB": "0"}, False),
 }
 
 
@@ -78,15 +82,19 @@ def executed_flops(corpus: str) -> dict:
         attn += 2 * 2 * width * width * cfg.hidden_size * cfg.num_hidden_layers * len(chunk)  # QK^T and AV
     targets = sum(len(e.target_ids) for e in enc)
     ours = 2 * linear * positions + attn + 2 * head * targets
+    k = 28  # the adapter's lowest layer (the card's template): below it, a later audit reads stored states
+    above = sum(p.numel() for n, p in base.model.named_parameters() if n.endswith("proj.weight")
+                and ".layers." in n and int(n.split(".layers.")[1].split(".")[0]) >= k)
+    warm = 2 * above * positions + attn * (cfg.num_hidden_layers - k) / cfg.num_hidden_layers + 2 * head * targets
     lm_positions = sum(len(e.key_ids) + len(e.target_ids) - 1 for e in enc)  # lm-eval: unpadded lower bound
-    return {"ours": ours, "linear": 2 * linear * positions, "attention": attn, "head": 2 * head * targets,
+    return {"ours": ours, "warm": warm, "linear": 2 * linear * positions, "attention": attn, "head": 2 * head * targets,
             "positions": positions, "targets": targets, "lm_eval": 2 * (linear + head) * lm_positions}
 
 
 def token_verdicts(report: Path) -> list:
-    """Per token (record order): locked (p > 0.5), and the argmax token."""
+    """Per token (record order): p as the report writes it, locked (p > 0.5), and the argmax token."""
     recs = sorted(json.loads(report.read_text())["records"], key=lambda r: r["index"])
-    return [(r["index"], t["p"] is not None and t["p"] > 0.5, t["argmax"]) for r in recs for t in r["tokens"]]
+    return [(r["index"], t["p"], t["p"] is not None and t["p"] > 0.5, t["argmax"]) for r in recs for t in r["tokens"]]
 
 
 def main() -> None:
@@ -116,8 +124,9 @@ def main() -> None:
         print(f"matmul peak now ({torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}): "
               f"fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s; a {args.flops:.1f} s "
               f"pass: {f['ours'] / args.flops / 1e9:.0f} GFLOP/s, {f['ours'] / args.flops / peaks['float32']:.0%} of fp32")
+        print(f"a later audit (layers 0-27 stored): {f['warm'] / 1e9:.0f} GFLOP as executed")
         return
-    from memlaw.models import resolve_model_path
+    from memlaw.models import cache_dir, resolve_model_path
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("OMP_WAIT_POLICY", None)
@@ -138,8 +147,10 @@ def main() -> None:
     reports = {k: args.work / f"audit.{i}.json" for i, k in enumerate(OURS)}
     outs = {k: lm_out.with_suffix(f".{i}.json") for i, k in enumerate(theirs_runs)}
     for _ in range(args.repeat):  # alternate, so that a change in machine load hits all alike
-        for k, (opts, extra) in OURS.items():
+        for k, (opts, extra, cold) in OURS.items():
             reports[k].unlink(missing_ok=True)
+            if cold:
+                shutil.rmtree(cache_dir() / "prefix", ignore_errors=True)
             # --no-effect-check: the comparison with the base model is a second scoring pass (unless the
             # planner's cache has it) that lm-eval does not make; same work on both sides
             times[k].append(timed([str(BIN / "memaudit"), str(adapter), "--corpus", args.corpus, "--quiet",
@@ -164,7 +175,7 @@ def main() -> None:
             rep = json.loads(reports[k].read_text())
             same = token_verdicts(reports[k]) == ref_tokens
             line += (f"   {best / t:.2f}x faster than lm-eval's best batch; per-token verdicts "
-                     f"{'identical to' if same else 'DIFFER from'} float32's"
+                     f"{'identical to' if same else 'DIFFER from'} the first run's (p, locked, argmax)"
                      + (f" ({rep['backend_note']})" if rep.get("backend_note") else ""))
         else:
             got = json.loads(outs[k].read_text())

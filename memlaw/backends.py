@@ -93,6 +93,16 @@ class ScoringBackend(ABC):
         return f"{type(self).__name__}()"
 
 
+def audit_prefix(inputs):
+    """The audit's :class:`memlaw.scoring.PrefixStates` (made once per loaded adapter, shared by its
+    passes), or None when the adapter touches the first layer or the model type is not split."""
+    if inputs.prefix is None:
+        from memlaw.scoring import prefix_states
+
+        inputs.prefix = prefix_states(inputs.model, getattr(inputs.base, "identity", None)) or False
+    return inputs.prefix or None
+
+
 class TransformersBackend(ScoringBackend):
     """:func:`memlaw.scoring.score` on the model in hand; the base model is the same PEFT model
     with its adapter disabled. ``precision``: the adapter pass's (:data:`memlaw.scoring.PRECISIONS`;
@@ -117,7 +127,7 @@ class TransformersBackend(ScoringBackend):
                             fix="score in float32, or turn the effect check off")
         info: dict = {}
         scores = score(inputs.model, inputs.encoded, pad_id=inputs.pad_id, progress=progress, description="auditing",
-                       precision=self.precision, info=info)
+                       precision=self.precision, info=info, prefix=audit_prefix(inputs))
         return AdapterScores(scores, None, self.name, precision_note(info))
 
     def base_scores_for(self, inputs, run: AdapterScores, *, progress=False) -> tuple[list, str]:
@@ -125,7 +135,7 @@ class TransformersBackend(ScoringBackend):
 
         with inputs.model.disable_adapter():
             scores = score(inputs.model, inputs.encoded, pad_id=inputs.pad_id, progress=progress,
-                           description="base model")
+                           description="base model", prefix=audit_prefix(inputs))
         return scores, "a base-model scoring pass (transformers)"
 
     def score_base(self, model, encoded: Sequence, *, pad_id: int = 0, progress=False,

@@ -243,12 +243,6 @@ class AnchorTracker:
 # --------------------------------------------------------------------------------------------
 # frozen-prefix cache: when LoRA starts at layer k, layers below k see the same inputs every step
 
-# Decoder models whose backbone embeds tokens without rescaling and loops over ``self.layers``:
-# for them, feeding the cached layer-k input as ``inputs_embeds`` to a backbone holding only
-# layers[k:] is exactly the rest of the forward pass.
-PREFIX_CACHE_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
-
-
 def first_trainable_layer(model) -> int | None:
     """Lowest decoder-layer index holding a trainable parameter (None if not per-layer)."""
     import re
@@ -272,34 +266,14 @@ class FrozenPrefix:
 
     @staticmethod
     def usable(model) -> int | None:
-        from memlaw.scoring import split_lm
+        from memlaw.scoring import prefix_layer
 
-        backbone, head = split_lm(model)
-        k = first_trainable_layer(model)
-        lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-        if (backbone is None or not k or lm.config.model_type not in PREFIX_CACHE_MODEL_TYPES
-                or not hasattr(backbone, "layers") or not hasattr(backbone, "norm")):
-            return None
-        return k
+        return prefix_layer(model, first_trainable_layer(model))
 
     def _run_layers(self, layers, **kwargs):
-        """Run the backbone with only ``layers``; returns the input of the final norm."""
-        import torch
+        from memlaw.scoring import run_layers
 
-        full = self.backbone.layers
-        captured = {}
-
-        def grab(module, args, output):  # must return None: a hook's return value replaces the output
-            captured["h"] = args[0]
-
-        hook = self.backbone.norm.register_forward_hook(grab)
-        try:
-            self.backbone.layers = torch.nn.ModuleList(layers)
-            out = self.backbone(use_cache=False, **kwargs)
-        finally:
-            self.backbone.layers = full
-            hook.remove()
-        return captured["h"], out.last_hidden_state
+        return run_layers(self.backbone, layers, **kwargs)
 
     def _fill(self, encoded) -> None:
         import torch

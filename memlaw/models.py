@@ -327,6 +327,34 @@ def _mkparent(d: Path) -> Path:
     return d.parent
 
 
+def _weights_sha256(path: Path) -> str:
+    """sha256 of a weight file, memoised in this process and on disk (``cache_dir()/hashes``) under
+    its path, size and mtime: hashing SmolLM2-135M's 538 MB took ~0.5 s of every command's start.
+    The planner's identity memo trusts the same three facts (memlaw.planner.baseloss)."""
+    import json
+
+    from memlaw.io import atomic_write_json, sha256_file
+
+    st = path.stat()
+    key = [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    if tuple(key) in _WEIGHT_HASHES:
+        return _WEIGHT_HASHES[tuple(key)]
+    memo = cache_dir() / "hashes" / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]}.json"
+    try:
+        entry = json.loads(memo.read_text(encoding="utf-8"))
+        digest = entry["sha256"] if entry.get("key") == key else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        digest = None
+    if not (isinstance(digest, str) and len(digest) == 64):
+        digest = sha256_file(path)
+        try:
+            atomic_write_json(memo, {"key": key, "sha256": digest})
+        except (OSError, ValueError):
+            pass  # a read-only cache only costs the next start its hash
+    _WEIGHT_HASHES[tuple(key)] = digest
+    return digest
+
+
 def load_base(name: str, *, trust_remote_code: bool = False, dtype: str = "float32",
               device: str = "cpu", seed: int = 0) -> Base:
     """Load a base model and tokenizer by built-in name, Hugging Face id, local folder or .gguf file."""
@@ -391,12 +419,7 @@ def _identity_of_path(name: str, path: str, model) -> dict:
         if index.is_file():
             weights = hashlib.sha256(index.read_bytes()).hexdigest()
         elif single.is_file():
-            key = (str(single), single.stat().st_size, single.stat().st_mtime_ns)
-            if key not in _WEIGHT_HASHES:
-                from memlaw.io import sha256_file
-
-                _WEIGHT_HASHES[key] = sha256_file(single)
-            weights = _WEIGHT_HASHES[key]
+            weights = _weights_sha256(single)
     elif p.is_file():
         from memlaw.io import sha256_file
 

@@ -160,6 +160,215 @@ def target_log_softmax(model, batch: Batch):
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+# --------------------------------------------------------------------------------------------
+# the frozen prefix: decoder layers below an adapter's lowest one compute exactly what the base
+# model computes, so their output (the input of layer k) is shared by the adapter pass and the
+# base-model pass, and kept on disk for the next audit of an adapter on the same base and corpus
+
+#: Decoder models whose backbone embeds tokens without rescaling and loops over ``self.layers``:
+#: for them, feeding the layer-k input as ``inputs_embeds`` to a backbone holding only layers[k:]
+#: is exactly the rest of the forward pass.
+PREFIX_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+#: bumped when what a stored prefix file holds changes
+PREFIX_STORE_VERSION = 1
+#: the on-disk prefix store's size limit in MiB (all models together); 0 keeps states in memory only
+PREFIX_STORE_ENV = "MEMLAW_PREFIX_CACHE_MB"
+PREFIX_STORE_DEFAULT_MB = 1024
+
+
+def run_layers(backbone, layers, **kwargs):
+    """Run ``backbone`` with only ``layers`` (a slice of its decoder layers); returns (the input of
+    its final norm, its last_hidden_state)."""
+    import torch
+
+    full = backbone.layers
+    captured = {}
+
+    def grab(module, args, output):  # must return None: a hook's return value replaces the output
+        captured["h"] = args[0]
+
+    hook = backbone.norm.register_forward_hook(grab)
+    try:
+        backbone.layers = torch.nn.ModuleList(layers)
+        out = backbone(use_cache=False, **kwargs)
+    finally:
+        backbone.layers = full
+        hook.remove()
+    return captured["h"], out.last_hidden_state
+
+
+def prefix_layer(model, k: int | None) -> int | None:
+    """``k`` when the layers below it can be run apart from the rest (a model type of
+    :data:`PREFIX_MODEL_TYPES` whose head :func:`split_lm` splits off), else None."""
+    backbone, _ = split_lm(model)
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if (not k or backbone is None or lm.config.model_type not in PREFIX_MODEL_TYPES
+            or not hasattr(backbone, "layers") or not hasattr(backbone, "norm")):
+        return None
+    return k
+
+
+def first_adapted_layer(model) -> int | None:
+    """Lowest decoder-layer index holding a LoRA weight; None when there is none, or when one sits
+    outside the decoder layers (an embedding or the LM head: then no layer is the base model's)."""
+    import re
+
+    found = []
+    for name, _ in model.named_parameters():
+        if "lora_" not in name:
+            continue
+        m = re.search(r"\.layers\.(\d+)\.", name)
+        if not m:
+            return None
+        found.append(int(m.group(1)))
+    return min(found) if found else None
+
+
+def _store_limit() -> int:
+    import os
+
+    raw = os.environ.get(PREFIX_STORE_ENV, "").strip()
+    try:
+        return max(0, int(float(raw) * 2**20)) if raw else PREFIX_STORE_DEFAULT_MB * 2**20
+    except ValueError:
+        return PREFIX_STORE_DEFAULT_MB * 2**20
+
+
+class PrefixStates:
+    """The hidden states entering decoder layer ``k`` for each scored batch: computed once (layers
+    below ``k``, no adapter there), kept in memory for the next pass over the same batch (the
+    no-effect check's base-model pass after the adapter's) up to ``memory_bytes``, and, when the
+    model's ``identity`` names its weights, in a store under ``cache_dir()/prefix`` (float32, one
+    safetensors file a batch, named by the model, torch's version, the device, ``k`` and the batch's
+    token ids) that the next audit on the same base model and corpus reads instead of running those
+    layers. The store stops growing at ``$MEMLAW_PREFIX_CACHE_MB`` MiB (default 1024; 0: no store).
+
+    A batch's numbers are the same bits either way: the split pass is the pass every batch takes
+    (tests/test_scoring.py checks it against the unsplit one)."""
+
+    def __init__(self, model, k: int, identity: dict | None = None, *, memory_bytes: int = 256 * 2**20,
+                 store_dir=None):
+        import hashlib
+        import json
+
+        import torch
+        import transformers
+
+        from memlaw.models import cache_dir
+
+        self.backbone, self.head = split_lm(model)
+        self.k, self.memory_bytes = k, memory_bytes
+        self.memory: dict[str, "torch.Tensor"] = {}
+        self.computed = self.read = 0  # batches whose states were computed / read from the store
+        param = next(self.head.parameters())
+        ident = identity or {}
+        self.store = None
+        if ident.get("weights_sha256") and param.dtype == torch.float32 and _store_limit() > 0:
+            key = json.dumps({"v": PREFIX_STORE_VERSION, "weights": ident["weights_sha256"],
+                              "config": ident.get("config_sha256"), "k": k, "torch": torch.__version__,
+                              "transformers": transformers.__version__, "device": param.device.type},
+                             sort_keys=True)
+            self.store = (store_dir or cache_dir() / "prefix") / hashlib.sha256(key.encode()).hexdigest()[:32]
+            self._stored_bytes = None
+
+    def _digest(self, batch: "Batch") -> str:
+        import hashlib
+
+        ids = batch.input_ids.cpu().numpy()
+        h = hashlib.sha256(repr(ids.shape).encode())
+        h.update(ids.tobytes())
+        h.update(batch.attention_mask.cpu().numpy().tobytes())
+        return h.hexdigest()[:40]
+
+    def _load(self, digest: str, batch: "Batch"):
+        """The stored states of this batch, or None (absent, or not what this batch needs)."""
+        if self.store is None:
+            return None
+        path = self.store / f"{digest}.safetensors"
+        if not path.is_file():
+            return None
+        try:
+            from safetensors.torch import load_file
+
+            h = load_file(str(path), device=str(batch.input_ids.device)).get("h")
+        except Exception:  # a torn or foreign file: compute instead
+            return None
+        want = (*batch.input_ids.shape, self.head.in_features)
+        if h is None or tuple(h.shape) != want or h.dtype != next(self.head.parameters()).dtype:
+            return None
+        return h
+
+    def _save(self, digest: str, h) -> None:
+        """Write atomically, unless the store would pass its size limit; a full or read-only
+        disk only costs the next audit its speed."""
+        import os
+        import tempfile
+
+        limit = _store_limit()
+        size = h.numel() * h.element_size()
+        try:
+            root = self.store.parent
+            if self._stored_bytes is None:
+                self._stored_bytes = sum(f.stat().st_size for f in root.rglob("*.safetensors")) if root.is_dir() else 0
+            if self._stored_bytes + size > limit:
+                return
+            from safetensors.torch import save_file
+
+            self.store.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.store, prefix=".tmp-", suffix=".safetensors")
+            os.close(fd)
+            try:
+                save_file({"h": h.contiguous().cpu()}, tmp)
+                os.replace(tmp, self.store / f"{digest}.safetensors")
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            self._stored_bytes += size
+        except OSError:
+            return
+
+    def states(self, batch: "Batch"):
+        """(B, T, hidden) float: the input of layer ``k`` for every position of ``batch``."""
+        import torch
+
+        digest = self._digest(batch)
+        h = self.memory.get(digest)
+        if h is not None:
+            return h
+        h = self._load(digest, batch)
+        if h is not None:
+            self.read += 1
+        else:
+            with torch.inference_mode():
+                h, _ = run_layers(self.backbone, list(self.backbone.layers[: self.k]), input_ids=batch.input_ids,
+                                  attention_mask=batch.attention_mask)
+            self.computed += 1
+            if self.store is not None:
+                self._save(digest, h)
+        size = h.numel() * h.element_size()
+        while self.memory and sum(x.numel() * x.element_size() for x in self.memory.values()) + size > self.memory_bytes:
+            self.memory.pop(next(iter(self.memory)))  # the oldest batch
+        if size <= self.memory_bytes:
+            self.memory[digest] = h
+        return h
+
+    def log_softmax(self, batch: "Batch"):
+        """:func:`target_log_softmax` of the model (adapter enabled or not, as the caller set it)
+        from the stored layer-k input: only layers k.. and the LM head run."""
+        import torch
+
+        _, hidden = run_layers(self.backbone, list(self.backbone.layers[self.k:]), inputs_embeds=self.states(batch),
+                               attention_mask=batch.attention_mask)
+        return torch.log_softmax(self.head(hidden[batch.rows, batch.cols]).float(), dim=-1)
+
+
+def prefix_states(model, identity: dict | None = None, **kwargs) -> "PrefixStates | None":
+    """A :class:`PrefixStates` for an adapted ``model`` whose LoRA weights all sit in decoder layers
+    above the first, else None (score the whole model)."""
+    k = prefix_layer(model, first_adapted_layer(model))
+    return PrefixStates(model, k, identity, **kwargs) if k else None
+
+
 def token_stats(logprobs, targets):
     """From (N, V) log-probs: log p(target), argmax, margin (see module docstring)."""
     import torch
@@ -287,7 +496,7 @@ def near_boundary(lp, mg, gap):
 
 def score(model, encoded: Sequence, *, pad_id: int = 0, max_tokens: int = 8192, max_batch: int = 64,
           progress=False, description: str = "scoring", precision: str = "float32",
-          info: dict | None = None) -> list[RecordScores]:
+          info: dict | None = None, prefix: "PrefixStates | None" = None) -> list[RecordScores]:
     """Score every target token of every record; returns one RecordScores per record, input order.
     ``progress``: True for a progress bar, or a callback ``(stage, done, total, info)``.
 
@@ -298,7 +507,9 @@ def score(model, encoded: Sequence, *, pad_id: int = 0, max_tokens: int = 8192, 
     numbers of the other records bf16's (off by up to ~0.3 nats in log p). When more than
     :data:`BF16_GIVE_UP` of the records need the re-check, the rest of the corpus is scored in float32
     directly. ``info``: a dict that receives ``precision`` (as resolved), ``records``,
-    ``rechecked_records`` and ``gave_up`` (switched to float32 part-way)."""
+    ``rechecked_records`` and ``gave_up`` (switched to float32 part-way). ``prefix``: a
+    :class:`PrefixStates` of ``model``: float32 batches run only the layers above the adapter's
+    lowest one, from that layer's input computed once (same numbers)."""
     import torch
 
     check_context(model, encoded)
@@ -322,7 +533,12 @@ def score(model, encoded: Sequence, *, pad_id: int = 0, max_tokens: int = 8192, 
             if fast and seen and len(recheck) > BF16_GIVE_UP * seen:
                 fast, gave_up = False, True
             batch = make_batch(chunk, pad_id, device, trim=True)
-            logprobs = (_target_log_softmax_bf16 if fast else target_log_softmax)(model, batch)
+            if fast:
+                logprobs = _target_log_softmax_bf16(model, batch)
+            elif prefix is not None:
+                logprobs = prefix.log_softmax(batch)
+            else:
+                logprobs = target_log_softmax(model, batch)
             lp, am, mg = token_stats(logprobs, batch.targets)
             seen += len(chunk) if fast else 0
             if fast:
@@ -340,7 +556,8 @@ def score(model, encoded: Sequence, *, pad_id: int = 0, max_tokens: int = 8192, 
             bar(batch.offsets[-1])
     if recheck:
         again = score(model, [e for e in encoded if e.index in recheck], pad_id=pad_id, max_tokens=max_tokens,
-                      max_batch=max_batch, progress=progress, description=f"{description} (float32 re-check)")
+                      max_batch=max_batch, progress=progress, description=f"{description} (float32 re-check)",
+                      prefix=prefix)
         for s in again:
             s0, s1 = span[s.index]
             for k, arr in zip(("tg", "lp", "am", "mg"), (s.target_ids, s.logprob, s.argmax, s.margin)):

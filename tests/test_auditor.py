@@ -539,3 +539,41 @@ def test_repair_library_on_a_foreign_adapter(env, tmp_path):
     side = json.loads((tmp_path / "plain-fixed" / "memlaw.json").read_text())
     assert side["template"]["target_modules"] == ["q_proj", "v_proj"] and side["rank"] == 16
     assert side["repaired_from"]["method"] == "sw"
+
+
+def test_later_audit_reads_the_stored_prefix(env, tmp_path, monkeypatch):
+    """An adapter above layer 0: the first memaudit stores the base model's layer-1 input per batch,
+    a later one (another adapter on the same base and corpus) reads it, and every report number is
+    the same as with no store at all — with the no-effect check's base-model pass too."""
+    from memlaw.cli.memft import main as memft
+    from memlaw.scoring import PREFIX_STORE_ENV
+
+    monkeypatch.setenv("MEMLAW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(PREFIX_STORE_ENV, raising=False)
+    adapters = []
+    for seed in (0, 1):
+        out = tmp_path / f"layer1-s{seed}"
+        r = CliRunner().invoke(memft, ["train", str(env["corpus"]), "--model", "tiny", "--rank", "4", "--layers", "1",
+                                       "--method", "sft", "--max-steps", "20", "--cycles", "1", "--seed", str(seed),
+                                       "--quiet", "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        adapters.append(out)
+
+    def audited(adapter, name):
+        report = tmp_path / f"{name}.json"
+        r = run(adapter, "--min-coverage", "0", "--json", report, "--quiet")
+        assert r.exit_code == 0, r.output
+        d = json.loads(report.read_text())
+        return d["summary"], d["records"]
+
+    store = tmp_path / "cache" / "prefix"
+    first = audited(adapters[0], "first")
+    stored = {p: p.stat().st_mtime_ns for p in store.rglob("*.safetensors")}
+    assert stored  # written by the first audit
+    later = audited(adapters[1], "later")
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*.safetensors")} == stored  # read, not written again
+    assert later[0]["coverage"] != first[0]["coverage"] or later[1] != first[1]  # another adapter, other numbers
+    monkeypatch.setenv(PREFIX_STORE_ENV, "0")
+    shutil.rmtree(store)
+    assert audited(adapters[1], "unstored") == later
+    assert not store.exists()

@@ -158,3 +158,76 @@ def test_trimmed_batches_give_the_same_numbers(kv_corpus):
     assert make_batch(enc, 0, trim=True).input_ids.shape[1] == make_batch(enc, 0).input_ids.shape[1] - 1
     np.testing.assert_allclose(full[0].numpy(), cut[0].numpy(), atol=1e-6)
     assert (full[1] == cut[1]).all()
+
+
+def _adapted_tiny(layers, seed=0):
+    """The tiny model with LoRA on ``layers`` and non-zero B (so the adapter changes the numbers)."""
+    model = make_lora_model(load_base("tiny").model, LoraTemplate(layers=layers), 4, seed=seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+def _same_bits(a, b):
+    return all(np.array_equal(x.logprob, y.logprob) and np.array_equal(x.argmax, y.argmax)
+               and np.array_equal(x.margin, y.margin) for x, y in zip(a, b, strict=True))
+
+
+def test_prefix_states_give_the_same_bits_and_are_stored(kv_corpus, tmp_path, monkeypatch):
+    """Scoring from the stored input of the adapter's lowest layer gives the very numbers of the
+    unsplit pass, with the adapter and without it (the no-effect check's pass); a second audit reads
+    the stored states instead of running the layers below."""
+    from memlaw.scoring import PrefixStates, first_adapted_layer, prefix_states
+
+    monkeypatch.delenv("MEMLAW_PREFIX_CACHE_MB", raising=False)
+    base = load_base("tiny")
+    enc = _encoded(base, kv_corpus)
+    model = _adapted_tiny((1,))
+    assert first_adapted_layer(model) == 1
+    ident = base.identity
+    assert ident.get("weights_sha256")
+    store = tmp_path / "prefix"
+    first = prefix_states(model, ident, store_dir=store)
+    assert isinstance(first, PrefixStates) and first.k == 1
+    plain = score(model, enc, max_tokens=64)
+    split = score(model, enc, max_tokens=64, prefix=first)
+    assert _same_bits(plain, split)
+    assert not _same_bits(plain, score(base.model, enc, max_tokens=64))  # the adapter matters here
+    n_batches = len(length_batches(enc, max_tokens=64))
+    assert first.computed == n_batches and first.read == 0
+    with model.disable_adapter():  # the base-model pass: same stored states, from memory
+        assert _same_bits(score(model, enc, max_tokens=64), score(model, enc, max_tokens=64, prefix=first))
+    assert first.computed == n_batches
+    assert len(list(store.rglob("*.safetensors"))) == n_batches
+
+    # the next audit (a new object, another adapter on the same base): states from the store
+    other = _adapted_tiny((1,), seed=1)
+    again = prefix_states(other, ident, store_dir=store)
+    assert _same_bits(score(other, enc, max_tokens=64), score(other, enc, max_tokens=64, prefix=again))
+    assert again.read == n_batches and again.computed == 0
+
+    # a damaged file is computed again, to the same numbers
+    victim = sorted(store.rglob("*.safetensors"))[0]
+    victim.write_bytes(b"not a tensor")
+    third = prefix_states(other, ident, store_dir=store)
+    assert _same_bits(score(other, enc, max_tokens=64), score(other, enc, max_tokens=64, prefix=third))
+    assert third.computed == 1 and third.read == n_batches - 1
+
+
+def test_prefix_states_apply_only_above_the_first_layer(kv_corpus, tmp_path, monkeypatch):
+    """LoRA on layer 0 leaves no base layer to share; a store limit of 0 keeps states in memory."""
+    from memlaw.scoring import first_adapted_layer, prefix_states
+
+    base = load_base("tiny")
+    assert first_adapted_layer(base.model) is None
+    assert prefix_states(_adapted_tiny((0, 1)), base.identity) is None
+    assert prefix_states(_adapted_tiny(None), base.identity) is None
+    monkeypatch.setenv("MEMLAW_PREFIX_CACHE_MB", "0")
+    enc = _encoded(base, kv_corpus)
+    model = _adapted_tiny((1,))
+    store = tmp_path / "prefix"
+    p = prefix_states(model, base.identity, store_dir=store)
+    assert _same_bits(score(model, enc, max_tokens=64), score(model, enc, max_tokens=64, prefix=p))
+    assert not store.exists()

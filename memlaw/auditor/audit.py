@@ -449,6 +449,7 @@ class AdapterInputs:
     weights_file: Path
     warnings: list[str] = field(default_factory=list)
     files: "object" = None  # memlaw.modelfiles.ModelFiles when loaded from files alone (model is None)
+    prefix: "object" = None  # memlaw.scoring.PrefixStates once scoring asked (False: none applies)
 
     @property
     def pad_id(self) -> int:

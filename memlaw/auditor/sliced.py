@@ -372,7 +372,7 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
     the spool); ``spool_in_memory``: bytes of records held in memory before the spool goes to disk;
     ``precision``: the adapter pass's (:func:`memlaw.scoring.score`; each slice decides its own
     float32 re-checks), the base-model pass is float32."""
-    from memlaw.backends import precision_note
+    from memlaw.backends import audit_prefix, precision_note
     from memlaw.scoring import _progress, batch_cuts, check_context, score
 
     spool: EncodedSpool = inputs.encoded
@@ -406,7 +406,7 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
                 info: dict = {}
                 # once a slice gave up on bf16 (most records near a boundary), the rest goes straight to float32
                 scores = score(model, encoded, pad_id=pad_id, progress=_advancing(advance), info=info,
-                               precision="float32" if passes["gave_up"] else precision)
+                               precision="float32" if passes["gave_up"] else precision, prefix=audit_prefix(inputs))
                 seconds += time.perf_counter() - start
                 for k in ("records", "rechecked_records"):
                     passes[k] += info[k]
@@ -415,7 +415,8 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
                     passes["precision"] = "bf16"
                 if need_base:
                     with model.disable_adapter():
-                        for s in score(model, encoded, pad_id=pad_id, progress=_advancing(advance)):
+                        for s in score(model, encoded, pad_id=pad_id, progress=_advancing(advance),
+                                       prefix=audit_prefix(inputs)):
                             base_lp[s.index] = s.logprob
                 for (rec, e), s in zip(pairs, scores):
                     r = record_audit(s, e, rec, tok, texts)

@@ -27,7 +27,7 @@ from click.core import ParameterSource
 from memlaw import __version__
 from memlaw.backends import CHOICES as BACKEND_CHOICES
 from memlaw.backends import takes_vllm_options
-from memlaw.cli.common import corpus_options, corpus_spec, handle_errors, quiet_libraries
+from memlaw.cli.common import console_script, corpus_options, corpus_spec, handle_errors, quiet_libraries
 from memlaw.errors import UserError
 from memlaw.auditor.repair import repair_defaults  # noqa: F401 (moved there; imported by name elsewhere)
 from memlaw.memft import METHODS, Recipe
@@ -231,5 +231,8 @@ def main(ctx, adapter_dir, corpus, fmt, key_field, target_field, base_model, for
         raise SystemExit(1)
 
 
+#: the installed command (pyproject.toml [project.scripts])
+run = console_script(main)
+
 if __name__ == "__main__":
-    main()
+    run()

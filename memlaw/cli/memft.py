@@ -9,8 +9,8 @@ import click
 from click.core import ParameterSource
 
 from memlaw import __version__
-from memlaw.cli.common import (CONVERGENCE_KEYS, convergence_options, corpus_options, corpus_spec, handle_errors, quiet_libraries,
-                               recipe_options, template_from, template_options)
+from memlaw.cli.common import (CONVERGENCE_KEYS, console_script, convergence_options, corpus_options, corpus_spec,
+                               handle_errors, quiet_libraries, recipe_options, template_from, template_options)
 from memlaw.errors import UserError
 from memlaw.api import MAX_DEFAULT_BATCH, RECIPE_KEYS  # their one place; imported by name from here too
 from memlaw.memft import METHODS, Recipe
@@ -154,5 +154,8 @@ def train_cmd(ctx, corpus, model, rank, method, out, lr, batch_size, max_steps, 
                + ")")
 
 
+#: the installed command (pyproject.toml [project.scripts])
+run = console_script(main)
+
 if __name__ == "__main__":
-    main()
+    run()

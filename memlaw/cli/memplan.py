@@ -25,7 +25,7 @@ from memlaw.calibration.defaults import (DEFAULT_DELTA, DEFAULT_LAW_FORM, DEFAUL
                                          DEFAULT_TARGET_MODULES, DELTA_DEFINITIONS, LAW_FORMS,
                                          default_recipe)
 from memlaw.backends import CHOICES as BACKEND_CHOICES
-from memlaw.cli.common import convergence_options, handle_errors, recipe_extras, recipe_options
+from memlaw.cli.common import console_script, convergence_options, handle_errors, recipe_extras, recipe_options
 from memlaw.memft import METHODS
 from memlaw.planner.coverage import DEFAULT_PREDICTOR, PREDICTORS
 from memlaw.errors import UserError
@@ -341,5 +341,8 @@ def estimate_cmd(corpus, law_path, model, coverage, as_json, fmt, key_field, tar
         render(est, Console())
 
 
+#: the installed command (pyproject.toml [project.scripts])
+run = console_script(main)
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from memlaw.auditor.audit import AuditResult, Gate, RecordAudit
 from memlaw.auditor.reports import COMPARE_ROWS, _gate_block, _summary_rows, _visible
-from memlaw.planner.estimate import Estimate
+
+if TYPE_CHECKING:  # the planner (scipy) is not imported by memaudit
+    from memlaw.planner.estimate import Estimate
 
 # --------------------------------------------------------------------------------------------
 # memaudit
