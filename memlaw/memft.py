@@ -418,7 +418,8 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
 
     import torch
 
-    from memlaw.scoring import check_context, make_batch, score, summarize, target_log_softmax, token_stats
+    from memlaw.scoring import (check_context, make_batch, prefix_states, score, summarize, target_log_softmax,
+                                token_stats)
 
     if not encoded:
         raise UserError("the corpus has no records to train on")
@@ -437,9 +438,13 @@ def train(model, encoded: Sequence, recipe: Recipe, *, pad_id: int = 0, progress
     total_steps = recipe.max_steps * recipe.cycles
     start = time.perf_counter()
 
+    # the scoring passes (each cycle's end, the all-locked confirmation) run only the layers above
+    # the adapter's lowest one, from their input computed once: the same numbers
+    scoring_prefix = prefix_states(model) if cache_prefix else None
+
     def measure() -> dict:
         model.eval()
-        summary = confirm() if confirm else summarize(score(model, encoded, pad_id=pad_id))
+        summary = confirm() if confirm else summarize(score(model, encoded, pad_id=pad_id, prefix=scoring_prefix))
         model.train()
         return summary
 
@@ -682,7 +687,7 @@ def train_adapter(corpus: CorpusSpec, model_name: str, rank: int, out: str | Pat
     import memlaw
     from memlaw.corpus import encode_records
     from memlaw.models import attach_adapter, load_base
-    from memlaw.scoring import score, summarize
+    from memlaw.scoring import prefix_states, score, summarize
 
     template = template or LoraTemplate()
     recipe = recipe or Recipe()
@@ -700,7 +705,9 @@ def train_adapter(corpus: CorpusSpec, model_name: str, rank: int, out: str | Pat
     else:
         model = make_lora_model(base.model, template, rank, recipe.seed)
     result = train(model, encoded, recipe, pad_id=pad_id, progress=progress, on_epoch=on_epoch)
-    final = summarize(score(model, encoded, pad_id=pad_id))
+    # stored (memlaw.scoring.PrefixStates): memaudit of this adapter, or of the next one trained on
+    # this corpus above the same layer, reads the base model's lower layers instead of running them
+    final = summarize(score(model, encoded, pad_id=pad_id, prefix=prefix_states(model, base.identity)))
     sidecar = Sidecar(
         memlaw_version=memlaw.__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

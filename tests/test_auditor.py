@@ -544,12 +544,14 @@ def test_repair_library_on_a_foreign_adapter(env, tmp_path):
 def test_later_audit_reads_the_stored_prefix(env, tmp_path, monkeypatch):
     """An adapter above layer 0: the first memaudit stores the base model's layer-1 input per batch,
     a later one (another adapter on the same base and corpus) reads it, and every report number is
-    the same as with no store at all — with the no-effect check's base-model pass too."""
+    the same as with no store at all — with the no-effect check's base-model pass too. memft train's
+    final scoring pass stores the same states."""
     from memlaw.cli.memft import main as memft
     from memlaw.scoring import PREFIX_STORE_ENV
 
     monkeypatch.setenv("MEMLAW_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(PREFIX_STORE_ENV, raising=False)
+    store = tmp_path / "cache" / "prefix"
+    monkeypatch.setenv(PREFIX_STORE_ENV, "0")  # trained without a store: the first audit writes it
     adapters = []
     for seed in (0, 1):
         out = tmp_path / f"layer1-s{seed}"
@@ -558,6 +560,8 @@ def test_later_audit_reads_the_stored_prefix(env, tmp_path, monkeypatch):
                                        "--quiet", "--out", str(out)])
         assert r.exit_code == 0, r.output
         adapters.append(out)
+    assert not store.exists()
+    monkeypatch.delenv(PREFIX_STORE_ENV)
 
     def audited(adapter, name):
         report = tmp_path / f"{name}.json"
@@ -566,13 +570,17 @@ def test_later_audit_reads_the_stored_prefix(env, tmp_path, monkeypatch):
         d = json.loads(report.read_text())
         return d["summary"], d["records"]
 
-    store = tmp_path / "cache" / "prefix"
     first = audited(adapters[0], "first")
     stored = {p: p.stat().st_mtime_ns for p in store.rglob("*.safetensors")}
     assert stored  # written by the first audit
     later = audited(adapters[1], "later")
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*.safetensors")} == stored  # read, not written again
     assert later[0]["coverage"] != first[0]["coverage"] or later[1] != first[1]  # another adapter, other numbers
+    shutil.rmtree(store)
+    r = CliRunner().invoke(memft, ["train", str(env["corpus"]), "--model", "tiny", "--rank", "4", "--layers", "1",
+                                   "--max-steps", "2", "--cycles", "1", "--quiet", "--out", str(tmp_path / "again")])
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in store.rglob("*.safetensors")} == {p.name for p in stored}  # memft train stores them too
     monkeypatch.setenv(PREFIX_STORE_ENV, "0")
     shutil.rmtree(store)
     assert audited(adapters[1], "unstored") == later
