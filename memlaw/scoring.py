@@ -352,6 +352,10 @@ class PrefixStates:
             self.memory[digest] = h
         return h
 
+    def forget(self) -> None:
+        """Drop the states held in memory (the store keeps them): after the passes that share them."""
+        self.memory.clear()
+
     def log_softmax(self, batch: "Batch"):
         """:func:`target_log_softmax` of the model (adapter enabled or not, as the caller set it)
         from the stored layer-k input: only layers k.. and the LM head run."""

@@ -846,6 +846,8 @@ def audit_inputs(inputs: AdapterInputs, *, progress: bool = False, backend: str 
         result.summary["effect"] = effect
         if effect["no_effect"]:
             result.warnings.append(no_effect_warning(effect))
+    if inputs.prefix:
+        inputs.prefix.forget()  # its passes are done; the store keeps the states
     label_with_inputs(result, inputs)
     result.warnings = list(inputs.warnings) + result.warnings
     return result

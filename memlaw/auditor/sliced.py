@@ -386,6 +386,7 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
     cached = cached_base_logprobs(inputs) if effect_check else None
     need_base = effect_check and cached is None
     base_lp = cached[0] if cached is not None else {}
+    prefix = audit_prefix(inputs)  # the slice's two passes share it; dropped from memory after each slice
 
     out = SpooledRecords(n, spool_in_memory)
     try:
@@ -406,7 +407,7 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
                 info: dict = {}
                 # once a slice gave up on bf16 (most records near a boundary), the rest goes straight to float32
                 scores = score(model, encoded, pad_id=pad_id, progress=_advancing(advance), info=info,
-                               precision="float32" if passes["gave_up"] else precision, prefix=audit_prefix(inputs))
+                               precision="float32" if passes["gave_up"] else precision, prefix=prefix)
                 seconds += time.perf_counter() - start
                 for k in ("records", "rechecked_records"):
                     passes[k] += info[k]
@@ -416,7 +417,7 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
                 if need_base:
                     with model.disable_adapter():
                         for s in score(model, encoded, pad_id=pad_id, progress=_advancing(advance),
-                                       prefix=audit_prefix(inputs)):
+                                       prefix=prefix):
                             base_lp[s.index] = s.logprob
                 for (rec, e), s in zip(pairs, scores):
                     r = record_audit(s, e, rec, tok, texts)
@@ -433,6 +434,8 @@ def audit_inputs_sliced(inputs, *, progress=False, effect_check: bool = True,
                 # records still kept from this slice get their own arrays, so the slice's can go
                 display.heap = [type(h)(h.key, _detached(h.record)) for h in display.heap]
                 del pairs, encoded, scores
+                if prefix is not None:
+                    prefix.forget()
                 _release_freed_memory()
         out.finish()
         total_loss = sum(float(x) for x in loss_sums)  # summarize's sum, in corpus order
