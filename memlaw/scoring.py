@@ -171,7 +171,8 @@ def target_log_softmax(model, batch: Batch):
 PREFIX_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 #: bumped when what a stored prefix file holds changes
 PREFIX_STORE_VERSION = 1
-#: the on-disk prefix store's size limit in MiB (all models together); 0 keeps states in memory only
+#: the on-disk prefix store's size limit in MiB (all models together; least recently used files go
+#: first); 0 keeps states in memory only
 PREFIX_STORE_ENV = "MEMLAW_PREFIX_CACHE_MB"
 PREFIX_STORE_DEFAULT_MB = 1024
 
@@ -241,7 +242,8 @@ class PrefixStates:
     model's ``identity`` names its weights, in a store under ``cache_dir()/prefix`` (float32, one
     safetensors file a batch, named by the model, torch's version, the device, ``k`` and the batch's
     token ids) that the next audit on the same base model and corpus reads instead of running those
-    layers. The store stops growing at ``$MEMLAW_PREFIX_CACHE_MB`` MiB (default 1024; 0: no store).
+    layers. The store holds at most ``$MEMLAW_PREFIX_CACHE_MB`` MiB (default 1024; 0: no store); past
+    that, the least recently used files go first.
 
     A batch's numbers are the same bits either way: the split pass is the pass every batch takes
     (tests/test_scoring.py checks it against the unsplit one)."""
@@ -269,7 +271,8 @@ class PrefixStates:
                               "transformers": transformers.__version__, "device": param.device.type},
                              sort_keys=True)
             self.store = (store_dir or cache_dir() / "prefix") / hashlib.sha256(key.encode()).hexdigest()[:32]
-            self._stored_bytes = None
+        self._stored_bytes = None
+        self._used: set = set()  # files this object read or wrote: never evicted by it
 
     def _digest(self, batch: "Batch") -> str:
         import hashlib
@@ -282,6 +285,8 @@ class PrefixStates:
 
     def _load(self, digest: str, batch: "Batch"):
         """The stored states of this batch, or None (absent, or not what this batch needs)."""
+        import os
+
         if self.store is None:
             return None
         path = self.store / f"{digest}.safetensors"
@@ -296,20 +301,28 @@ class PrefixStates:
         want = (*batch.input_ids.shape, self.head.in_features)
         if h is None or tuple(h.shape) != want or h.dtype != next(self.head.parameters()).dtype:
             return None
+        self._used.add(path)
+        try:
+            os.utime(path)  # recently used: evicted last
+        except OSError:
+            pass
         return h
 
     def _save(self, digest: str, h) -> None:
-        """Write atomically, unless the store would pass its size limit; a full or read-only
+        """Write atomically, making room under the size limit by evicting; a full or read-only
         disk only costs the next audit its speed."""
         import os
         import tempfile
 
         limit = _store_limit()
         size = h.numel() * h.element_size()
+        if size > limit:
+            return
         try:
-            root = self.store.parent
             if self._stored_bytes is None:
-                self._stored_bytes = sum(f.stat().st_size for f in root.rglob("*.safetensors")) if root.is_dir() else 0
+                self._stored_bytes = sum(f.stat().st_size for f in self._files())
+            if self._stored_bytes + size > limit:
+                self._evict(self._stored_bytes + size - limit)
             if self._stored_bytes + size > limit:
                 return
             from safetensors.torch import save_file
@@ -323,9 +336,35 @@ class PrefixStates:
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-            self._stored_bytes += size
+            written = self.store / f"{digest}.safetensors"
+            self._used.add(written)
+            self._stored_bytes += written.stat().st_size
         except OSError:
             return
+
+    def _files(self) -> list:
+        root = self.store.parent
+        return list(root.rglob("*.safetensors")) if root.is_dir() else []
+
+    def _evict(self, need: int) -> None:
+        """Delete the least recently used stored files (any model's, not this audit's) until
+        ``need`` bytes are free."""
+        def mtime(f):
+            try:
+                return f.stat().st_mtime_ns
+            except OSError:
+                return 0
+
+        for f in sorted((f for f in self._files() if f not in self._used), key=mtime):
+            if need <= 0:
+                break
+            try:
+                size = f.stat().st_size
+                f.unlink()
+            except OSError:
+                continue
+            need -= size
+            self._stored_bytes -= size
 
     def states(self, batch: "Batch"):
         """(B, T, hidden) float: the input of layer ``k`` for every position of ``batch``."""

@@ -571,10 +571,10 @@ def test_later_audit_reads_the_stored_prefix(env, tmp_path, monkeypatch):
         return d["summary"], d["records"]
 
     first = audited(adapters[0], "first")
-    stored = {p: p.stat().st_mtime_ns for p in store.rglob("*.safetensors")}
+    stored = {p: p.stat().st_ino for p in store.rglob("*.safetensors")}
     assert stored  # written by the first audit
     later = audited(adapters[1], "later")
-    assert {p: p.stat().st_mtime_ns for p in store.rglob("*.safetensors")} == stored  # read, not written again
+    assert {p: p.stat().st_ino for p in store.rglob("*.safetensors")} == stored  # read, not written again (same inodes)
     assert later[0]["coverage"] != first[0]["coverage"] or later[1] != first[1]  # another adapter, other numbers
     shutil.rmtree(store)
     r = CliRunner().invoke(memft, ["train", str(env["corpus"]), "--model", "tiny", "--rank", "4", "--layers", "1",

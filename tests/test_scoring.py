@@ -231,3 +231,35 @@ def test_prefix_states_apply_only_above_the_first_layer(kv_corpus, tmp_path, mon
     p = prefix_states(model, base.identity, store_dir=store)
     assert _same_bits(score(model, enc, max_tokens=64), score(model, enc, max_tokens=64, prefix=p))
     assert not store.exists()
+
+
+def test_prefix_store_evicts_the_least_recently_used(kv_corpus, tmp_path, monkeypatch):
+    """Past its size limit the store deletes the files used longest ago, never the ones the audit
+    at hand reads or writes, and the numbers stay the same."""
+    import os
+
+    from memlaw.scoring import prefix_states
+
+    base = load_base("tiny")
+    enc = _encoded(base, kv_corpus)
+    model = _adapted_tiny((1,))
+    store = tmp_path / "prefix"
+    old = store / "other-model"
+    old.mkdir(parents=True)
+    stale = []
+    for i in range(3):  # another model's files, used long ago (oldest first)
+        f = old / f"stale{i}.safetensors"
+        f.write_bytes(b"\0" * 40_000)
+        os.utime(f, (1_000_000 + i, 1_000_000 + i))
+        stale.append(f)
+    p = prefix_states(model, base.identity, store_dir=store)
+    plain = score(model, enc, max_tokens=64)
+    # room for this corpus's states and one stale file: the two oldest go, the newest stays
+    n_batches = len(length_batches(enc, max_tokens=64))
+    mine = score(model, enc, max_tokens=64, prefix=prefix_states(model, base.identity, store_dir=tmp_path / "probe"))
+    needed = sum(f.stat().st_size for f in (tmp_path / "probe").rglob("*.safetensors"))
+    monkeypatch.setenv("MEMLAW_PREFIX_CACHE_MB", str((needed + 40_000 + 1_000) / 2**20))
+    assert _same_bits(plain, mine)
+    assert _same_bits(plain, score(model, enc, max_tokens=64, prefix=p))
+    assert [f.exists() for f in stale] == [False, False, True]
+    assert len(list(p.store.glob("*.safetensors"))) == n_batches
