@@ -209,14 +209,20 @@ def prefix_layer(model, k: int | None) -> int | None:
     return k
 
 
+#: parameter-name parts of what a PEFT adapter adds or replaces: LoRA weights (DoRA's magnitudes
+#: too), modules it saves in full, trainable token rows
+ADAPTER_PARAM_MARKS = ("lora_", "modules_to_save", "token_adapter", "trainable_tokens")
+
+
 def first_adapted_layer(model) -> int | None:
-    """Lowest decoder-layer index holding a LoRA weight; None when there is none, or when one sits
-    outside the decoder layers (an embedding or the LM head: then no layer is the base model's)."""
+    """Lowest decoder-layer index holding an adapter weight (:data:`ADAPTER_PARAM_MARKS`); None when
+    there is none, or when one sits outside the decoder layers (an embedding or the LM head, LoRA or
+    saved in full: then no layer computes what the base model does)."""
     import re
 
     found = []
     for name, _ in model.named_parameters():
-        if "lora_" not in name:
+        if not any(mark in name for mark in ADAPTER_PARAM_MARKS):
             continue
         m = re.search(r"\.layers\.(\d+)\.", name)
         if not m:

@@ -263,3 +263,22 @@ def test_prefix_store_evicts_the_least_recently_used(kv_corpus, tmp_path, monkey
     assert _same_bits(plain, score(model, enc, max_tokens=64, prefix=p))
     assert [f.exists() for f in stale] == [False, False, True]
     assert len(list(p.store.glob("*.safetensors"))) == n_batches
+
+
+def test_an_adapter_that_saves_the_embeddings_gets_no_prefix():
+    """modules_to_save=["embed_tokens"]: the embedding itself is the adapter's, so no layer's input is
+    the base model's, however high the LoRA layers sit."""
+    from peft import LoraConfig, get_peft_model
+
+    from memlaw.scoring import first_adapted_layer, prefix_states
+
+    base = load_base("tiny")
+    cfg = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], layers_to_transform=[1],
+                     modules_to_save=["embed_tokens"], task_type="CAUSAL_LM")
+    model = get_peft_model(base.model, cfg)
+    assert any("modules_to_save" in n and "embed_tokens" in n for n, _ in model.named_parameters())
+    assert first_adapted_layer(model) is None
+    assert prefix_states(model, base.identity) is None
+    plain = get_peft_model(load_base("tiny").model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                               layers_to_transform=[1], task_type="CAUSAL_LM"))
+    assert first_adapted_layer(plain) == 1
