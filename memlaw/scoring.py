@@ -274,11 +274,31 @@ class PrefixStates:
         if ident.get("weights_sha256") and param.dtype == torch.float32 and _store_limit() > 0:
             key = json.dumps({"v": PREFIX_STORE_VERSION, "weights": ident["weights_sha256"],
                               "config": ident.get("config_sha256"), "k": k, "torch": torch.__version__,
-                              "transformers": transformers.__version__, "device": param.device.type},
-                             sort_keys=True)
+                              "transformers": transformers.__version__, "device": param.device.type,
+                              "probe": self._probe()}, sort_keys=True)
             self.store = (store_dir or cache_dir() / "prefix") / hashlib.sha256(key.encode()).hexdigest()[:32]
         self._stored_bytes = None
         self._used: set = set()  # files this object read or wrote: never evicted by it
+
+    def _probe(self) -> str:
+        """A digest of the weights below layer k as loaded: the first and last 4,096 values of every
+        tensor (milliseconds). The identity hashes files, and a sharded model's identity only its
+        index: this keeps states of other weights from being read."""
+        import hashlib
+
+        import torch
+
+        h = hashlib.sha256()
+        modules = [m for name, m in self.backbone.named_children() if name != "layers"]
+        modules += list(self.backbone.layers[: self.k])
+        with torch.no_grad():
+            for m in modules:
+                for name, p in m.named_parameters():
+                    flat = p.detach().reshape(-1)
+                    h.update(name.encode())
+                    for part in (flat[:4096], flat[-4096:]):
+                        h.update(part.float().cpu().numpy().tobytes())
+        return h.hexdigest()[:32]
 
     def _digest(self, batch: "Batch") -> str:
         import hashlib
