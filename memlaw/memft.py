@@ -270,29 +270,26 @@ class FrozenPrefix:
 
         return prefix_layer(model, first_trainable_layer(model))
 
-    def _run_layers(self, layers, **kwargs):
-        from memlaw.scoring import run_layers
-
-        return run_layers(self.backbone, layers, **kwargs)
-
     def _fill(self, encoded) -> None:
         import torch
 
-        from memlaw.scoring import make_batch
+        from memlaw.scoring import make_batch, run_layers
 
         todo = [e for e in encoded if e.index not in self.cache]
         if not todo:
             return
         batch = make_batch(todo, self.pad_id, next(self.head.parameters()).device)
         with torch.no_grad():
-            h, _ = self._run_layers(list(self.backbone.layers[: self.k]), input_ids=batch.input_ids,
-                                    attention_mask=batch.attention_mask)
+            h, _ = run_layers(self.backbone, list(self.backbone.layers[: self.k]), input_ids=batch.input_ids,
+                              attention_mask=batch.attention_mask)
         for b, e in enumerate(todo):
             self.cache[e.index] = h[b, : len(e.key_ids) + len(e.target_ids)].clone()
 
     def log_softmax(self, batch, encoded):
         """Same as scoring.target_log_softmax(model, batch), through the cache."""
         import torch
+
+        from memlaw.scoring import run_layers
 
         self._fill(encoded)
         width = batch.input_ids.shape[1]
@@ -301,8 +298,8 @@ class FrozenPrefix:
         for b, e in enumerate(encoded):
             states = self.cache[e.index]
             h[b, : states.shape[0]] = states
-        _, hidden = self._run_layers(list(self.backbone.layers[self.k:]), inputs_embeds=h,
-                                     attention_mask=batch.attention_mask)
+        _, hidden = run_layers(self.backbone, list(self.backbone.layers[self.k:]), inputs_embeds=h,
+                               attention_mask=batch.attention_mask)
         return torch.log_softmax(self.head(hidden[batch.rows, batch.cols]).float(), dim=-1)
 
 

@@ -267,6 +267,7 @@ class PrefixStates:
         self.backbone, self.head = split_lm(model)
         self.k, self.memory_bytes = k, memory_bytes
         self.memory: dict[str, "torch.Tensor"] = {}
+        self._held = 0  # bytes of the states in memory
         self.computed = self.read = 0  # batches whose states were computed / read from the store
         param = next(self.head.parameters())
         ident = identity or {}
@@ -411,15 +412,18 @@ class PrefixStates:
             if self.store is not None:
                 self._save(digest, h)
         size = h.numel() * h.element_size()
-        while self.memory and sum(x.numel() * x.element_size() for x in self.memory.values()) + size > self.memory_bytes:
-            self.memory.pop(next(iter(self.memory)))  # the oldest batch
+        while self.memory and self._held + size > self.memory_bytes:
+            old = self.memory.pop(next(iter(self.memory)))  # the oldest batch
+            self._held -= old.numel() * old.element_size()
         if size <= self.memory_bytes:
             self.memory[digest] = h
+            self._held += size
         return h
 
     def forget(self) -> None:
         """Drop the states held in memory (the store keeps them): after the passes that share them."""
         self.memory.clear()
+        self._held = 0
 
     def log_softmax(self, batch: "Batch"):
         """:func:`target_log_softmax` of the model (adapter enabled or not, as the caller set it)
