@@ -24,7 +24,7 @@ from planner_accuracy import card_recipe  # a sibling script: benchmarks/ is on 
 
 from memlaw.calibration.data import FRESH_SEED_OFFSET, random_records, token_pool
 from memlaw.calibration.point import loss_before, run_point
-from memlaw.card import load_card
+from memlaw.card import load_card, point_delta
 from memlaw.memft import LoraTemplate
 from memlaw.planner.estimate import resolve_card
 
@@ -46,8 +46,9 @@ def parse_points(text: str) -> list[tuple[int, int]]:
 
 
 def nats_stored(p: dict) -> float:
-    """ℓ · (min(L_before, ln N) − L_after): the information held beyond the pool's entropy."""
-    return p["length"] * (min(p["loss_before"], p["ln_N"]) - p["loss_after"])
+    """ℓ · (min(L_before, ln N) − L_after): the information held beyond the pool's entropy (the
+    card's source ΔL)."""
+    return p["length"] * point_delta({**p, "loss_source": p["ln_N"]}, "source")
 
 
 def planner_predictions(base, card, records, rank: int, pad_id: int) -> dict:
