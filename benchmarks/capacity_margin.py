@@ -17,12 +17,12 @@ themselves were trained on a lent GPU and this CPU; their run files are not in t
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from planner_accuracy import plan, predicted_vs_measured  # a sibling script: benchmarks/ is on the path
 
 from memlaw.card import load_card
-from memlaw.corpus import corpus_sha256
 from memlaw.memft import CorpusSpec
-from memlaw.planner.baseloss import measure_or_load
-from memlaw.planner.coverage import predict
 from memlaw.planner.estimate import estimate, resolve_card
 
 # (corpus, rank) → mean measured coverage over its seeds, the card's recipe (docs/results.md §2)
@@ -42,6 +42,11 @@ MEASURED = {
 }
 
 
+def estimate_rank(corpus: str, card, card_path, target: float, predictor: str) -> int | None:
+    """The rank the printed `memft train` line trains, had the estimate used ``predictor``."""
+    return estimate(CorpusSpec(corpus), card, target, card_path=str(card_path), predictor=predictor).recommended_rank
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--law", default=None, help="the card (default: shipped)")
@@ -50,34 +55,28 @@ def main():
     card_path = resolve_card(args.law, "smollm2-135m")[1]
     card = load_card(card_path)
     law = card.law()
+    plans = plan(list(MEASURED), card, card_path, args.coverage)  # the planner's own estimates and profiles
     print("| corpus | target | nats needed | rank: ρ → measured |\n| --- | --- | --- | --- |")
-    measured = {}
     for corpus, cells in MEASURED.items():
-        spec = CorpusSpec(corpus)
-        bl, _, _ = measure_or_load(spec, spec.read(), card.base_model["name"], corpus_sha256(corpus), context=True)
-        measured[corpus] = bl
-        profile, n = bl.loss_profile(), bl.target_tokens
+        p, n = plans[corpus], plans[corpus]["ell"]
+        profile = p["profile"]
         for target in args.coverage:
-            need = profile.unigram_for_coverage(min(target, bl.max_coverage)) * n
+            need = profile.unigram_for_coverage(min(target, p["ceiling"])) * n
             row = [f"{r}: {float(law.predict(r, n)) * n / need:.2f} → {m:.3f}{'' if m >= target else ' (short)'}"
                    for r, m in cells.items()]
-            name = corpus.rsplit("/", 1)[-1].removesuffix(".jsonl")
-            print(f"| {name} | {target} | {need:,.0f} | {' · '.join(row)} |")
+            print(f"| {Path(corpus).stem} | {target} | {need:,.0f} | {' · '.join(row)} |")
+    by = {(corpus, r): [{"coverage": m}] for corpus, cells in MEASURED.items() for r, m in cells.items()}
     print("\n| predictor | cells within R/4 … 2R | mean \\|predicted − measured\\| |\n| --- | --- | --- |")
-    for name in ("budget", "unigram", "context"):
+    for name, rows in predicted_vs_measured(plans, by, card).items():
+        if name == "boost":
+            continue
         errors = {}
-        for corpus, cells in MEASURED.items():
-            bl = measured[corpus]
+        for corpus in MEASURED:
             for target in args.coverage:
-                named = estimate(CorpusSpec(corpus), card, target, card_path=str(card_path),
-                                 predictor=name).recommended_rank  # the rank the printed memft line trains
-                for r, m in cells.items():
-                    if named is not None and named / 4 <= r <= 2 * named:
-                        cov = predict(bl.loss_profile(), float(law.predict(r, bl.target_tokens)), name,
-                                      ceiling=bl.max_coverage)[0]
-                        errors[(corpus, r)] = abs(max(cov, bl.base_coverage) - m)
+                named = estimate_rank(corpus, card, card_path, target, name)
+                errors.update({(stem, r): abs(pred - meas) for stem, r, pred, meas in rows
+                               if stem == Path(corpus).stem and named is not None and named / 4 <= r <= 2 * named})
         print(f"| {name} | {len(errors)} | {sum(errors.values()) / len(errors):.3f} |")
-
 
 if __name__ == "__main__":
     main()
