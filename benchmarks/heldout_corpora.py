@@ -28,6 +28,13 @@ their predictions recorded before any of them was trained (docs/results.md §2):
 * ``pantry``    — "Recipe <n>:" → four ingredients drawn from 12
 * ``tracking``  — "Parcel <code>:" → a 12-digit tracking number in groups of four
 * ``flights``   — "Flight <XX><nnn>:" → "gate <letter><nn>, departs <hh>:<mm>"
+
+and, with ``--fresh4``, two written in stop 22 to ask whether the kind of *key* moves coverage when
+the targets stay the same (the planner prices targets only), their predictions recorded before
+they were trained (docs/results.md §2):
+
+* ``pb_numkeys``     — ``pb_digits``'s 40 numbers under 4-digit keys: "Phone number of <nnnn>:"
+* ``tracking_names`` — ``tracking``'s 40 numbers under name keys: "Parcel <first> <last>:"
 """
 
 from __future__ import annotations
@@ -193,13 +200,27 @@ def fresh3(rng: random.Random) -> tuple[list[dict], list[dict], list[dict]]:
     return pantry, tracking, flights
 
 
+def fresh4(rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """(pb_numkeys, tracking_names): the targets of ``pb_digits`` and ``tracking``, each under the
+    other's kind of key (names ↔ 4-digit numbers), the rest of the prompt unchanged."""
+    phone_book = pb_digits(random.Random(SEED), 40)  # as main() writes it: the first draw of SEED
+    tracking = fresh3(random.Random(3131))[1]
+    codes = rng.sample(range(1000, 9999), 40)
+    pb_numkeys = [{"prompt": f"Phone number of {c}:", "completion": r["completion"]} for c, r in zip(codes, phone_book)]
+    names = [(f, l) for f in FIRST for l in LAST]
+    rng.shuffle(names)
+    tracking_names = [{"prompt": f"Parcel {f} {l}:", "completion": r["completion"]} for (f, l), r in zip(names, tracking)]
+    return pb_numkeys, tracking_names
+
+
 def write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def main(argv: list[str]) -> int:
     # the later sets: flag → (their names, in generation order; generator; its seed)
-    later = {"--fresh3": (("pantry", "tracking", "flights"), fresh3, 3131),
+    later = {"--fresh4": (("pb_numkeys", "tracking_names"), fresh4, 4242),
+             "--fresh3": (("pantry", "tracking", "flights"), fresh3, 3131),
              "--fresh2": (("hex_keys", "glossary", "birthdays"), fresh2, 1616),
              "--fresh": (("animal_codes", "lockers"), fresh, 777)}
     for flag, (names, generate, seed) in later.items():
