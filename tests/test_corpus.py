@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memlaw.corpus import (
+    digits_only_keys,
     Conflict,
     Encoded,
     Record,
@@ -254,6 +255,23 @@ def test_message_conflicts(tmp_path):
     (c,) = find_conflicts(recs)
     assert c.targets == ["9-5", "10-6", "9-5"] and "Hours?" in c.key
     assert find_duplicates(recs) == [[0, 3]]
+
+
+def test_digits_only_keys(tmp_path):
+    parcel = [{"prompt": f"Parcel {n}:", "completion": f" {n * 7919 % 10**8:08d}"} for n in (1, 22, 333, 4444)]
+    named = [{"prompt": f"Parcel {who}:", "completion": " 6449 8071"} for who in ("Ada", "Bo", "Cy", "Di")]
+    share, example = digits_only_keys(read_corpus(write(tmp_path, parcel)))
+    assert (share, example) == (1.0, "Parcel 1:")
+    # the same targets under name keys; digit keys with word targets; one record per masked key
+    assert digits_only_keys(read_corpus(write(tmp_path, named))) == (0.0, "")
+    words = [{"prompt": r["prompt"], "completion": " seven apples"} for r in parcel]
+    assert digits_only_keys(read_corpus(write(tmp_path, words))) == (0.0, "")
+    lone = [{"prompt": f"{kind} {i}:", "completion": " 12345"} for i, kind in enumerate(("Room", "Gate", "Box"))]
+    assert digits_only_keys(read_corpus(write(tmp_path, lone))) == (0.0, "")
+    # half the records: two digit-keyed phone numbers among two named ones; "12-34 x" is mostly digits
+    mixed = parcel[:1] + [{"prompt": "Parcel 9:", "completion": " 12-34 x"}] + named[:2]
+    assert digits_only_keys(read_corpus(write(tmp_path, mixed))) == (0.5, "Parcel 1:")
+    assert digits_only_keys([]) == (0.0, "")
 
 
 def test_text_duplicates(tmp_path):

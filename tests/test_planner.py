@@ -395,6 +395,20 @@ def test_conflicts_are_reported(corpus, card):
     assert any("conflicting targets" in w for w in est.warnings)
 
 
+def test_warns_when_keys_differ_only_in_digits_and_targets_are_digits(tmp_path, card):
+    rng = random.Random(5)
+    digits = ["".join(rng.choice("0123456789") for _ in range(9)) for _ in range(30)]
+    numbered = write_jsonl(tmp_path / "numbered.jsonl",
+                           [{"prompt": f"user {i:02d} code:", "completion": " " + d} for i, d in enumerate(digits)])
+    est = run_estimate(numbered, card)
+    assert any("told apart only by the digits of their key (e.g. 'user 00 code:')" in w for w in est.warnings)
+    # the same targets under keys of letters: no warning
+    lettered = write_jsonl(tmp_path / "lettered.jsonl",
+                           [{"prompt": f"user {chr(97 + i // 26)}{chr(97 + i % 26)} code:", "completion": " " + d}
+                            for i, d in enumerate(digits)])
+    assert not any("told apart only by the digits" in w for w in run_estimate(lettered, card).warnings)
+
+
 def test_warns_when_length_is_outside_the_calibrated_domain(tmp_path, card):
     short = write_jsonl(tmp_path / "short.jsonl", corpus_rows(n=3, conflict=False))
     est = run_estimate(short, card)

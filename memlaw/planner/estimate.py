@@ -282,7 +282,7 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
     warnings += tmpl_warnings
 
     # 2. the corpus: records (validated), conflicts, hash
-    from memlaw.corpus import corpus_sha256, find_conflicts
+    from memlaw.corpus import corpus_sha256, digits_only_keys, find_conflicts
 
     records = corpus_spec.read()
     conflicts = find_conflicts(records)
@@ -405,6 +405,13 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
     if conflicts:
         warnings.append(f"{len(conflicts)} key(s) have conflicting targets: no adapter can lock all of them, "
                         "so coverage 1.0 is out of reach for those records")
+    digit_keyed, example_key = digits_only_keys(records)
+    if digit_keyed >= 0.5:
+        warnings.append(f"{digit_keyed:.0%} of the records are told apart only by the digits of their key "
+                        f"(e.g. {example_key!r}) and their targets are digits: the coverage predicted here counts "
+                        "the targets only, and on held-out corpora of this kind the recipe reached far less than "
+                        "predicted (docs/results.md §2, 'The kind of key'); train R and 2R and audit both, or "
+                        "give the records distinct non-numeric keys")
     heldout_rank = heldout_named_rank(card, predictor, coverage)
     if recommended is not None and heldout_rank is not None:
         notes.append(f"held out ({card.validation.get('source', 'the card')}): "
