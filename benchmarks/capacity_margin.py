@@ -8,11 +8,13 @@ missed at ρ > 1 is a miss of the nats → coverage step, not of the law's nats.
 accuracy measure: mean |predicted − measured| over the cells within R/4 … 2R of the rank R that
 `memplan estimate` names for a target, per predictor.
 
-    python benchmarks/heldout_corpora.py runs/heldout; … --fresh runs/fresh; --fresh2 runs/fresh2; --fresh3 runs/fresh3
+    python benchmarks/heldout_corpora.py runs/heldout; … --fresh runs/fresh; --fresh2 runs/fresh2; --fresh3 runs/fresh3;
+    … --fresh4 runs/fresh4
     python benchmarks/capacity_margin.py
 
 The measured coverages below are the per-cell means over seeds in docs/results.md §2 (the runs
-themselves were trained on a lent GPU and this CPU; their run files are not in the repository).
+themselves were trained on a lent GPU and this CPU; their run files are not in the repository,
+except those of ``runs/fresh4``).
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ MEASURED = {
     "runs/fresh2/hex_keys.jsonl": {1: 0.645, 2: 0.996},
     "runs/fresh3/flights.jsonl": {1: 0.958, 2: 0.999},
     "runs/fresh3/tracking.jsonl": {1: 0.639, 2: 0.973},
+    # stop 22, this CPU: the key swap (runs/fresh4/runs.jsonl, committed)
+    "runs/fresh4/pb_numkeys.jsonl": {1: 0.641},
+    "runs/fresh4/tracking_names.jsonl": {1: 0.918},
 }
 
 

@@ -10,7 +10,7 @@ nats that end up locking tokens are the law's nats times a factor s drawn from a
 
 where sharp(·) is the budget view's own coverage (`unigram` or `context`). (μ, σ) are fitted on
 the content-free digit points of `benchmarks/pool_entropy.py` — records the card's own calibration
-could have held, no held-out corpus — then the 32 held-out cells are predicted with them.
+could have held, no held-out corpus — then the held-out cells are predicted with them.
 
     python benchmarks/pool_entropy.py --pool digits --points 1:1024,2:1024,1:256,4:1024 --out runs/pool-entropy.jsonl
     python benchmarks/edge_curve.py [--fit-points 1:1024,2:1024,1:256,4:1024]
@@ -37,7 +37,7 @@ from memlaw.planner.estimate import resolve_card
 NODES, WEIGHTS = np.polynomial.hermite_e.hermegauss(24)
 WEIGHTS = WEIGHTS / WEIGHTS.sum()
 # the held-out corpora whose targets are random digit or hex strings; the others are words, templates, prose
-RANDOM_STRINGS = {"pb_digits", "pb_large", "hex_keys", "tracking"}
+RANDOM_STRINGS = {"pb_digits", "pb_large", "hex_keys", "tracking", "pb_numkeys", "tracking_names"}
 MU_GRID = np.arange(-0.8, 0.4001, 0.05)
 SIGMA_GRID = np.arange(0.0, 1.2001, 0.05)
 
@@ -113,7 +113,7 @@ def main():
         prof = p["profile"]
         for rank, measured in cells.items():
             delta = max(0.0, float(law.predict(rank, p["ell"])))
-            pred = {}
+            pred = {"budget": max(min(p["ceiling"], prof.budget_coverage(delta)), p["base_coverage"])}
             for name, sharp in (("unigram", prof.unigram_coverage), ("context", prof.context_coverage)):
                 pred[name] = max(min(p["ceiling"], sharp(delta)), p["base_coverage"])
                 pred["edge " + name] = max(min(p["ceiling"], edge_coverage(sharp, delta, mu, sigma)), p["base_coverage"])
