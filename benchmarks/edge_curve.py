@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from capacity_margin import MEASURED  # sibling scripts: benchmarks/ is on the path when run
 from planner_accuracy import plan
-from pool_entropy import parse_points, pool_ids
+from pool_entropy import CHUNK, parse_points, pool_ids, records_profile
 
 from memlaw.card import load_card
 from memlaw.planner.coverage import LossProfile
@@ -49,21 +49,16 @@ def edge_coverage(sharp, delta: float, mu: float, sigma: float) -> float:
 
 def digit_profiles(model_name: str, lengths) -> dict[int, LossProfile]:
     """The base model's loss profile of the content-free digit records at each length (data seed 0,
-    as `pool_entropy.py` trained them)."""
+    chunk 64, as `pool_entropy.py` trained them)."""
     from memlaw.calibration.data import random_records
     from memlaw.models import load_base
-    from memlaw.scoring import score
 
     base = load_base(model_name)
     tok = base.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     pool = pool_ids("digits", tok, base.model)
-    out = {}
-    for length in sorted(set(lengths)):
-        scores = score(base.model, random_records(tok, pool, length, 64, 0), pad_id=pad_id)
-        out[length] = LossProfile.from_losses(np.concatenate([-s.logprob for s in scores]),
-                                              np.concatenate([s.target_ids for s in scores]))
-    return out
+    return {length: records_profile(base.model, random_records(tok, pool, length, CHUNK, 0), pad_id)
+            for length in sorted(set(lengths))}
 
 
 def fit(points, law) -> tuple[float, float, float]:

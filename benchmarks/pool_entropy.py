@@ -51,17 +51,23 @@ def nats_stored(p: dict) -> float:
     return p["length"] * point_delta({**p, "loss_source": p["ln_N"]}, "source")
 
 
+def records_profile(model, records, pad_id: int):
+    """The base model's loss profile of these records (the planner's view of them)."""
+    from memlaw.planner.coverage import LossProfile
+    from memlaw.scoring import score
+
+    scores = score(model, records, pad_id=pad_id)
+    return LossProfile.from_losses(np.concatenate([-s.logprob for s in scores]),
+                                   np.concatenate([s.target_ids for s in scores]))
+
+
 def planner_predictions(base, card, records, rank: int, pad_id: int) -> dict:
     """What `memplan estimate` predicts for these very records at this rank, per predictor, and ρ: the
     card's nats for the rank over the nats `unigram` needs to lock every token (ρ ≥ 1: "enough")."""
-    import numpy as np
-    from memlaw.planner.coverage import LossProfile, predict
-    from memlaw.scoring import score
+    from memlaw.planner.coverage import predict
 
-    scores = score(base.model, records, pad_id=pad_id)
-    losses = np.concatenate([-s.logprob for s in scores])
-    profile = LossProfile.from_losses(losses, np.concatenate([s.target_ids for s in scores]))
-    delta = max(0.0, float(card.law().predict(rank, len(losses))))
+    profile = records_profile(base.model, records, pad_id)
+    delta = max(0.0, float(card.law().predict(rank, profile.n)))
     out = {name: round(float(predict(profile, delta, name)[0]), 4) for name in ("budget", "unigram")}
     out["rho"] = round(delta / profile.unigram_for_coverage(1.0), 3)
     return out
