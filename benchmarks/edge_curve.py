@@ -1,5 +1,5 @@
 """A candidate for the nats → coverage step at the capacity edge, fitted on content-free digits only
-and tested on the held-out corpora (issue #13; docs/results.md §1 "The edge curve" and §2).
+and tested on the held-out corpora (issue #13; docs/results.md §1 "The edge on digits" and §2 "The edge curve on the held-out corpora").
 
 The budget view (`budget`, `unigram`, `context`) says: once a rank's nats pay every token's lock
 price, every token is locked. On random digits the card's recipe gets there only with spare
