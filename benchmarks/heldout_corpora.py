@@ -35,6 +35,12 @@ they were trained (docs/results.md §2):
 
 * ``pb_numkeys``     — ``pb_digits``'s 40 numbers under 4-digit keys: "Phone number of <nnnn>:"
 * ``tracking_names`` — ``tracking``'s 40 numbers under name keys: "Parcel <first> <last>:"
+
+and, with ``--fresh5``, a third key-swap pair (stop 23), the blind test of the key factor measured
+on content-free points by ``benchmarks/key_kind.py``, its predictions recorded before it was trained:
+
+* ``pins_numkeys`` — "PIN of account <nnnnnn>:" → a 6-digit PIN, 64 records
+* ``pins_names``   — the same 64 PINs under "PIN of <first> <last>:"
 """
 
 from __future__ import annotations
@@ -213,13 +219,28 @@ def fresh4(rng: random.Random) -> tuple[list[dict], list[dict]]:
     return pb_numkeys, tracking_names
 
 
+def fresh5(rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """(pins_numkeys, pins_names): 64 six-digit PINs under 6-digit account numbers and the same PINs
+    under names — a new key-swap pair of another shape (many short records, longer digit keys),
+    written in stop 23 as the blind test of the key factor that `key_kind.py` measures on
+    content-free points."""
+    pins = [" " + "".join(rng.choice("0123456789") for _ in range(6)) for _ in range(64)]
+    accounts = rng.sample(range(100000, 999999), 64)
+    names = [(f, l) for f in FIRST for l in LAST]
+    rng.shuffle(names)
+    numkeys = [{"prompt": f"PIN of account {a}:", "completion": pin} for a, pin in zip(accounts, pins)]
+    named = [{"prompt": f"PIN of {f} {l}:", "completion": pin} for (f, l), pin in zip(names, pins)]
+    return numkeys, named
+
+
 def write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def main(argv: list[str]) -> int:
     # the later sets: flag → (their names, in generation order; generator; its seed)
-    later = {"--fresh4": (("pb_numkeys", "tracking_names"), fresh4, 4242),
+    later = {"--fresh5": (("pins_numkeys", "pins_names"), fresh5, 5151),
+             "--fresh4": (("pb_numkeys", "tracking_names"), fresh4, 4242),
              "--fresh3": (("pantry", "tracking", "flights"), fresh3, 3131),
              "--fresh2": (("hex_keys", "glossary", "birthdays"), fresh2, 1616),
              "--fresh": (("animal_codes", "lockers"), fresh, 777)}

@@ -1,0 +1,141 @@
+"""Does the kind of *key* change how many nats a rank stores? Content-free calibration points with
+the same random digit targets under keys of 4 random digits or of 4 random vocabulary tokens.
+
+    python benchmarks/key_kind.py --keys digits --out runs/key-kind.jsonl
+    python benchmarks/key_kind.py --keys vocab --out runs/key-kind.jsonl
+    python benchmarks/key_kind.py --out runs/key-kind.jsonl --report-only
+
+Why (issue #13, stop 22): the same 40 phone numbers reached 0.64 at rank 1 under 4-digit keys and
+0.92 under names; the same 40 parcel numbers 0.64 under 4-digit keys and 0.92 under names; the
+planner, which prices targets only, predicts the same for each pair. Those two pairs show the
+direction; they cannot calibrate a correction without being used as its test. These points can:
+short records (10 digits each, as a phone book) with no template at all, trained with the shipped
+card's template and recipe (the printed `memft train` line), whose only difference is the key.
+
+Each point's κ is the multiplier of the card's nats for the rank at which the planner's `unigram`
+predictor gives the measured coverage (κ < 1: the rank stored less than the card says). The key
+factor is κ(digit keys) / κ(vocabulary keys): what the card's nats are worth when records are told
+apart only by digits, relative to keys like the card's own (random vocabulary tags).
+docs/results.md §2 "The kind of key" has the numbers and the test of the factor on corpora.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from planner_accuracy import card_recipe  # a sibling script: benchmarks/ is on the path when run
+from pool_entropy import pool_ids, records_profile
+
+from memlaw.calibration.data import token_pool
+from memlaw.calibration.point import loss_before, run_point
+from memlaw.card import load_card
+from memlaw.memft import LoraTemplate
+from memlaw.planner.estimate import resolve_card
+
+DATA_SEED = 2323  # one draw of targets, shared by both kinds of key
+
+
+def key_kind_records(tokenizer, model, keys: str, n_records: int, chunk: int, key_tokens: int) -> list:
+    """``n_records`` records of ``chunk`` random digit tokens each; key = BOS + ``key_tokens`` tokens,
+    distinct per record, drawn from the 10 digits (``keys="digits"``) or from the vocabulary pool
+    the card's own points draw from (``keys="vocab"``). The targets do not depend on ``keys``."""
+    from memlaw.corpus import Encoded
+
+    digits = pool_ids("digits", tokenizer, model)
+    rng = np.random.default_rng(DATA_SEED)
+    targets = digits[rng.integers(0, 10, size=(n_records, chunk))]
+    key_pool = digits if keys == "digits" else token_pool(tokenizer, model)
+    key_rng = np.random.default_rng([DATA_SEED, 0 if keys == "digits" else 1])
+    seen: set = set()
+    while len(seen) < n_records:
+        seen.add(tuple(int(t) for t in key_pool[key_rng.integers(0, len(key_pool), size=key_tokens)]))
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return [Encoded(key_ids=(int(start), *k), target_ids=tuple(int(t) for t in row), index=j)
+            for j, (k, row) in enumerate(zip(sorted(seen, key=lambda k: key_rng.random()), targets))]
+
+
+def kappa(profile, delta: float, measured: float, ceiling: float = 1.0) -> float | None:
+    """The multiplier of ``delta`` (nats/token) at which `unigram` predicts ``measured``; None where
+    no multiplier in [0.01, 20] reaches it (e.g. a cell measured at the ceiling)."""
+    from memlaw.planner.coverage import predict
+
+    def cov(k: float) -> float:
+        return predict(profile, k * delta, "unigram", ceiling=ceiling)[0]
+
+    lo, hi = 0.01, 20.0
+    if cov(hi) < measured - 1e-3 or cov(lo) > measured or measured >= ceiling - 1e-3:
+        return None
+    for _ in range(50):  # bisection in log space: coverage is non-decreasing in delta
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if cov(mid) < measured else (lo, mid)
+    return hi
+
+
+def key_factor(rows: list[dict]) -> float | None:
+    """κ(digit keys) / κ(vocabulary keys), averaged over the seeds of each (rank, records, chunk)."""
+    by = {}
+    for p in rows:
+        if p.get("kappa") is not None:
+            by.setdefault(p["keys"], []).append(p["kappa"])
+    if "digits" not in by or "vocab" not in by:
+        return None
+    return float(np.mean(by["digits"]) / np.mean(by["vocab"]))
+
+
+def report(rows: list[dict]) -> str:
+    out = ["| keys | rank | records × digits | L_before | L_after | coverage | exact | `unigram` predicts | κ "
+           "| steps (stop) | s |", "| --- " * 11 + "|"]
+    for p in sorted(rows, key=lambda p: (p["rank"], p["keys"], p["seed"])):
+        k = f"{p['kappa']:.2f}" if p.get("kappa") is not None else "—"
+        out.append(f"| {p['keys']} | {p['rank']} | {p['records']} × {p['chunk']} | {p['loss_before']:.3f} "
+                   f"| {p['loss_after']:.3f} | {p['coverage']:.3f} | {p['exact_records']}/{p['records']} "
+                   f"| {p['predicted_unigram']:.3f} | {k} | {p['steps']} ({p['stop_reason']}) | {p['seconds']:.0f} |")
+    f = key_factor(rows)
+    out.append("")
+    out.append(f"key factor κ(digits) / κ(vocab): {f:.3f}" if f is not None else "key factor: needs both kinds")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--keys", choices=("digits", "vocab"), default="digits")
+    ap.add_argument("--rank", type=int, default=1)
+    ap.add_argument("--records", type=int, default=48)
+    ap.add_argument("--chunk", type=int, default=10, help="digit tokens a record")
+    ap.add_argument("--key-tokens", type=int, default=4)
+    ap.add_argument("--law", default=None, help="the card whose template and recipe train (default: shipped)")
+    ap.add_argument("--out", default="runs/key-kind.jsonl")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
+    if not args.report_only:
+        from memlaw.models import load_base
+        from memlaw.planner.coverage import predict
+
+        card = load_card(resolve_card(args.law, "smollm2-135m")[1])
+        recipe = card_recipe(card)
+        base = load_base(card.base_model["name"])
+        tok = base.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        records = key_kind_records(tok, base.model, args.keys, args.records, args.chunk, args.key_tokens)
+        profile = records_profile(base.model, records, pad_id)
+        delta = max(0.0, float(card.law().predict(args.rank, profile.n)))
+        start = time.perf_counter()
+        p = run_point(base, LoraTemplate.from_dict(card.template), recipe, records, args.rank,
+                      loss_before(base, records, pad_id), pad_id)
+        p.update(keys=args.keys, chunk=args.chunk, key_tokens=args.key_tokens, seed=recipe.seed,
+                 predicted_unigram=round(float(predict(profile, delta, "unigram")[0]), 4),
+                 kappa=kappa(profile, delta, p["coverage"]), seconds=round(time.perf_counter() - start, 1))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
+            f.write(json.dumps(p) + "\n")
+        rows.append(p)
+    print(report(rows))
+
+
+if __name__ == "__main__":
+    main()
