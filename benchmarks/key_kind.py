@@ -109,6 +109,8 @@ def main():
     ap.add_argument("--law", default=None, help="the card whose template and recipe train (default: shipped)")
     ap.add_argument("--out", default="runs/key-kind.jsonl")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--record", action="store_true",
+                    help="write the key factor into the card (--law, default the shipped one) as its key_factor")
     args = ap.parse_args()
     out = Path(args.out)
     rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
@@ -135,6 +137,28 @@ def main():
             f.write(json.dumps(p) + "\n")
         rows.append(p)
     print(report(rows))
+    if args.record:
+        record_key_factor(Path(resolve_card(args.law, "smollm2-135m")[1]), rows, args.out)
+
+
+def record_key_factor(card_path: Path, rows: list[dict], runs_path: str) -> None:
+    """Write κ(digits)/κ(vocab) into the card, with the points it came from (the planner applies it
+    to records told apart only by their key's digits: memlaw.card.LawCard.key_scale)."""
+    import dataclasses
+
+    from memlaw.card import save_card
+
+    f = key_factor(rows)
+    if f is None:
+        raise SystemExit("no key factor: the runs file needs points under both kinds of key")
+    card = load_card(card_path)
+    points = [{k: p[k] for k in ("keys", "rank", "records", "chunk", "key_tokens", "seed", "coverage",
+                                 "predicted_unigram", "kappa", "steps", "stop_reason")} for p in rows]
+    save_card(dataclasses.replace(card, key_factor={
+        "digits_only_keys": round(f, 4), "source": "docs/results.md §2, 'The kind of key'",
+        "how": f"benchmarks/key_kind.py --out {runs_path} --record (content-free points, the card's recipe)",
+        "points": points}), card_path)
+    print(f"wrote key factor {f:.3f} into {card_path}")
 
 
 if __name__ == "__main__":

@@ -53,10 +53,11 @@ def plan(corpora, card, card_path, coverages) -> dict:
     for corpus in corpora:
         spec = CorpusSpec(corpus)
         ests = {c: estimate(spec, card, c, card_path=str(card_path)).to_dict() for c in coverages}
-        from memlaw.corpus import corpus_sha256
+        from memlaw.corpus import corpus_sha256, digits_only_keys
 
         bl, _, _ = measure_or_load(spec, spec.read(), card.base_model["name"], corpus_sha256(corpus), context=True)
         out[corpus] = {"estimates": ests, "profile": bl.loss_profile(), "ceiling": bl.max_coverage,
+                       "digit_keyed": digits_only_keys(spec.read())[0],
                        "base_coverage": bl.base_coverage, "ell": bl.target_tokens}
     return out
 
@@ -138,7 +139,8 @@ def predicted_vs_measured(plans: dict, by: dict, card) -> dict:
                 if c2 != corpus:
                     continue
                 meas = float(np.mean([x["coverage"] for x in rs]))
-                cov, _ = predict(p["profile"], max(0.0, law.predict(rank, p["ell"])), pred, p["ceiling"])
+                nats = card.key_scale(p["digit_keyed"]) * max(0.0, law.predict(rank, p["ell"]))
+                cov, _ = predict(p["profile"], nats, pred, p["ceiling"])
                 rows.append((Path(corpus).stem, rank, max(cov, p["base_coverage"]), meas))
         if rows:
             out[pred] = rows

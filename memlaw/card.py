@@ -64,9 +64,20 @@ class LawCard:
     # {"unigram": {"mean_abs_error", "max_abs_error", "cells", "corpora"}, …, "source": where, "how": command};
     # written by benchmarks/planner_accuracy.py --record-validation, never by a fit (a refit is a new card)
     validation: dict = field(default_factory=dict)
+    # what the card's nats are worth on records told apart only by the digits of their key, relative to
+    # the card's own keys: {"digits_only_keys": f, "source": where, "how": command}; measured on
+    # content-free points by benchmarks/key_kind.py --record, never by a fit
+    key_factor: dict = field(default_factory=dict)
 
     def law(self) -> Law:
         return Law.from_dict(self.coefficients)
+
+    def key_scale(self, digit_keyed_share: float) -> float:
+        """The share of the law's nats a corpus gets when ``digit_keyed_share`` of its records are told
+        apart only by the digits of their key (``memlaw.corpus.digits_only_keys``): 1 − s·(1 − f),
+        1 without a measured factor f."""
+        f = _num(self.key_factor.get("digits_only_keys"))
+        return 1.0 if f is None else 1.0 - float(digit_keyed_share) * (1.0 - f)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -344,6 +355,10 @@ def load_card(path) -> LawCard:
     if "named_rank" in validation and not _named_rank_ok(validation["named_rank"]):
         raise _bad(path, "'validation.named_rank' must give a predictor and, per target coverage, "
                          "integers 0 ≤ reached ≤ cases")
+    key_factor = d.get("key_factor", {})
+    if not isinstance(key_factor, dict) or ("digits_only_keys" in key_factor and not (
+            (f := _num(key_factor["digits_only_keys"])) is not None and 0 < f <= 2)):
+        raise _bad(path, "'key_factor.digits_only_keys' must be a number in (0, 2]")
     samples = d.get("bootstrap_samples", [])
     if not isinstance(samples, list) or not all(
             isinstance(s, list) and len(s) == 4 and all(_num(v) is not None for v in s) for s in samples):

@@ -145,6 +145,17 @@ def test_validation_record_round_trips_and_shows(card, tmp_path):
                                                     "(corpus, rank) cells of 10 corpora")
 
 
+def test_key_factor_round_trips_and_scales_by_the_digit_keyed_share(card, tmp_path):
+    assert card.key_factor == {} and card.key_scale(1.0) == 1.0  # a fit never measures one
+    path = tmp_path / "law.json"
+    save_card(dataclasses.replace(card, key_factor={"digits_only_keys": 0.6, "source": "here"}), path)
+    back = load_card(path)
+    assert back.key_factor["digits_only_keys"] == 0.6
+    assert back.key_scale(0.0) == 1.0
+    assert back.key_scale(1.0) == pytest.approx(0.6)
+    assert back.key_scale(0.5) == pytest.approx(0.8)
+
+
 NAMED = {"predictor": "unigram", "seeds": 3,
          "targets": {"0.9": {"reached": 11, "cases": 12, "missed": ["pb_digits"]},
                      "0.99": {"reached": 9, "cases": 12, "missed": ["hex_keys", "pb_large"]}}}
@@ -194,6 +205,9 @@ def _write_card(tmp_path, card, mutate):
     (lambda d: d.update(validation={"named_rank": dict(NAMED, targets={"0.9": {"reached": 1, "cases": 2,
                                                                                 "missed": [3]}})}),
      "'validation.named_rank'"),
+    (lambda d: d.update(key_factor={"digits_only_keys": 0}), "'key_factor.digits_only_keys'"),
+    (lambda d: d.update(key_factor={"digits_only_keys": "low"}), "'key_factor.digits_only_keys'"),
+    (lambda d: d.update(key_factor=[0.6]), "'key_factor.digits_only_keys'"),
 ])
 def test_load_card_rejects_bad_cards(card, tmp_path, mutate, match):
     path = _write_card(tmp_path, card, mutate)

@@ -409,6 +409,33 @@ def test_warns_when_keys_differ_only_in_digits_and_targets_are_digits(tmp_path, 
     assert not any("told apart only by the digits" in w for w in run_estimate(lettered, card).warnings)
 
 
+def test_key_factor_scales_the_law_for_digit_keyed_records_only(tmp_path, card):
+    rng = random.Random(5)
+    digits = ["".join(rng.choice("0123456789") for _ in range(9)) for _ in range(30)]
+    numbered = write_jsonl(tmp_path / "numbered.jsonl",
+                           [{"prompt": f"user {i:02d} code:", "completion": " " + d} for i, d in enumerate(digits)])
+    lettered = write_jsonl(tmp_path / "lettered.jsonl",
+                           [{"prompt": f"user {chr(97 + i // 26)}{chr(97 + i % 26)} code:", "completion": " " + d}
+                            for i, d in enumerate(digits)])
+    keyed = dataclasses.replace(card, key_factor={"digits_only_keys": 0.5})
+    plain, scaled = run_estimate(numbered, card), run_estimate(numbered, keyed)
+    assert plain.key_scale == 1.0 and scaled.key_scale == 0.5
+    # every rank is counted at half the law's nats, so the law must supply twice the corpus's need
+    for a, b in zip(plain.coverage_by_rank, scaled.coverage_by_rank):
+        if a["rank"] == b["rank"]:
+            assert b["delta"] == pytest.approx(0.5 * a["delta"])
+            assert b["coverage"] <= a["coverage"] + 1e-12
+    assert scaled.delta_needed == pytest.approx(plain.delta_needed)
+    assert card.law().predict(scaled.rank_raw, scaled.target_tokens) == pytest.approx(2 * scaled.delta_needed, rel=1e-3)
+    assert scaled.rank >= plain.rank
+    assert any("counted at 50% of the law's nats" in w for w in scaled.warnings)
+    assert not any("far less than predicted" in w for w in scaled.warnings)  # the uncorrected warning is gone
+    # the same targets under letter keys: the factor does not apply
+    other = run_estimate(lettered, keyed)
+    assert other.key_scale == 1.0
+    assert other.rank_raw == pytest.approx(run_estimate(lettered, card).rank_raw)
+
+
 def test_warns_when_length_is_outside_the_calibrated_domain(tmp_path, card):
     short = write_jsonl(tmp_path / "short.jsonl", corpus_rows(n=3, conflict=False))
     est = run_estimate(short, card)

@@ -228,6 +228,7 @@ class Estimate:
     seconds: float
     measure_seconds: float  # the (possibly cached) measuring pass's own time
     bits_per_param: float = BITS_PER_PARAM
+    key_scale: float = 1.0  # the share of the law's nats counted for this corpus's keys (Card.key_scale)
 
     def to_dict(self) -> dict:
         return json_safe(asdict(self))
@@ -336,13 +337,17 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
                         f"planning for {max_cov:.4f}")
     any_rank = bl.base_coverage >= planned
     delta_needed = 0.0 if any_rank else delta_for_coverage(profile, planned, predictor)
+    # records told apart only by their key's digits get less of the law's nats (the card's key factor)
+    digit_keyed, example_key = digits_only_keys(records)
+    key_scale = card.key_scale(digit_keyed)
+    law_delta_needed = delta_needed / key_scale
     loss_target = max(0.0, profile.mean_loss(0.0) - delta_needed)
     if any_rank:
         notes.append(f"the base model alone already locks {bl.base_coverage:.1%} of the target tokens ≥ "
                      f"{planned:g}: no adapter is needed for that (rank 1 shown)")
 
     # 5b. the law: the smallest rank whose ΔL reaches the need
-    raw = 0.0 if any_rank else rank_for_delta(law, ell, delta_needed)
+    raw = 0.0 if any_rank else rank_for_delta(law, ell, law_delta_needed)
     if raw == 0.0 and not any_rank:
         notes.append(f"the law's offset b = {law.b:.4g} already covers ΔL_needed = {delta_needed:.4g}: the "
                      "smallest rank, 1, is predicted to suffice")
@@ -354,7 +359,7 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
                         "try a lower --coverage, a larger template, or split the corpus")
 
     samples = card.bootstrap_samples or []
-    raws, n_unreach = _percentile_ranks(samples, ell, delta_needed) if not any_rank else ([0.0] * len(samples), 0)
+    raws, n_unreach = _percentile_ranks(samples, ell, law_delta_needed) if not any_rank else ([0.0] * len(samples), 0)
     if raws:
         arr = np.array(raws, dtype=float)
         lo_raw = float(np.percentile(arr, INTERVAL_PERCENTILES[0], method="lower"))
@@ -405,13 +410,18 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
     if conflicts:
         warnings.append(f"{len(conflicts)} key(s) have conflicting targets: no adapter can lock all of them, "
                         "so coverage 1.0 is out of reach for those records")
-    digit_keyed, example_key = digits_only_keys(records)
-    if digit_keyed >= 0.5:
+    if digit_keyed >= 0.5 and key_scale == 1.0:
         warnings.append(f"{digit_keyed:.0%} of the records are told apart only by the digits of their key "
                         f"(e.g. {example_key!r}) and their targets are digits: the coverage predicted here counts "
                         "the targets only, and on held-out corpora of this kind the recipe reached far less than "
                         "predicted (docs/results.md §2, 'The kind of key'); train R and 2R and audit both, or "
                         "give the records distinct non-numeric keys")
+    elif digit_keyed > 0 and key_scale != 1.0:
+        warnings.append(f"{digit_keyed:.0%} of the records are told apart only by the digits of their key "
+                        f"(e.g. {example_key!r}) and their targets are digits: a rank is counted at "
+                        f"{key_scale:.0%} of the law's nats (the card's key factor "
+                        f"{card.key_factor['digits_only_keys']:.2f}, measured on content-free points; "
+                        "docs/results.md §2, 'The kind of key'); distinct non-numeric keys would need less rank")
     heldout_rank = heldout_named_rank(card, predictor, coverage)
     if recommended is not None and heldout_rank is not None:
         notes.append(f"held out ({card.validation.get('source', 'the card')}): "
@@ -431,7 +441,7 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
                      + (f" plus a {header:,}-byte header (tensor names, shapes, offsets)" if header else "")
                      + "; adapter_config.json (≈1 kB) not counted")
     def at_rank(r: int) -> dict:
-        delta = max(0.0, float(law.predict(r, ell)))
+        delta = key_scale * max(0.0, float(law.predict(r, ell)))
         cov, after = predict(profile, delta, predictor, ceiling=max_cov)
         return {"rank": int(r), "delta": delta, "coverage": max(cov, bl.base_coverage), "loss_after": after}
 
@@ -453,7 +463,8 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
                  # how this predictor's coverage fared on the card's held-out corpora (None: untested)
                  "heldout": card.validation.get(predictor),
                  # how often the rank this card and predictor named reached a target near this one
-                 "heldout_named_rank": heldout_rank}
+                 "heldout_named_rank": heldout_rank,
+                 "key_factor": dict(card.key_factor)}
     return Estimate(
         corpus={"path": str(corpus_spec.path), "sha256": sha, "fmt": corpus_spec.fmt,
                 "key_field": corpus_spec.key_field, "target_field": corpus_spec.target_field},
@@ -472,6 +483,7 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
         conflicts=[{"key": c.key, "wheres": c.wheres, "targets": c.targets} for c in conflicts[:MAX_CONFLICTS_LISTED]],
         warnings=warnings, notes=notes, lora_config=lora_cfg, lora_config_python=snippet, memft_command=command,
         cached=cached, seconds=round(time.perf_counter() - start, 3), measure_seconds=bl.measure_seconds,
+        key_scale=float(key_scale),
     )
 
 
