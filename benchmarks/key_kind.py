@@ -21,6 +21,7 @@ docs/results.md §2 "The kind of key" has the numbers and the test of the factor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def kappa(profile, delta: float, measured: float, ceiling: float = 1.0) -> float
 
 
 def key_factor(rows: list[dict]) -> float | None:
-    """κ(digit keys) / κ(vocabulary keys), averaged over the seeds of each (rank, records, chunk)."""
+    """κ(digit keys) / κ(vocabulary keys), each kind's κ the mean over its points (seeds)."""
     by = {}
     for p in rows:
         if p.get("kappa") is not None:
@@ -106,6 +107,7 @@ def main():
     ap.add_argument("--records", type=int, default=48)
     ap.add_argument("--chunk", type=int, default=10, help="digit tokens a record")
     ap.add_argument("--key-tokens", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=None, help="training seed (default: the card's recipe's)")
     ap.add_argument("--law", default=None, help="the card whose template and recipe train (default: shipped)")
     ap.add_argument("--out", default="runs/key-kind.jsonl")
     ap.add_argument("--report-only", action="store_true")
@@ -120,6 +122,8 @@ def main():
 
         card = load_card(resolve_card(args.law, "smollm2-135m")[1])
         recipe = card_recipe(card)
+        if args.seed is not None:
+            recipe = dataclasses.replace(recipe, seed=args.seed)
         base = load_base(card.base_model["name"])
         tok = base.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -144,8 +148,6 @@ def main():
 def record_key_factor(card_path: Path, rows: list[dict], runs_path: str) -> None:
     """Write κ(digits)/κ(vocab) into the card, with the points it came from (the planner applies it
     to records told apart only by their key's digits: memlaw.card.LawCard.key_scale)."""
-    import dataclasses
-
     from memlaw.card import save_card
 
     f = key_factor(rows)
