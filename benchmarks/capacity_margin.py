@@ -9,12 +9,12 @@ accuracy measure: mean |predicted − measured| over the cells within R/4 … 2R
 `memplan estimate` names for a target, per predictor.
 
     python benchmarks/heldout_corpora.py runs/heldout; … --fresh runs/fresh; --fresh2 runs/fresh2; --fresh3 runs/fresh3;
-    … --fresh4 runs/fresh4
+    … --fresh4 runs/fresh4; --fresh5 runs/fresh5
     python benchmarks/capacity_margin.py
 
 The measured coverages below are the per-cell means over seeds in docs/results.md §2 (the runs
 themselves were trained on a lent GPU and this CPU; their run files are not in the repository,
-except those of ``runs/fresh4``).
+except those of ``runs/fresh4`` and ``runs/fresh5``).
 """
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ MEASURED = {
     # stop 22, this CPU: the key swap (runs/fresh4/runs.jsonl, committed)
     "runs/fresh4/pb_numkeys.jsonl": {1: 0.641},
     "runs/fresh4/tracking_names.jsonl": {1: 0.918},
+    # stop 23, this CPU: the blind key-swap pair (runs/fresh5/runs.jsonl, committed)
+    "runs/fresh5/pins_numkeys.jsonl": {1: 0.719},
+    "runs/fresh5/pins_names.jsonl": {1: 0.964},
 }
 
 
