@@ -461,5 +461,8 @@ def card_summary(card: LawCard) -> list[tuple[str, str]]:
     for t in (card.validation.get("named_rank") or {}).get("targets", {}):
         rows.append((f"held-out named rank ({card.validation['named_rank']['predictor']})",
                      named_rank_phrase(card.validation, float(t))))
+    if (f := _num(card.key_factor.get("digits_only_keys"))) is not None:
+        rows.append(("key factor (digit-only keys)", f"{f:.3f}: records told apart only by their key's digits "
+                                                      "get this share of the law's nats"))
     rows.append(("created", f"{card.created or '—'} (memlaw {card.memlaw_version or '?'})"))
     return rows

@@ -154,6 +154,8 @@ def test_key_factor_round_trips_and_scales_by_the_digit_keyed_share(card, tmp_pa
     assert back.key_scale(0.0) == 1.0
     assert back.key_scale(1.0) == pytest.approx(0.6)
     assert back.key_scale(0.5) == pytest.approx(0.8)
+    assert dict(card_summary(back))["key factor (digit-only keys)"].startswith("0.600: ")
+    assert "key factor (digit-only keys)" not in dict(card_summary(card))
 
 
 NAMED = {"predictor": "unigram", "seeds": 3,
@@ -287,6 +289,11 @@ def test_cli_fit_and_show(sweep_dir, tmp_path):
     r = runner.invoke(main, ["law", "show", str(out)])
     assert r.exit_code == 0, r.output
     assert "R²" in r.output and "tiny" in r.output and "L_before" in r.output and "L_end" in r.output and "random" in r.output
+    assert "key factor" not in r.output  # a fit never measures one; key_kind.py --record adds it
+    d["key_factor"] = {"digits_only_keys": 0.729}
+    out.write_text(json.dumps(d))
+    r = runner.invoke(main, ["law", "show", str(out)])
+    assert r.exit_code == 0 and "0.729 of the law's nats" in r.output
 
 
 def test_cli_fit_base_model_option_without_sweep_json(tmp_path, sweep_dir):

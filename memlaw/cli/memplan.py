@@ -187,6 +187,9 @@ def law_show(card_path: Path):
     for t in (card.validation.get("named_rank") or {}).get("targets", {}):
         dom.add_row(f"held-out named rank, `{card.validation['named_rank']['predictor']}` predictor",
                     named_rank_phrase(card.validation, float(t)))
+    if card.key_factor.get("digits_only_keys") is not None:
+        dom.add_row("key factor (records told apart only by their key's digits)",
+                    f"{card.key_factor['digits_only_keys']:.3f} of the law's nats")
     console.print(dom)
 
     pts = Table(title="sweep points (L_0: L_before; L_B, L_end: L_after at the last two cycles, the convergence "
