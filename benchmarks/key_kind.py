@@ -16,7 +16,7 @@ Each point's κ is the multiplier of the card's nats for the rank at which the p
 predictor gives the measured coverage (κ < 1: the rank stored less than the card says). The key
 factor is κ(digit keys) / κ(vocabulary keys): what the card's nats are worth when records are told
 apart only by digits, relative to keys like the card's own (random vocabulary tags).
-docs/results.md §2 "The kind of key" has the numbers and the test of the factor on corpora.
+docs/results.md §2 "The key factor" has the numbers and its blind test.
 """
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def record_key_factor(card_path: Path, rows: list[dict], runs_path: str) -> None
     points = [{k: p[k] for k in ("keys", "rank", "records", "chunk", "key_tokens", "seed", "coverage",
                                  "predicted_unigram", "kappa", "steps", "stop_reason")} for p in rows]
     save_card(dataclasses.replace(card, key_factor={
-        "digits_only_keys": round(f, 4), "source": "docs/results.md §2, 'The kind of key'",
+        "digits_only_keys": round(f, 4), "source": "docs/results.md §2, 'The key factor'",
         "how": f"benchmarks/key_kind.py --out {runs_path} --record (content-free points, the card's recipe)",
         "points": points}), card_path)
     print(f"wrote key factor {f:.3f} into {card_path}")

@@ -421,7 +421,7 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
                         f"(e.g. {example_key!r}) and their targets are digits: a rank is counted at "
                         f"{key_scale:.0%} of the law's nats (the card's key factor "
                         f"{card.key_factor['digits_only_keys']:.2f}, measured on content-free points; "
-                        "docs/results.md §2, 'The kind of key'); distinct non-numeric keys would need less rank")
+                        "docs/results.md §2, 'The key factor'); distinct non-numeric keys would need less rank")
     heldout_rank = heldout_named_rank(card, predictor, coverage)
     if recommended is not None and heldout_rank is not None:
         notes.append(f"held out ({card.validation.get('source', 'the card')}): "
