@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from planner_accuracy import card_recipe  # a sibling script: benchmarks/ is on the path when run
-from pool_entropy import pool_ids, records_profile
+from planner_accuracy import read_runs  # sibling scripts: benchmarks/ is on the path when run
+from pool_entropy import card_and_base, pool_ids, records_profile
 
 from memlaw.calibration.data import token_pool
 from memlaw.calibration.point import loss_before, run_point
@@ -115,18 +115,14 @@ def main():
                     help="write the key factor into the card (--law, default the shipped one) as its key_factor")
     args = ap.parse_args()
     out = Path(args.out)
-    rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
+    rows = read_runs(out)
     if not args.report_only:
-        from memlaw.models import load_base
         from memlaw.planner.coverage import predict
 
-        card = load_card(resolve_card(args.law, "smollm2-135m")[1])
-        recipe = card_recipe(card)
+        card, recipe, base, pad_id = card_and_base(args.law)
         if args.seed is not None:
             recipe = dataclasses.replace(recipe, seed=args.seed)
-        base = load_base(card.base_model["name"])
         tok = base.tokenizer
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         records = key_kind_records(tok, base.model, args.keys, args.records, args.chunk, args.key_tokens)
         profile = records_profile(base.model, records, pad_id)
         delta = max(0.0, float(card.law().predict(args.rank, profile.n)))

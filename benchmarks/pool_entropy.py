@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from planner_accuracy import card_recipe  # a sibling script: benchmarks/ is on the path when run
+from planner_accuracy import card_recipe, read_runs  # a sibling script: benchmarks/ is on the path when run
 
 from memlaw.calibration.data import FRESH_SEED_OFFSET, random_records, token_pool
 from memlaw.calibration.point import loss_before, run_point
@@ -73,6 +73,17 @@ def planner_predictions(base, card, records, rank: int, pad_id: int) -> dict:
     return out
 
 
+def card_and_base(law: str | None):
+    """(card, its recipe, the base model it was calibrated on, pad id): what a benchmark needs to train
+    points the way the card's own were trained."""
+    from memlaw.models import load_base
+
+    card = load_card(resolve_card(law, "smollm2-135m")[1])
+    base = load_base(card.base_model["name"])
+    tok = base.tokenizer
+    return card, card_recipe(card), base, tok.pad_token_id if tok.pad_token_id is not None else 0
+
+
 def report(rows: list[dict]) -> str:
     out = ["| pool | ln N | rank | ℓ | L_before | L_after at B → end | coverage | planner predicts (unigram) | ρ "
            "| steps (stop) | nats stored | of ℓ·ln N | fresh-data loss | s |", "| --- " * 14 + "|"]
@@ -98,15 +109,10 @@ def main():
                     help="also the card's own points (the vocabulary pool) at the ranks and lengths run here")
     args = ap.parse_args()
     out = Path(args.out)
-    rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
+    rows = read_runs(out)
     if not args.report_only:
-        from memlaw.models import load_base
-
-        card = load_card(resolve_card(args.law, "smollm2-135m")[1])
-        recipe = card_recipe(card)
-        base = load_base(card.base_model["name"])
+        card, recipe, base, pad_id = card_and_base(args.law)
         tok = base.tokenizer
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         pool = pool_ids(args.pool, tok, base.model)
         template = LoraTemplate.from_dict(card.template)
         done = {(p["pool"], p["rank"], p["length"]) for p in rows}
