@@ -41,6 +41,14 @@ on content-free points by ``benchmarks/key_kind.py``, its predictions recorded b
 
 * ``pins_numkeys`` — "PIN of account <nnnnnn>:" → a 6-digit PIN, 64 records
 * ``pins_names``   — the same 64 PINs under "PIN of <first> <last>:"
+
+and, with ``--fresh6``, four kinds written in stop 24 for a second test of ``context`` against
+``unigram`` (both with the card's key factor), their predictions recorded before any was trained:
+
+* ``openings``  — "Game <n>:" → five chess moves drawn from 16
+* ``isbns``     — "ISBN of <Title> by <Last>:" → "978-<d>-<dddd>-<dddd>-<d>"
+* ``timetable`` — "Bus <n> from <station>:" → "every <m> minutes, first <hh:mm>, last <hh:mm>"
+* ``coords``    — "Beacon <Name>:" → "lat <dd.dd>, lon <dd.dd>"
 """
 
 from __future__ import annotations
@@ -233,13 +241,42 @@ def fresh5(rng: random.Random) -> tuple[list[dict], list[dict]]:
     return numkeys, named
 
 
+MOVES = ["e4", "d4", "c4", "Nf3", "e5", "d5", "c5", "Nc6", "Nf6", "Bb5", "Bc4", "g3", "e6", "c6", "Be2", "O-O"]
+TITLES = ["Silent Harbour", "The Glass Orchard", "Winter Ledger", "A Map of Ash", "The Ninth Lantern",
+          "Copper Tides", "Salt and Thunder", "The Quiet Engine", "Meadow of Clocks", "The Last Ferryman"]
+
+
+def fresh6(rng: random.Random) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(openings, isbns, timetable, coords): 40 records each, from one generator in this order —
+    written in stop 24 for a second, pre-registered test of ``context`` against ``unigram``."""
+    games = rng.sample(range(100, 999), 40)
+    openings = [{"prompt": f"Game {g}:", "completion": " " + " ".join(rng.choice(MOVES) for _ in range(5))} for g in games]
+    books = [(t, l) for t in TITLES for l in LAST]
+    rng.shuffle(books)
+    isbns = [{"prompt": f"ISBN of {t} by {l}:",
+              "completion": f" 978-{rng.randint(0, 9)}-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}-{rng.randint(0, 9)}"}
+             for t, l in books[:40]]
+    routes = [(n, st) for n in range(1, 99) for st in STATIONS]
+    rng.shuffle(routes)
+    timetable = [{"prompt": f"Bus {n} from {st}:",
+                  "completion": f" every {rng.choice([10, 12, 15, 20, 30])} minutes, first {rng.randint(5, 7):02d}:"
+                                f"{rng.choice(range(0, 60, 5)):02d}, last {rng.randint(21, 23)}:{rng.choice(range(0, 60, 5)):02d}"}
+                 for n, st in routes[:40]]
+    beacons = rng.sample(FIRST + LOCKER_NAMES, 40)
+    coords = [{"prompt": f"Beacon {b}:",
+               "completion": f" lat {rng.randint(10, 69)}.{rng.randint(0, 99):02d}, lon {rng.randint(10, 99)}.{rng.randint(0, 99):02d}"}
+              for b in beacons]
+    return openings, isbns, timetable, coords
+
+
 def write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def main(argv: list[str]) -> int:
     # the later sets: flag → (their names, in generation order; generator; its seed)
-    later = {"--fresh5": (("pins_numkeys", "pins_names"), fresh5, 5151),
+    later = {"--fresh6": (("openings", "isbns", "timetable", "coords"), fresh6, 6262),
+             "--fresh5": (("pins_numkeys", "pins_names"), fresh5, 5151),
              "--fresh4": (("pb_numkeys", "tracking_names"), fresh4, 4242),
              "--fresh3": (("pantry", "tracking", "flights"), fresh3, 3131),
              "--fresh2": (("hex_keys", "glossary", "birthdays"), fresh2, 1616),

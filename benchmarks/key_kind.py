@@ -36,20 +36,21 @@ from memlaw.card import load_card
 from memlaw.memft import LoraTemplate
 from memlaw.planner.estimate import resolve_card
 
-DATA_SEED = 2323  # one draw of targets, shared by both kinds of key
+DATA_SEED = 2323  # the default draw of targets, shared by both kinds of key
 
 
-def key_kind_records(tokenizer, model, keys: str, n_records: int, chunk: int, key_tokens: int) -> list:
+def key_kind_records(tokenizer, model, keys: str, n_records: int, chunk: int, key_tokens: int,
+                     data_seed: int = DATA_SEED) -> list:
     """``n_records`` records of ``chunk`` random digit tokens each; key = BOS + ``key_tokens`` tokens,
     distinct per record, drawn from the 10 digits (``keys="digits"``) or from the vocabulary pool
     the card's own points draw from (``keys="vocab"``). The targets do not depend on ``keys``."""
     from memlaw.corpus import Encoded
 
     digits = pool_ids("digits", tokenizer, model)
-    rng = np.random.default_rng(DATA_SEED)
+    rng = np.random.default_rng(data_seed)
     targets = digits[rng.integers(0, 10, size=(n_records, chunk))]
     key_pool = digits if keys == "digits" else token_pool(tokenizer, model)
-    key_rng = np.random.default_rng([DATA_SEED, 0 if keys == "digits" else 1])
+    key_rng = np.random.default_rng([data_seed, 0 if keys == "digits" else 1])
     seen: set = set()
     while len(seen) < n_records:
         seen.add(tuple(int(t) for t in key_pool[key_rng.integers(0, len(key_pool), size=key_tokens)]))
@@ -108,6 +109,8 @@ def main():
     ap.add_argument("--chunk", type=int, default=10, help="digit tokens a record")
     ap.add_argument("--key-tokens", type=int, default=4)
     ap.add_argument("--seed", type=int, default=None, help="training seed (default: the card's recipe's)")
+    ap.add_argument("--data-seed", type=int, default=DATA_SEED,
+                    help="draw of targets and keys (the same draw under both kinds of key pairs them)")
     ap.add_argument("--law", default=None, help="the card whose template and recipe train (default: shipped)")
     ap.add_argument("--out", default="runs/key-kind.jsonl")
     ap.add_argument("--report-only", action="store_true")
@@ -123,13 +126,15 @@ def main():
         if args.seed is not None:
             recipe = dataclasses.replace(recipe, seed=args.seed)
         tok = base.tokenizer
-        records = key_kind_records(tok, base.model, args.keys, args.records, args.chunk, args.key_tokens)
+        records = key_kind_records(tok, base.model, args.keys, args.records, args.chunk, args.key_tokens,
+                                   args.data_seed)
         profile = records_profile(base.model, records, pad_id)
         delta = max(0.0, float(card.law().predict(args.rank, profile.n)))
         start = time.perf_counter()
         p = run_point(base, LoraTemplate.from_dict(card.template), recipe, records, args.rank,
                       loss_before(base, records, pad_id), pad_id)
         p.update(keys=args.keys, chunk=args.chunk, key_tokens=args.key_tokens, seed=recipe.seed,
+                 data_seed=args.data_seed,
                  predicted_unigram=round(float(predict(profile, delta, "unigram")[0]), 4),
                  kappa=kappa(profile, delta, p["coverage"]), seconds=round(time.perf_counter() - start, 1))
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +156,8 @@ def record_key_factor(card_path: Path, rows: list[dict], runs_path: str) -> None
         raise SystemExit("no key factor: the runs file needs points under both kinds of key")
     card = load_card(card_path)
     points = [{k: p[k] for k in ("keys", "rank", "records", "chunk", "key_tokens", "seed", "coverage",
-                                 "predicted_unigram", "kappa", "steps", "stop_reason")} for p in rows]
+                                 "predicted_unigram", "kappa", "steps", "stop_reason")}
+              | {"data_seed": p.get("data_seed", DATA_SEED)} for p in rows]
     save_card(dataclasses.replace(card, key_factor={
         "digits_only_keys": round(f, 4), "source": "docs/results.md §2, 'The key factor'",
         "how": f"benchmarks/key_kind.py --out {runs_path} --record (content-free points, the card's recipe)",
