@@ -77,10 +77,11 @@ def kappa(profile, delta: float, measured: float, ceiling: float = 1.0) -> float
 
 
 def key_factor(rows: list[dict]) -> float | None:
-    """κ(digit keys) / κ(vocabulary keys), each kind's κ the mean over its points (seeds)."""
+    """κ(digit keys) / κ(vocabulary keys), each kind's κ the mean over its converged points (seeds
+    and draws). A point that failed the card's convergence test is left out: its κ is only a bound."""
     by = {}
     for p in rows:
-        if p.get("kappa") is not None:
+        if p.get("kappa") is not None and p.get("converged", True):
             by.setdefault(p["keys"], []).append(p["kappa"])
     if "digits" not in by or "vocab" not in by:
         return None
@@ -88,15 +89,23 @@ def key_factor(rows: list[dict]) -> float | None:
 
 
 def report(rows: list[dict]) -> str:
-    out = ["| keys | rank | records × digits | L_before | L_after | coverage | exact | `unigram` predicts | κ "
-           "| steps (stop) | s |", "| --- " * 11 + "|"]
-    for p in sorted(rows, key=lambda p: (p["rank"], p["keys"], p["seed"])):
+    out = ["| keys | draw | seed | rank | records × digits | L_before | L_after | coverage | exact | `unigram` predicts "
+           "| κ | steps (stop) | s |", "| --- " * 13 + "|"]
+    draw = lambda p: p.get("data_seed", DATA_SEED)  # noqa: E731
+    for p in sorted(rows, key=lambda p: (p["rank"], p["keys"], draw(p), p["seed"])):
         k = f"{p['kappa']:.2f}" if p.get("kappa") is not None else "—"
-        out.append(f"| {p['keys']} | {p['rank']} | {p['records']} × {p['chunk']} | {p['loss_before']:.3f} "
-                   f"| {p['loss_after']:.3f} | {p['coverage']:.3f} | {p['exact_records']}/{p['records']} "
-                   f"| {p['predicted_unigram']:.3f} | {k} | {p['steps']} ({p['stop_reason']}) | {p['seconds']:.0f} |")
-    f = key_factor(rows)
+        if not p.get("converged", True):
+            k += " (not converged: left out)"
+        out.append(f"| {p['keys']} | {draw(p)} | {p['seed']} | {p['rank']} | {p['records']} × {p['chunk']} "
+                   f"| {p['loss_before']:.3f} | {p['loss_after']:.3f} | {p['coverage']:.3f} "
+                   f"| {p['exact_records']}/{p['records']} | {p['predicted_unigram']:.3f} | {k} "
+                   f"| {p['steps']} ({p['stop_reason']}) | {p['seconds']:.0f} |")
     out.append("")
+    per_draw = {d: key_factor([p for p in rows if draw(p) == d]) for d in sorted({draw(p) for p in rows})}
+    if len(per_draw) > 1:
+        out.append("per draw: " + ", ".join(f"{d}: {f:.3f}" if f is not None else f"{d}: —"
+                                            for d, f in per_draw.items()))
+    f = key_factor(rows)
     out.append(f"key factor κ(digits) / κ(vocab): {f:.3f}" if f is not None else "key factor: needs both kinds")
     return "\n".join(out)
 
@@ -156,7 +165,7 @@ def record_key_factor(card_path: Path, rows: list[dict], runs_path: str) -> None
         raise SystemExit("no key factor: the runs file needs points under both kinds of key")
     card = load_card(card_path)
     points = [{k: p[k] for k in ("keys", "rank", "records", "chunk", "key_tokens", "seed", "coverage",
-                                 "predicted_unigram", "kappa", "steps", "stop_reason")}
+                                 "predicted_unigram", "kappa", "steps", "stop_reason", "converged")}
               | {"data_seed": p.get("data_seed", DATA_SEED)} for p in rows]
     save_card(dataclasses.replace(card, key_factor={
         "digits_only_keys": round(f, 4), "source": "docs/results.md §2, 'The key factor'",
