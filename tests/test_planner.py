@@ -87,12 +87,14 @@ def measured(base, corpus):
 
 
 def need(measured, coverage: float = 1.0) -> tuple[float, float]:
-    """(ΔL needed, coverage planned) for the test corpus: its one conflict blocks one token (the
-    first byte after the shared " "), so coverage 1.0 is planned at 1 − 1/ℓ."""
+    """(ΔL needed, coverage planned) for the test corpus at the `unigram` price (the hand inversions
+    below run the estimate with it): its one conflict blocks one token (the first byte after the
+    shared " "), so coverage 1.0 is planned at 1 − 1/ℓ."""
     from memlaw.planner.coverage import LossProfile, delta_for_coverage
 
     planned = min(coverage, 1 - 1 / measured["ell"])
-    return delta_for_coverage(LossProfile.from_losses(-measured["logprob"], measured["ids"]), planned), planned
+    profile = LossProfile.from_losses(-measured["logprob"], measured["ids"])
+    return delta_for_coverage(profile, planned, "unigram"), planned
 
 
 def make_card(base, *, delta: float, ell: int, r_target: float = R_TARGET, template: LoraTemplate | None = None,
@@ -151,7 +153,7 @@ def cache_entries(cache: Path) -> list[Path]:
 
 def test_capacity_card_names_the_rank_whose_nats_cover_the_corpus(base, corpus, measured, tmp_path, monkeypatch):
     """With the capacity form (the shipped cards') the rank is r = (ℓ·ΔL_needed / C)^(1/α): the
-    smallest rank whose C·r^α nats cover what the corpus needs, with the default (unigram) predictor."""
+    smallest rank whose C·r^α nats cover what the corpus needs (here with the `unigram` price)."""
     monkeypatch.setenv("MEMLAW_CACHE", str(tmp_path / "cache"))
     template = LoraTemplate()
     tdict = dict(template.to_dict(), params_per_rank=template.params_per_rank(base.model))
@@ -161,7 +163,7 @@ def test_capacity_card_names_the_rank_whose_nats_cover_the_corpus(base, corpus, 
     card = build_card(points, base_model=base.identity, template=tdict, recipe={"method": "sft", "lr": 0.02},
                       data_kind="random", n_boot=50, seed=0)
     assert card.law_form == "capacity" and card.law().alpha == pytest.approx(alpha)
-    est = run_estimate(corpus, card, 0.9)
+    est = run_estimate(corpus, card, 0.9, predictor="unigram")
     from memlaw.planner.coverage import LossProfile, delta_for_coverage
 
     needed = delta_for_coverage(LossProfile.from_losses(-measured["logprob"], measured["ids"]), 0.9, "unigram")
@@ -186,7 +188,7 @@ def test_synthetic_card_recovers_coefficients(card):
 
 
 def test_rank_is_the_hand_inversion_rounded_to_a_power_of_two(corpus, card, measured, base):
-    est = run_estimate(corpus, card)
+    est = run_estimate(corpus, card, predictor="unigram")
     assert est.target_tokens == measured["ell"] == measured["bytes"]  # byte-level tokenizer: ℓ = bytes
     assert est.loss_before == pytest.approx(measured["loss_before"], rel=1e-9)
     delta, planned = need(measured)
@@ -238,14 +240,39 @@ def test_adapter_bytes_match_a_saved_peft_adapter(corpus, card, tmp_path):
     assert (tmp_path / "bf16" / "adapter_model.safetensors").stat().st_size == est.adapter_bytes["bf16"]
 
 
+def test_default_estimate_prices_tokens_in_context(corpus, card, measured, base):
+    """The default predictor (`context`, docs/results.md §2) prices each token at the cheapest of its
+    base loss, its unigram code and its loss after other records of the corpus: the estimate's ΔL is
+    that price's inversion, from an in-context pass scored here by hand through the same windows."""
+    from memlaw.backends import get_backend
+    from memlaw.corpus import encode_records, read_corpus
+    from memlaw.planner.baseloss import context_settings
+    from memlaw.planner.context import context_losses
+    from memlaw.planner.coverage import DEFAULT_PREDICTOR, LossProfile, delta_for_coverage
+
+    est = run_estimate(corpus, card, 0.9)
+    assert est.predictor == DEFAULT_PREDICTOR == "context"
+    encoded = encode_records(base.tokenizer, read_corpus(corpus))
+    alone = [-lp for lp in np.split(measured["logprob"], np.cumsum([e.n_target for e in encoded])[:-1])]
+    in_context = context_losses(get_backend("transformers", allow_auto=False), base.model, encoded, alone,
+                                **context_settings(base))
+    profile = LossProfile.from_losses(-measured["logprob"], measured["ids"], np.concatenate(in_context))
+    assert est.delta_needed == pytest.approx(delta_for_coverage(profile, 0.9, "context"), rel=1e-3)
+    # and not the unigram price's (which the hand inversions above check)
+    assert est.delta_needed != pytest.approx(run_estimate(corpus, card, 0.9, predictor="unigram").delta_needed, rel=1e-3)
+
+
 def test_lower_coverage_needs_no_more_rank(corpus, card, measured):
-    e90 = run_estimate(corpus, card, 0.9)
-    e100 = run_estimate(corpus, card, 1.0)
+    e90 = run_estimate(corpus, card, 0.9, predictor="unigram")
+    e100 = run_estimate(corpus, card, 1.0, predictor="unigram")
     assert e90.loss_target > e100.loss_target and e90.delta_needed < e100.delta_needed
     assert e90.rank_raw == pytest.approx(hand_rank(card, measured, 0.9))
     assert e90.rank_raw < e100.rank_raw and e90.rank <= e100.rank
-    e95 = run_estimate(corpus, card, 0.95)
+    e95 = run_estimate(corpus, card, 0.95, predictor="unigram")
     assert e90.rank_raw <= e95.rank_raw <= e100.rank_raw
+    # the default price too: a lower target never needs more
+    d90, d95, d100 = (run_estimate(corpus, card, c) for c in (0.9, 0.95, 1.0))
+    assert d90.rank_raw <= d95.rank_raw <= d100.rank_raw
 
 
 def test_lora_config_and_memft_command(corpus, card):

@@ -319,9 +319,11 @@ from memlaw.cli.common import corpus_options as _corpus_options  # noqa: E402
                    "transformers (the notes say why); vllm needs `make install-vllm`")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, … (for measuring)")
 @click.option("--predictor", type=click.Choice(PREDICTORS), default=DEFAULT_PREDICTOR, show_default=True,
-              help="how a loss reduction becomes coverage: unigram (the cheapest tokens first, or the corpus's own "
-                   "token frequencies once learnt, whichever is cheaper), budget (cheapest first at base-model "
-                   "costs) or boost (one log-odds boost for every token); docs/results.md §2 compares them")
+              help="how a loss reduction becomes coverage: context (each token at the cheapest of its base loss, "
+                   "its unigram code and its loss after other records of the corpus: a second scoring pass), "
+                   "unigram (the cheapest tokens first, or the corpus's own token frequencies once learnt, "
+                   "whichever is cheaper), budget (cheapest first at base-model costs) or boost (one log-odds "
+                   "boost for every token); docs/results.md §2 compares them")
 @handle_errors
 def estimate_cmd(corpus, law_path, model, coverage, as_json, fmt, key_field, target_field, no_cache, backend,
                  device, predictor):
