@@ -23,7 +23,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from planner_accuracy import plan, predicted_vs_measured, read_runs, record_validation  # sibling script
+from planner_accuracy import (named_rank_outcomes, plan, predicted_vs_measured, read_runs,  # sibling script
+                               record_validation)
 
 from memlaw.card import load_card
 from memlaw.memft import CorpusSpec
@@ -144,6 +145,20 @@ def main():
         every = [abs(pred - meas) for _, _, pred, meas in rows]
         print(f"| {name} | {len(errors)} | {sum(errors.values()) / len(errors):.3f} | {len(every)} "
               f"| {np.mean(every):.3f} |")
+    print("\n| predictor | target | named rank reached on every seed | R/2 short (the rank is tight) |\n"
+          "| --- | --- | --- | --- |")
+    for name in ("unigram", "context"):
+        named_plans = {c: dict(p, estimates={t: estimate(CorpusSpec(c), card, t, card_path=str(card_path),
+                                                         predictor=name).to_dict() for t in args.coverage})
+                       for c, p in plans.items()}
+        outcomes = [o for o in named_rank_outcomes(named_plans, by, args.coverage) if o["at"]]
+        for target in args.coverage:
+            mine = [o for o in outcomes if o["target"] == target]
+            missed = sorted(o["corpus"] for o in mine if not o["reached"])
+            half = [o for o in mine if o["half"]]
+            print(f"| {name} | {target} | {len(mine) - len(missed)} of {len(mine)}"
+                  f"{' (missed: ' + ', '.join(missed) + ')' if missed else ''} "
+                  f"| {sum(o['half_short'] for o in half)} of {len(half)} |")
     if args.record_validation:
         record_validation(Path(card_path), card, plans, by, coverages=args.coverage, how=(
             f"benchmarks/capacity_margin.py --record-validation: every held-out cell measured so far ({len(by)} "
