@@ -88,10 +88,14 @@ def key_factor(rows: list[dict]) -> float | None:
     return float(np.mean(by["digits"]) / np.mean(by["vocab"]))
 
 
+def draw(point: dict) -> int:
+    """The point's draw of targets and keys (points run before --data-seed existed: the default)."""
+    return point.get("data_seed", DATA_SEED)
+
+
 def report(rows: list[dict]) -> str:
     out = ["| keys | draw | seed | rank | records × digits | L_before | L_after | coverage | exact | `unigram` predicts "
            "| κ | steps (stop) | s |", "| --- " * 13 + "|"]
-    draw = lambda p: p.get("data_seed", DATA_SEED)  # noqa: E731
     for p in sorted(rows, key=lambda p: (p["rank"], p["keys"], draw(p), p["seed"])):
         k = f"{p['kappa']:.2f}" if p.get("kappa") is not None else "—"
         if not p.get("converged", True):
@@ -166,7 +170,7 @@ def record_key_factor(card_path: Path, rows: list[dict], runs_path: str) -> None
     card = load_card(card_path)
     points = [{k: p[k] for k in ("keys", "rank", "records", "chunk", "key_tokens", "seed", "coverage",
                                  "predicted_unigram", "kappa", "steps", "stop_reason", "converged")}
-              | {"data_seed": p.get("data_seed", DATA_SEED)} for p in rows]
+              | {"data_seed": draw(p)} for p in rows]
     save_card(dataclasses.replace(card, key_factor={
         "digits_only_keys": round(f, 4), "source": "docs/results.md §2, 'The key factor'",
         "how": f"benchmarks/key_kind.py --out {runs_path} --record (content-free points, the card's recipe)",
