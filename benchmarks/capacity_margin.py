@@ -1,12 +1,13 @@
 """How much spare capacity did the held-out cells that reached their target have? For every
 (corpus, rank) cell trained so far on the held-out corpora (docs/results.md §2), the margin
 
-    ρ = (nats the card's law gives the rank) / (nats `unigram` needs for the target coverage)
+    ρ = (nats the card's law gives the rank, key factor applied) / (nats `unigram` needs for the target)
 
-beside the measured coverage. The planner names the smallest power of two with ρ ≥ 1; a target
-missed at ρ > 1 is a miss of the nats → coverage step, not of the law's nats. Then the issue's
+beside the measured coverage. `--predictor unigram` names the smallest power of two with ρ ≥ 1; a
+target missed at ρ > 1 is a miss of the nats → coverage step, not of the law's nats. Then the issue's
 accuracy measure: mean |predicted − measured| over the cells within R/4 … 2R of the rank R that
-`memplan estimate` names for a target, per predictor.
+`memplan estimate` names for a target, per predictor, and how often each predictor's named rank
+reached its target on every seed.
 
     python benchmarks/heldout_corpora.py runs/heldout; … --fresh runs/fresh; --fresh2 runs/fresh2; --fresh3 runs/fresh3;
     … --fresh4 runs/fresh4; --fresh5 runs/fresh5; --fresh6 runs/fresh6
