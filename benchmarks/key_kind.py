@@ -126,13 +126,14 @@ def main():
                     help="draw of targets and keys (the same draw under both kinds of key pairs them)")
     ap.add_argument("--law", default=None, help="the card whose template and recipe train (default: shipped)")
     ap.add_argument("--out", default="runs/key-kind.jsonl")
-    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="train nothing: the table and the factor of --out")
     ap.add_argument("--record", action="store_true",
-                    help="write the key factor into the card (--law, default the shipped one) as its key_factor")
+                    help="train nothing; write the factor of --out's points into the card (--law, default the "
+                         "shipped one) as its key_factor")
     args = ap.parse_args()
     out = Path(args.out)
     rows = read_runs(out)
-    if not args.report_only:
+    if not (args.report_only or args.record):
         from memlaw.planner.coverage import predict
 
         card, recipe, base, pad_id = card_and_base(args.law)
