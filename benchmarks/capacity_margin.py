@@ -104,9 +104,12 @@ def measured() -> dict:
     return cells
 
 
-def estimate_rank(corpus: str, card, card_path, target: float, predictor: str) -> int | None:
-    """The rank the printed `memft train` line trains, had the estimate used ``predictor``."""
-    return estimate(CorpusSpec(corpus), card, target, card_path=str(card_path), predictor=predictor).recommended_rank
+def plans_under(predictor: str, plans: dict, card, card_path, coverages) -> dict:
+    """``plans`` with the estimates ``memplan estimate --predictor PREDICTOR`` makes (the rank the
+    printed `memft train` line trains, had the estimate used that predictor)."""
+    return {c: dict(p, estimates={t: estimate(CorpusSpec(c), card, t, card_path=str(card_path),
+                                              predictor=predictor).to_dict() for t in coverages})
+            for c, p in plans.items()}
 
 
 def main():
@@ -134,13 +137,14 @@ def main():
     by = {(corpus, r): [{"coverage": c} for c in m] for corpus, ranks in cells.items() for r, m in ranks.items()}
     print("\n| predictor | cells within R/4 … 2R | mean \\|predicted − measured\\| | all cells | mean there |\n"
           "| --- | --- | --- | --- | --- |")
+    under = {name: plans_under(name, plans, card, card_path, args.coverage) for name in ("budget", "unigram", "context")}
     for name, rows in predicted_vs_measured(plans, by, card).items():
-        if name == "boost":
+        if name not in under:
             continue
         errors = {}
-        for corpus in cells:
+        for corpus, p in under[name].items():
             for target in args.coverage:
-                named = estimate_rank(corpus, card, card_path, target, name)
+                named = p["estimates"][target]["recommended_rank"]
                 errors.update({(stem, r): abs(pred - meas) for stem, r, pred, meas in rows
                                if stem == Path(corpus).stem and named is not None and named / 4 <= r <= 2 * named})
         every = [abs(pred - meas) for _, _, pred, meas in rows]
@@ -149,10 +153,7 @@ def main():
     print("\n| predictor | target | named rank reached on every seed | R/2 short (the rank is tight) |\n"
           "| --- | --- | --- | --- |")
     for name in ("unigram", "context"):
-        named_plans = {c: dict(p, estimates={t: estimate(CorpusSpec(c), card, t, card_path=str(card_path),
-                                                         predictor=name).to_dict() for t in args.coverage})
-                       for c, p in plans.items()}
-        outcomes = [o for o in named_rank_outcomes(named_plans, by, args.coverage) if o["at"]]
+        outcomes = [o for o in named_rank_outcomes(under[name], by, args.coverage) if o["at"]]
         for target in args.coverage:
             mine = [o for o in outcomes if o["target"] == target]
             missed = sorted(o["corpus"] for o in mine if not o["reached"])
