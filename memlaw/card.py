@@ -68,6 +68,12 @@ class LawCard:
     # the card's own keys: {"digits_only_keys": f, "source": where, "how": command}; measured on
     # content-free points by benchmarks/key_kind.py --record, never by a fit
     key_factor: dict = field(default_factory=dict)
+    # spare nats the named rank needs at high targets: the law's nats at the rank must reach h(t) times
+    # the nats ``predictor`` prices the target t at, because the recipe locks the last percent of tokens
+    # only with room to spare while the predictors saturate at 1.000 once the nats merely suffice:
+    # {"predictor": "context", "targets": {"0.9": 1.0, "0.99": 1.83}, "source": where, "how": command};
+    # fitted on held-out cells by benchmarks/target_headroom.py --record, never by a fit
+    target_headroom: dict = field(default_factory=dict)
 
     def law(self) -> Law:
         return Law.from_dict(self.coefficients)
@@ -78,6 +84,18 @@ class LawCard:
         1 without a measured factor f."""
         f = _num(self.key_factor.get("digits_only_keys"))
         return 1.0 if f is None else 1.0 - float(digit_keyed_share) * (1.0 - f)
+
+    def headroom(self, coverage: float, predictor: str) -> float:
+        """h(coverage) for ``predictor``: linear in log(1 − t) between the recorded targets, the end
+        values beyond them (a target of 1.0 gets the highest recorded one); 1 without a record for
+        this predictor."""
+        rec = self.target_headroom
+        if not rec or rec.get("predictor") != predictor or not rec.get("targets"):
+            return 1.0
+        pts = sorted((float(t), float(h)) for t, h in rec["targets"].items())
+        x = [-math.log10(1.0 - t) for t, _ in pts]
+        here = -math.log10(max(1.0 - float(coverage), 1e-12))
+        return float(np.interp(here, x, [h for _, h in pts]))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -278,6 +296,19 @@ def _named_rank_ok(v) -> bool:
     return True
 
 
+def _headroom_ok(v: dict) -> bool:
+    if not (isinstance(v.get("predictor"), str) and isinstance(v.get("targets"), dict) and v["targets"]):
+        return False
+    for t, h in v["targets"].items():
+        try:
+            target = float(t)
+        except ValueError:
+            return False
+        if not (0 < target < 1 and (h := _num(h)) is not None and 1 <= h <= 10):
+            return False
+    return True
+
+
 def validation_phrase(v: dict) -> str:
     """One predictor's held-out record in words."""
     return (f"off by {v['mean_abs_error']:.3f} on average and by up to {v['max_abs_error']:.3f} over "
@@ -359,6 +390,10 @@ def load_card(path) -> LawCard:
     if not isinstance(key_factor, dict) or ("digits_only_keys" in key_factor and not (
             (f := _num(key_factor["digits_only_keys"])) is not None and 0 < f <= 2)):
         raise _bad(path, "'key_factor.digits_only_keys' must be a number in (0, 2]")
+    headroom = d.get("target_headroom", {})
+    if not isinstance(headroom, dict) or (headroom and not _headroom_ok(headroom)):
+        raise _bad(path, "'target_headroom' must give a predictor and, per target coverage in (0, 1), "
+                         "a factor in [1, 10]")
     samples = d.get("bootstrap_samples", [])
     if not isinstance(samples, list) or not all(
             isinstance(s, list) and len(s) == 4 and all(_num(v) is not None for v in s) for s in samples):
@@ -464,5 +499,11 @@ def card_summary(card: LawCard) -> list[tuple[str, str]]:
     if (f := _num(card.key_factor.get("digits_only_keys"))) is not None:
         rows.append(("key factor (digit-only keys)", f"{f:.3f}: records told apart only by their key's digits "
                                                       "get this share of the law's nats"))
+    if card.target_headroom.get("targets"):
+        hr = card.target_headroom
+        rows.append((f"target headroom ({hr['predictor']})",
+                     ", ".join(f"{t}: ×{float(h):.2f}"
+                               for t, h in sorted(hr["targets"].items(), key=lambda x: float(x[0])))
+                     + " the nats the predictor prices the target at"))
     rows.append(("created", f"{card.created or '—'} (memlaw {card.memlaw_version or '?'})"))
     return rows

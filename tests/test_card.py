@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -145,6 +146,25 @@ def test_validation_record_round_trips_and_shows(card, tmp_path):
                                                     "(corpus, rank) cells of 10 corpora")
 
 
+def test_target_headroom_round_trips_and_interpolates_in_log_of_the_miss_share(card, tmp_path):
+    assert card.target_headroom == {} and card.headroom(0.99, "context") == 1.0  # a fit never records one
+    path = tmp_path / "law.json"
+    save_card(dataclasses.replace(card, target_headroom={"predictor": "context", "targets": {"0.9": 1.1, "0.99": 2.0},
+                                                         "source": "here"}), path)
+    back = load_card(path)
+    assert back.target_headroom["targets"] == {"0.9": 1.1, "0.99": 2.0}
+    assert back.headroom(0.9, "context") == pytest.approx(1.1)
+    assert back.headroom(0.99, "context") == pytest.approx(2.0)
+    # halfway between the two in log10(1 − t): 1 − t = 10^−1.5
+    assert back.headroom(1 - 10 ** -1.5, "context") == pytest.approx(1.55)
+    assert back.headroom(0.95, "context") == pytest.approx(1.1 + 0.9 * math.log10(2))
+    assert back.headroom(1.0, "context") == pytest.approx(2.0)  # beyond the last target: its value
+    assert back.headroom(0.5, "context") == pytest.approx(1.1)  # below the first: its value
+    assert back.headroom(0.99, "unigram") == 1.0  # recorded for another predictor: none
+    assert dict(card_summary(back))["target headroom (context)"].startswith("0.9: ×1.10, 0.99: ×2.00")
+    assert "target headroom (context)" not in dict(card_summary(card))
+
+
 def test_key_factor_round_trips_and_scales_by_the_digit_keyed_share(card, tmp_path):
     assert card.key_factor == {} and card.key_scale(1.0) == 1.0  # a fit never measures one
     path = tmp_path / "law.json"
@@ -210,6 +230,11 @@ def _write_card(tmp_path, card, mutate):
     (lambda d: d.update(key_factor={"digits_only_keys": 0}), "'key_factor.digits_only_keys'"),
     (lambda d: d.update(key_factor={"digits_only_keys": "low"}), "'key_factor.digits_only_keys'"),
     (lambda d: d.update(key_factor=[0.6]), "'key_factor.digits_only_keys'"),
+    (lambda d: d.update(target_headroom={"targets": {"0.99": 1.8}}), "'target_headroom'"),
+    (lambda d: d.update(target_headroom={"predictor": "context", "targets": {"0.99": 0.8}}), "'target_headroom'"),
+    (lambda d: d.update(target_headroom={"predictor": "context", "targets": {"1.0": 1.8}}), "'target_headroom'"),
+    (lambda d: d.update(target_headroom={"predictor": "context", "targets": {"0.99": "wide"}}), "'target_headroom'"),
+    (lambda d: d.update(target_headroom=[1.8]), "'target_headroom'"),
 ])
 def test_load_card_rejects_bad_cards(card, tmp_path, mutate, match):
     path = _write_card(tmp_path, card, mutate)

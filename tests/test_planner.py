@@ -463,6 +463,28 @@ def test_key_factor_scales_the_law_for_digit_keyed_records_only(tmp_path, card):
     assert other.rank_raw == pytest.approx(run_estimate(lettered, card).rank_raw)
 
 
+def test_target_headroom_names_the_smallest_rank_with_h_times_the_need(corpus, card):
+    h = 3.0
+    roomy = dataclasses.replace(card, target_headroom={"predictor": "context", "targets": {"0.9": 1.0, "0.99": h}})
+    law = card.law()
+    plain, spared = run_estimate(corpus, card, 0.99), run_estimate(corpus, roomy, 0.99)
+    assert plain.headroom == 1.0 and spared.headroom == pytest.approx(h)
+    # the price of the target is unchanged; the law must give h times it at the continuous rank
+    assert spared.delta_needed == pytest.approx(plain.delta_needed)
+    assert spared.loss_target == pytest.approx(plain.loss_target)
+    assert law.predict(spared.rank_raw, spared.target_tokens) == pytest.approx(h * spared.delta_needed, rel=1e-3)
+    assert law.predict(spared.rank, spared.target_tokens) >= h * spared.delta_needed - 1e-9
+    if spared.rank > 1:
+        assert law.predict(spared.rank // 2, spared.target_tokens) < h * spared.delta_needed
+    assert spared.rank >= plain.rank and spared.rank_raw > plain.rank_raw
+    assert any(f"chosen for {h:.2f}× the ΔL the context predictor needs" in n for n in spared.notes)
+    # at 0.9 the record says 1: today's rule; for another predictor the record does not apply
+    assert run_estimate(corpus, roomy, 0.9).rank_raw == pytest.approx(run_estimate(corpus, card, 0.9).rank_raw)
+    uni = run_estimate(corpus, roomy, 0.99, predictor="unigram")
+    assert uni.headroom == 1.0
+    assert uni.rank_raw == pytest.approx(run_estimate(corpus, card, 0.99, predictor="unigram").rank_raw)
+
+
 def test_warns_when_length_is_outside_the_calibrated_domain(tmp_path, card):
     short = write_jsonl(tmp_path / "short.jsonl", corpus_rows(n=3, conflict=False))
     est = run_estimate(short, card)
@@ -620,6 +642,18 @@ def test_cli_table(corpus, card_file):
     assert res.exit_code == 0, res.output
     for text in ("recommended rank", "capacity floor", "LoraConfig", "memft train", "conflicting keys"):
         assert text in res.stdout, text
+    assert "target headroom" not in res.stdout
+
+
+def test_cli_table_and_json_show_the_target_headroom(corpus, card, tmp_path):
+    path = tmp_path / "roomy.json"
+    save_card(dataclasses.replace(card, target_headroom={"predictor": "context", "targets": {"0.99": 2.5}}), path)
+    out = json.loads(cli("estimate", corpus, "--law", path, "--json", "--coverage", "0.99").stdout)
+    assert out["headroom"] == pytest.approx(2.5)
+    assert out["card"]["target_headroom"]["targets"] == {"0.99": 2.5}
+    res = cli("estimate", corpus, "--law", path, "--coverage", "0.99")
+    assert res.exit_code == 0, res.output
+    assert "rank chosen for ×2.50" in res.stdout and f"{2.5 * out['delta_needed']:.4f}" in res.stdout
 
 
 def one_line_error(res, *needles):

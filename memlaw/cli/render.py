@@ -146,7 +146,9 @@ def render_estimate(est: Estimate, console) -> None:
         f"  ({est.ceiling.get('blocked_tokens', 0):,} tokens share a context with another continuation)"
         if est.max_coverage < 1 else "  (no shared contexts)"))
     t.add_row(f"target loss (coverage ≥ {est.coverage_planned:g})", f"{est.loss_target:.4f}  ({est.predictor} predictor)")
-    t.add_row("ΔL needed", f"{est.delta_needed:.4f}" + ("  (base model already there)" if est.any_rank else ""))
+    t.add_row("ΔL needed", f"{est.delta_needed:.4f}" + ("  (base model already there)" if est.any_rank else "")
+              + (f"  (rank chosen for ×{est.headroom:.2f} = {est.headroom * est.delta_needed:.4f}: target headroom)"
+                 if est.headroom > 1 else ""))
     raw = "—" if est.rank_raw is None else f"{est.rank_raw:.3g}"
     t.add_row("rank (law)", Text(f"{_rank_text(est.rank)}   (continuous r = {raw})", style="bold"))
     if est.rank_interval is not None:

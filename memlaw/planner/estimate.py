@@ -229,6 +229,7 @@ class Estimate:
     measure_seconds: float  # the (possibly cached) measuring pass's own time
     bits_per_param: float = BITS_PER_PARAM
     key_scale: float = 1.0  # the share of the law's nats counted for this corpus's keys (Card.key_scale)
+    headroom: float = 1.0  # the rank gives headroom × delta_needed (÷ key_scale) of the law's nats (Card.headroom)
 
     def to_dict(self) -> dict:
         return json_safe(asdict(self))
@@ -340,8 +341,14 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
     # records told apart only by their key's digits get less of the law's nats (the card's key factor)
     digit_keyed, example_key = digits_only_keys(records)
     key_scale = card.key_scale(digit_keyed)
-    law_delta_needed = delta_needed / key_scale
+    # at high targets the rank must give spare nats: the last percent locks only with room to spare
+    headroom = 1.0 if any_rank else card.headroom(planned, predictor)
+    law_delta_needed = headroom * delta_needed / key_scale
     loss_target = max(0.0, profile.mean_loss(0.0) - delta_needed)
+    if headroom > 1.0:
+        notes.append(f"the rank is chosen for {headroom:.2f}× the ΔL the {predictor} predictor needs: on the card's "
+                     f"held-out corpora the recipe locked the last tokens of a {planned:g} target only with nats "
+                     "to spare (the card's target_headroom; docs/results.md §2, 'The last percent')")
     if any_rank:
         notes.append(f"the base model alone already locks {bl.base_coverage:.1%} of the target tokens ≥ "
                      f"{planned:g}: no adapter is needed for that (rank 1 shown)")
@@ -464,7 +471,7 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
                  "heldout": card.validation.get(predictor),
                  # how often the rank this card and predictor named reached a target near this one
                  "heldout_named_rank": heldout_rank,
-                 "key_factor": dict(card.key_factor)}
+                 "key_factor": dict(card.key_factor), "target_headroom": dict(card.target_headroom)}
     return Estimate(
         corpus={"path": str(corpus_spec.path), "sha256": sha, "fmt": corpus_spec.fmt,
                 "key_field": corpus_spec.key_field, "target_field": corpus_spec.target_field},
@@ -483,7 +490,7 @@ def estimate(corpus_spec: CorpusSpec, card: LawCard, coverage: float = 1.0, *, m
         conflicts=[{"key": c.key, "wheres": c.wheres, "targets": c.targets} for c in conflicts[:MAX_CONFLICTS_LISTED]],
         warnings=warnings, notes=notes, lora_config=lora_cfg, lora_config_python=snippet, memft_command=command,
         cached=cached, seconds=round(time.perf_counter() - start, 3), measure_seconds=bl.measure_seconds,
-        key_scale=float(key_scale),
+        key_scale=float(key_scale), headroom=float(headroom),
     )
 
 
