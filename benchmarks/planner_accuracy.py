@@ -166,6 +166,8 @@ def record_validation(card_path: Path, card, plans: dict, by: dict, how: str, co
         predictor = next(iter(next(iter(plans.values()))["estimates"].values()))["predictor"]
         validation["named_rank"] = {"predictor": predictor, "seeds": min(len(o["at"]) for o in outcomes),
                                     "targets": targets}
+        if card.target_headroom.get("predictor") == predictor:  # then these ranks are not a test of it
+            validation["named_rank"]["headroom_chosen_here"] = True
     save_card(dataclasses.replace(card, validation=validation), card_path)
     print(f"wrote the held-out record of {len(set(validation) - set(VALIDATION_META))} predictors into {card_path}")
 

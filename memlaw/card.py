@@ -277,7 +277,10 @@ def named_rank_phrase(validation: dict, coverage: float) -> str | None:
     seeds = validation["named_rank"].get("seeds")
     text = (f"the rank named for coverage {t} reached it on every seed{f' ({seeds})' if seeds else ''} "
             f"on {int(e['reached'])} of {int(e['cases'])} held-out corpora")
-    return text + (f" (missed: {', '.join(e['missed'])})" if e.get("missed") else "")
+    text += f" (missed: {', '.join(e['missed'])})" if e.get("missed") else ""
+    if validation["named_rank"].get("headroom_chosen_here"):
+        text += "; the card's target headroom was chosen on the same corpora"
+    return text
 
 
 def _named_rank_ok(v) -> bool:

@@ -195,6 +195,9 @@ def test_named_rank_record_round_trips_and_picks_the_nearest_target(card, tmp_pa
                                                          "pb_large)")
     assert "for coverage 0.9 reached it" in named_rank_phrase(back.validation, 0.92)
     assert named_rank_phrase({"unigram": VALIDATED}, 0.9) is None
+    fitted_here = {"named_rank": dict(NAMED, headroom_chosen_here=True)}
+    assert named_rank_phrase(fitted_here, 0.99).endswith(
+        "(missed: hex_keys, pb_large); the card's target headroom was chosen on the same corpora")
     shown = [v for k, v in card_summary(back) if k == "held-out named rank (unigram)"]
     assert len(shown) == 2 and "11 of 12" in shown[0]
 
