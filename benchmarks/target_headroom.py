@@ -127,10 +127,10 @@ def main():
               f"{max(o['h'] for o in loo):.3f}): {tally(loo)}")
     if args.record and chosen:
         save_card(dataclasses.replace(card, target_headroom={
-            "predictor": args.predictor, "targets": {f"{t:g}": round(h, 3) for t, h in chosen.items()},
+            "predictor": args.predictor, "targets": {f"{t:g}": round(float(h), 3) for t, h in chosen.items()},
             "source": "docs/results.md §2, 'The last percent'",
             "how": "benchmarks/target_headroom.py --record (midpoint rule over every held-out cell)"}), card_path)
-        print(f"\nwrote target headroom {chosen} into {card_path}")
+        print(f"\nwrote target headroom {', '.join(f'h({t:g}) = {h:.3f}' for t, h in chosen.items())} into {card_path}")
 
 
 if __name__ == "__main__":
