@@ -201,7 +201,7 @@ def report(plans: dict, runs: list[dict], cards: dict, coverages, recipe: str = 
     print("\n### Is the planner tight? (card given by --law, default predictor)\n")
     print("| corpus | target | R [interval] | coverage at R (seeds) | reached | R/2 | coverage at R/2 | R/2 short |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for o in named_rank_outcomes(plans, by, coverages):
+    for o in named_rank_outcomes(plans, by, coverages, min_seeds=1):
         R = o["rank"]
         print(f"| {o['corpus']} | {o['target']} | {R} {o['interval']} | "
               f"{', '.join(f'{v:.3f}' for v in o['at']) or '—'} | {'yes' if o['reached'] else 'no'} | "
@@ -209,15 +209,18 @@ def report(plans: dict, runs: list[dict], cards: dict, coverages, recipe: str = 
               f"{('yes' if o['half_short'] else 'no') if o['half'] else '—'} |")
 
 
-def named_rank_outcomes(plans: dict, by: dict, coverages) -> list[dict]:
+def named_rank_outcomes(plans: dict, by: dict, coverages, min_seeds: int = 3) -> list[dict]:
     """Per (corpus, target): the rank R the planner named, the measured coverage of each seed at R and
-    at R/2, whether every seed at R reached the target and whether every seed at R/2 fell short."""
+    at R/2, whether every seed at R reached the target and whether every seed at R/2 fell short. R
+    counts as untrained with fewer than ``min_seeds`` seeds: one seed, or a printed mean, cannot say
+    that every seed reached the target."""
     out = []
     for corpus, p in plans.items():
         for c in coverages:
             e = p["estimates"][c]
             R = e["recommended_rank"]
             at = [x["coverage"] for x in by.get((corpus, R), [])]
+            at = at if len(at) >= min_seeds else []
             half = [x["coverage"] for x in by.get((corpus, max(1, R // 2)), [])] if R and R > 1 else []
             goal = e["coverage_planned"]
             out.append({"corpus": Path(corpus).stem, "target": c, "rank": R, "interval": e["rank_interval"],

@@ -74,9 +74,11 @@ def named(margins: dict, corpus: str, h: float) -> int | None:
 
 
 def outcome(cells: dict, margins: dict, corpus: str, h: float) -> dict:
-    """The rank named with headroom h; whether every seed there reached the goal and every seed at R/2 fell short."""
+    """The rank named with headroom h; whether every seed there (3 or more) reached the goal and every seed
+    at R/2 fell short."""
     R, goal = named(margins, corpus, h), margins[corpus]["goal"]
     at = cells[corpus].get(R, [])
+    at = at if len(at) >= 3 else []  # as planner_accuracy.named_rank_outcomes: "every seed" needs 3
     half = cells[corpus].get(R // 2, []) if R and R > 1 else []
     return {"rank": R, "reached": (min(at) >= goal - 1e-9) if at else None,
             "half_short": (max(half) < goal) if half else None}
