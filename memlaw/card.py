@@ -71,7 +71,7 @@ class LawCard:
     # spare nats the named rank needs at high targets: the law's nats at the rank must reach h(t) times
     # the nats ``predictor`` prices the target t at, because the recipe locks the last percent of tokens
     # only with room to spare while the predictors saturate at 1.000 once the nats merely suffice:
-    # {"predictor": "context", "targets": {"0.9": 1.0, "0.99": 1.83}, "source": where, "how": command};
+    # {"predictor": "context", "targets": {"0.9": 1.035, "0.99": 1.83}, "source": where, "how": command};
     # fitted on held-out cells by benchmarks/target_headroom.py --record, never by a fit
     target_headroom: dict = field(default_factory=dict)
 
