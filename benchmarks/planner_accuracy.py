@@ -213,7 +213,9 @@ def named_rank_outcomes(plans: dict, by: dict, coverages, min_seeds: int = 3) ->
     """Per (corpus, target): the rank R the planner named, the measured coverage of each seed at R and
     at R/2, whether every seed at R reached the target and whether every seed at R/2 fell short. R
     counts as untrained with fewer than ``min_seeds`` seeds: one seed, or a printed mean, cannot say
-    that every seed reached the target."""
+    that every seed reached the target. ``half_enough``: every seed at R/2 (``min_seeds`` or more)
+    reached it too — a rank too many. Where R/2 is neither short nor enough on every seed, no
+    planner that must reach the target on every seed could have named R/2."""
     out = []
     for corpus, p in plans.items():
         for c in coverages:
@@ -225,7 +227,8 @@ def named_rank_outcomes(plans: dict, by: dict, coverages, min_seeds: int = 3) ->
             goal = e["coverage_planned"]
             out.append({"corpus": Path(corpus).stem, "target": c, "rank": R, "interval": e["rank_interval"],
                         "at": at, "half": half, "reached": bool(at) and min(at) >= goal,
-                        "half_short": bool(half) and max(half) < goal})
+                        "half_short": bool(half) and max(half) < goal,
+                        "half_enough": len(half) >= min_seeds and min(half) >= goal})
     return out
 
 
