@@ -160,11 +160,11 @@ def main():
             mine = [o for o in outcomes if o["target"] == target]
             missed = sorted(o["corpus"] for o in mine if not o["reached"])
             half = [o for o in mine if o["half"]]
+            too_many = sorted(o["corpus"] for o in half if o["half_enough"])
             print(f"| {name} | {target} | {len(mine) - len(missed)} of {len(mine)}"
                   f"{' (missed: ' + ', '.join(missed) + ')' if missed else ''} "
                   f"| {sum(o['half_short'] for o in half)} of {len(half)} "
-                  f"| {sum(o['half_enough'] for o in half)} of {len(half)}"
-                  f"{' (' + ', '.join(sorted(o['corpus'] for o in half if o['half_enough'])) + ')' if any(o['half_enough'] for o in half) else ''} |")
+                  f"| {len(too_many)} of {len(half)}{' (' + ', '.join(too_many) + ')' if too_many else ''} |")
     if args.record_validation:
         record_validation(Path(card_path), card, plans, by, coverages=args.coverage, how=(
             f"benchmarks/capacity_margin.py --record-validation: every held-out cell measured so far ({len(by)} "
